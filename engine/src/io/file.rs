@@ -1,0 +1,140 @@
+//! A metadata device backed by a regular file (or a block device node).
+
+use super::{out_of_range, Block, BlockDevice};
+use crate::limits::META_BLOCK_SIZE;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct FileDevice {
+    file: File,
+    nr_blocks: AtomicU64,
+    read_only: bool,
+}
+
+impl FileDevice {
+    /// Opens an existing file; its length rounded down to 4 KiB is the device size.
+    pub fn open(path: &Path, read_only: bool) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        Self::from_file(file, read_only)
+    }
+
+    /// Creates (or truncates) a file of `nr_blocks` blocks.
+    pub fn create(path: &Path, nr_blocks: u64) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(nr_blocks * META_BLOCK_SIZE as u64)?;
+        Self::from_file(file, false)
+    }
+
+    pub fn from_file(file: File, read_only: bool) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        let len = if len == 0 {
+            block_device_len(&file)?
+        } else {
+            len
+        };
+        Ok(FileDevice {
+            file,
+            nr_blocks: AtomicU64::new(len / META_BLOCK_SIZE as u64),
+            read_only,
+        })
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn check(&self, block: u64) -> io::Result<u64> {
+        let n = self.nr_blocks();
+        if block >= n {
+            return Err(out_of_range(block, n));
+        }
+        Ok(block * META_BLOCK_SIZE as u64)
+    }
+}
+
+/// A block device node reports length 0 in its metadata; seek to the end instead.
+fn block_device_len(file: &File) -> io::Result<u64> {
+    use std::io::Seek;
+    let mut f = file;
+    let end = f.seek(io::SeekFrom::End(0))?;
+    f.seek(io::SeekFrom::Start(0))?;
+    Ok(end)
+}
+
+impl BlockDevice for FileDevice {
+    fn nr_blocks(&self) -> u64 {
+        self.nr_blocks.load(Ordering::Acquire)
+    }
+
+    fn read_block(&self, block: u64, buf: &mut Block) -> io::Result<()> {
+        let off = self.check(block)?;
+        self.file.read_exact_at(buf, off)
+    }
+
+    fn write_block(&self, block: u64, buf: &Block) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "device is read-only",
+            ));
+        }
+        let off = self.check(block)?;
+        self.file.write_all_at(buf, off)
+    }
+
+    fn write_many(&self, writes: &[(u64, &Block)]) -> io::Result<()> {
+        // Coalesce runs of consecutive blocks into one pwrite each.
+        let mut sorted: Vec<&(u64, &Block)> = writes.iter().collect();
+        sorted.sort_unstable_by_key(|w| w.0);
+        let mut run: Vec<u8> = Vec::new();
+        let mut i = 0;
+        while i < sorted.len() {
+            let start = sorted[i].0;
+            let mut j = i;
+            while j + 1 < sorted.len() && sorted[j + 1].0 == sorted[j].0 + 1 {
+                j += 1;
+            }
+            if j == i {
+                self.write_block(start, sorted[i].1)?;
+            } else {
+                let off = self
+                    .check(sorted[j].0)
+                    .map(|_| start * META_BLOCK_SIZE as u64)?;
+                run.clear();
+                for w in &sorted[i..=j] {
+                    run.extend_from_slice(w.1);
+                }
+                if self.read_only {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "device is read-only",
+                    ));
+                }
+                self.file.write_all_at(&run, off)?;
+            }
+            i = j + 1;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+
+    fn resize(&self, nr_blocks: u64) -> io::Result<()> {
+        self.file.set_len(nr_blocks * META_BLOCK_SIZE as u64)?;
+        self.nr_blocks.store(nr_blocks, Ordering::Release);
+        Ok(())
+    }
+}

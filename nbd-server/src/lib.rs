@@ -1,0 +1,1 @@
+//! thinly-nbd: the NBD protocol core and server.

@@ -1,0 +1,1 @@
+//! Root package of the thinly workspace: integration tests and benches live here.

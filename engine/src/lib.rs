@@ -11,6 +11,7 @@ pub mod error;
 pub mod format;
 pub mod io;
 pub mod limits;
+pub mod recount;
 pub mod space_map;
 pub mod transaction_manager;
 pub mod units;

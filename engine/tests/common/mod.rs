@@ -1,0 +1,182 @@
+//! Shared test support: a replayable seeded generator and a small store over the
+//! persistent-data core that commits roots through a real dm-thin superblock.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use thinly_engine::btree::{self, ValueKind};
+use thinly_engine::format::superblock::{Superblock, SUPERBLOCK_MAGIC, SUPERBLOCK_VERSION};
+use thinly_engine::format::{node, BlockKind};
+use thinly_engine::io::BlockDevice;
+use thinly_engine::transaction_manager::TransactionManager;
+use thinly_engine::{MetaBlock, Result};
+
+/// splitmix64: deterministic, so a failing seed replays exactly.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The seeds a model test runs: `THINLY_SEED=N` replays one; otherwise `count` seeds
+/// starting from a fixed base (or `THINLY_SEED_BASE`).
+pub fn seeds(count: u64) -> Vec<u64> {
+    if let Some(s) = std::env::var("THINLY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![s];
+    }
+    let base = std::env::var("THINLY_SEED_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    (base..base + count).collect()
+}
+
+/// Runs `f(seed)` for every seed, naming the seed that failed so it can be replayed.
+pub fn for_each_seed(count: u64, f: impl Fn(u64)) {
+    for seed in seeds(count) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(seed)));
+        if let Err(e) = r {
+            eprintln!("failed with seed {seed}: replay with THINLY_SEED={seed}");
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+pub const DETAILS: ValueKind = ValueKind::Plain { size: 24 };
+
+/// A two-level tree store (the thin layout without the thin rules): the superblock's
+/// mapping root is a top-level tree of subtree roots; its details root an empty tree.
+pub struct Store {
+    pub dev: Arc<dyn BlockDevice>,
+    pub tm: TransactionManager,
+    pub top: MetaBlock,
+    pub details: MetaBlock,
+    pub time: u32,
+}
+
+pub const CACHE_BYTES: usize = 1 << 20;
+
+impl Store {
+    pub fn format(dev: Arc<dyn BlockDevice>, nr_data_blocks: u64) -> Result<Self> {
+        let mut tm = TransactionManager::format(dev.clone(), nr_data_blocks, CACHE_BYTES)?;
+        let top = btree::empty_tree(&mut tm, ValueKind::SubtreeRoot)?;
+        let details = btree::empty_tree(&mut tm, DETAILS)?;
+        let mut s = Store {
+            dev,
+            tm,
+            top,
+            details,
+            time: 0,
+        };
+        s.commit()?;
+        Ok(s)
+    }
+
+    pub fn open(dev: Arc<dyn BlockDevice>) -> Result<Self> {
+        let sb = read_superblock(&dev)?;
+        let tm = TransactionManager::open(dev.clone(), &sb, CACHE_BYTES)?;
+        Ok(Store {
+            dev,
+            tm,
+            top: sb.data_mapping_root,
+            details: sb.device_details_root,
+            time: sb.time,
+        })
+    }
+
+    pub fn commit(&mut self) -> Result<Vec<u64>> {
+        let mut sb = Superblock {
+            magic: SUPERBLOCK_MAGIC,
+            version: SUPERBLOCK_VERSION,
+            time: self.time,
+            data_mapping_root: self.top,
+            device_details_root: self.details,
+            data_block_size_sectors: 128,
+            metadata_block_size_sectors: 8,
+            metadata_nr_blocks: self.dev.nr_blocks(),
+            ..Superblock::default()
+        };
+        self.tm.commit(&mut sb)
+    }
+
+    /// Root of subtree `id`, if any.
+    pub fn subtree(&mut self, id: u64) -> Result<Option<MetaBlock>> {
+        Ok(btree::lookup_u64(&mut self.tm, self.top, ValueKind::SubtreeRoot, id)?.map(MetaBlock))
+    }
+
+    /// Adds subtree `id` (whose root reference the caller holds) to the top level.
+    pub fn set_subtree(&mut self, id: u64, root: MetaBlock) -> Result<()> {
+        self.top = btree::insert(
+            &mut self.tm,
+            self.top,
+            ValueKind::SubtreeRoot,
+            id,
+            &root.0.to_le_bytes(),
+        )?
+        .0;
+        Ok(())
+    }
+
+    /// Edits subtree `id` with `f` (given its root, returning the new root), shadowing the
+    /// top level first as the kernel's two-level insert does.
+    pub fn edit_subtree<T>(
+        &mut self,
+        id: u64,
+        f: impl FnOnce(&mut TransactionManager, MetaBlock) -> Result<(MetaBlock, T)>,
+    ) -> Result<T> {
+        let (top, at) = btree::shadow_path(&mut self.tm, self.top, ValueKind::SubtreeRoot, id)?;
+        self.top = top;
+        let (leaf, i) = at.expect("edit_subtree of a missing subtree");
+        let old = MetaBlock(node::value_u64(
+            &self.tm.read(leaf, BlockKind::Node)?[..],
+            i,
+        ));
+        let (new, out) = f(&mut self.tm, old)?;
+        if new != old {
+            node::set_value_u64(self.tm.get_mut(leaf, BlockKind::Node)?, i, new.0);
+        }
+        Ok(out)
+    }
+}
+
+pub fn read_superblock(dev: &Arc<dyn BlockDevice>) -> Result<Superblock> {
+    let bm = thinly_engine::block_manager::BlockManager::new(dev.clone(), CACHE_BYTES);
+    let b = bm.read_validated(MetaBlock(0), BlockKind::Superblock)?;
+    Ok(Superblock::decode(&b[..]))
+}
+
+/// Recounts the committed image on `dev`; panics with every problem found.
+pub fn assert_clean(dev: &Arc<dyn BlockDevice>) {
+    let problems = thinly_engine::recount::check_device(dev.clone(), DETAILS).expect("recount");
+    assert!(
+        problems.is_empty(),
+        "recount found {} problems:\n{}",
+        problems.len(),
+        problems
+            .iter()
+            .take(20)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

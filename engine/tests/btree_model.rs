@@ -55,8 +55,17 @@ fn read_tree(s: &mut Store, id: u64, begin: u64, end: u64) -> BTreeMap<u64, u64>
             Ok(ControlFlow::Continue(()))
         },
     )
-    .unwrap();
+    .unwrap()
+    .continue_value()
+    .expect("walk ran to the end");
     out
+}
+
+fn new_tree(s: &mut Store, model: &mut Model, next_id: &mut u64) {
+    let root = btree::empty_tree(&mut s.tm, ValueKind::BlockTime).unwrap();
+    s.set_subtree(*next_id, root).unwrap();
+    model.insert(*next_id, BTreeMap::new());
+    *next_id += 1;
 }
 
 fn verify_all(s: &mut Store, model: &Model) {
@@ -73,7 +82,9 @@ fn verify_all(s: &mut Store, model: &Model) {
                 Ok(ControlFlow::Continue(()))
             },
         )
-        .unwrap();
+        .unwrap()
+        .continue_value()
+        .expect("walk ran to the end");
         ids
     };
     assert_eq!(

@@ -75,6 +75,17 @@ impl Error {
         }
     }
 
+    /// The metadata block the error is about, if it is about one.
+    pub fn block(&self) -> Option<MetaBlock> {
+        match self {
+            Error::Checksum { block, .. }
+            | Error::BlockNumber { block, .. }
+            | Error::Corrupt { block, .. }
+            | Error::OutOfBounds { block, .. } => Some(*block),
+            _ => None,
+        }
+    }
+
     pub fn corrupt(block: MetaBlock, kind: &'static str, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             block,

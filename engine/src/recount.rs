@@ -102,7 +102,7 @@ impl RefCounter {
             Ok(true)
         });
         if let Err(e) = res {
-            self.problem(Some(root), format!("tree walk failed: {e}"));
+            self.problem(e.block().or(Some(root)), format!("tree walk failed: {e}"));
         }
         for s in subtrees {
             self.add_tree(r, s, ValueKind::BlockTime);
@@ -187,7 +187,10 @@ impl RefCounter {
                     self.add_meta(MetaBlock(e.blocknr));
                 }
             }
-            Err(e) => self.problem(Some(m.bitmap_root), format!("metadata index block: {e}")),
+            Err(e) => self.problem(
+                e.block().or(Some(m.bitmap_root)),
+                format!("metadata index block: {e}"),
+            ),
         }
         self.add_tree(r, m.ref_count_root, REF_COUNT);
         let d = sb.data_sm_root;
@@ -196,7 +199,10 @@ impl RefCounter {
             Ok(entries) => entries
                 .iter()
                 .for_each(|e| self.add_meta(MetaBlock(e.blocknr))),
-            Err(e) => self.problem(Some(d.bitmap_root), format!("data index tree: {e}")),
+            Err(e) => self.problem(
+                e.block().or(Some(d.bitmap_root)),
+                format!("data index tree: {e}"),
+            ),
         }
         self.add_tree(r, d.ref_count_root, REF_COUNT);
     }
@@ -249,6 +255,18 @@ pub fn recount_superblock<R: ReadBlocks + ?Sized>(
     meta_sm: &SpaceMap,
     data_sm: &SpaceMap,
 ) -> Result<Vec<Problem>> {
+    recount_with(r, sb, mapping_kind, details_kind, meta_sm, data_sm).map(|rc| rc.problems)
+}
+
+/// As `recount_superblock`, returning the whole counter (computed counts and problems).
+pub fn recount_with<R: ReadBlocks + ?Sized>(
+    r: &mut R,
+    sb: &Superblock,
+    mapping_kind: ValueKind,
+    details_kind: ValueKind,
+    meta_sm: &SpaceMap,
+    data_sm: &SpaceMap,
+) -> Result<RefCounter> {
     let mut rc = RefCounter::new();
     rc.nr_data_blocks = Some(sb.data_sm_root.nr_blocks);
     rc.add_meta(MetaBlock(0));
@@ -264,7 +282,7 @@ pub fn recount_superblock<R: ReadBlocks + ?Sized>(
     rc.add_space_maps(r, sb);
     rc.compare(meta_sm, false);
     rc.compare(data_sm, true);
-    Ok(rc.problems)
+    Ok(rc)
 }
 
 /// Loads the committed state of a metadata device afresh (superblock, space maps from disk)
@@ -274,10 +292,18 @@ pub fn check_device(
     dev: std::sync::Arc<dyn crate::io::BlockDevice>,
     details_kind: ValueKind,
 ) -> Result<Vec<Problem>> {
+    recount_device(dev, details_kind).map(|rc| rc.problems)
+}
+
+/// As `check_device`, returning the whole counter.
+pub fn recount_device(
+    dev: std::sync::Arc<dyn crate::io::BlockDevice>,
+    details_kind: ValueKind,
+) -> Result<RefCounter> {
     let mut bm = crate::block_manager::BlockManager::new(dev, crate::limits::DEFAULT_CACHE_BYTES);
     let sb = Superblock::decode(&bm.read_validated(MetaBlock(0), BlockKind::Superblock)?[..]);
     let (meta_sm, data_sm, _) = crate::space_map::disk::load(&mut bm, &sb)?;
-    recount_superblock(
+    recount_with(
         &mut bm,
         &sb,
         ValueKind::SubtreeRoot,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_clean, for_each_seed, Rng, Store};
+use common::*;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -12,90 +12,6 @@ use thinly_engine::btree::{self, ValueKind};
 use thinly_engine::format::thin::BlockTime;
 use thinly_engine::io::{BlockDevice, MemDevice};
 use thinly_engine::MetaBlock;
-
-type Model = BTreeMap<u64, BTreeMap<u64, u64>>;
-
-const NR_DATA_BLOCKS: u64 = 1 << 20;
-
-fn insert_mapping(s: &mut Store, id: u64, key: u64) -> u64 {
-    let block = s.tm.data_sm_mut().alloc().unwrap();
-    let v = BlockTime {
-        block,
-        time: s.time,
-    }
-    .pack();
-    s.edit_subtree(id, |tm, root| {
-        btree::insert(tm, root, ValueKind::BlockTime, key, &v.to_le_bytes())
-    })
-    .unwrap();
-    block
-}
-
-fn remove_mapping(s: &mut Store, id: u64, key: u64) -> bool {
-    s.edit_subtree(id, |tm, root| {
-        btree::remove(tm, root, ValueKind::BlockTime, key)
-    })
-    .unwrap()
-}
-
-fn read_tree(s: &mut Store, id: u64, begin: u64, end: u64) -> BTreeMap<u64, u64> {
-    let root = s.subtree(id).unwrap().unwrap();
-    let mut out = BTreeMap::new();
-    btree::walk(
-        &mut s.tm,
-        root,
-        ValueKind::BlockTime,
-        begin,
-        end,
-        &mut |k, v| {
-            out.insert(
-                k,
-                BlockTime::unpack(u64::from_le_bytes(v.try_into().unwrap())).block,
-            );
-            Ok(ControlFlow::Continue(()))
-        },
-    )
-    .unwrap()
-    .continue_value()
-    .expect("walk ran to the end");
-    out
-}
-
-fn new_tree(s: &mut Store, model: &mut Model, next_id: &mut u64) {
-    let root = btree::empty_tree(&mut s.tm, ValueKind::BlockTime).unwrap();
-    s.set_subtree(*next_id, root).unwrap();
-    model.insert(*next_id, BTreeMap::new());
-    *next_id += 1;
-}
-
-fn verify_all(s: &mut Store, model: &Model) {
-    let ids: Vec<u64> = {
-        let mut ids = Vec::new();
-        btree::walk(
-            &mut s.tm,
-            s.top,
-            ValueKind::SubtreeRoot,
-            0,
-            u64::MAX,
-            &mut |k, _| {
-                ids.push(k);
-                Ok(ControlFlow::Continue(()))
-            },
-        )
-        .unwrap()
-        .continue_value()
-        .expect("walk ran to the end");
-        ids
-    };
-    assert_eq!(
-        ids,
-        model.keys().copied().collect::<Vec<_>>(),
-        "set of trees"
-    );
-    for (id, m) in model {
-        assert_eq!(&read_tree(s, *id, 0, u64::MAX), m, "contents of tree {id}");
-    }
-}
 
 fn run_case(seed: u64, nr_ops: usize, key_space: u64) {
     let mut rng = Rng::new(seed);

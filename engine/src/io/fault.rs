@@ -32,6 +32,8 @@ struct State {
     pending: Vec<(u64, Box<Block>)>,
     /// Writes (and flushes) still allowed before everything fails with EIO.
     writes_left: Option<u64>,
+    /// Flushes still allowed before everything fails with EIO.
+    flushes_left: Option<u64>,
     failing_reads: HashSet<u64>,
     nr_writes: u64,
     nr_flushes: u64,
@@ -86,6 +88,12 @@ impl FaultyDevice {
         self.lock().writes_left = Some(n);
     }
 
+    /// After `n` more flushes, the next flush and everything after it fail with EIO
+    /// (writes before that flush are accepted but not durable).
+    pub fn fail_flushes_after(&self, n: u64) {
+        self.lock().flushes_left = Some(n);
+    }
+
     /// Reads of these blocks fail with EIO.
     pub fn fail_reads_of(&self, blocks: impl IntoIterator<Item = u64>) {
         self.lock().failing_reads.extend(blocks);
@@ -95,6 +103,7 @@ impl FaultyDevice {
     pub fn heal(&self) {
         let mut s = self.lock();
         s.writes_left = None;
+        s.flushes_left = None;
         s.failing_reads.clear();
     }
 
@@ -150,6 +159,9 @@ impl FaultyDevice {
     }
 
     fn take_write_budget(s: &mut State, what: &str) -> io::Result<()> {
+        if s.flushes_left == Some(u64::MAX) {
+            return Err(eio(what));
+        }
         match &mut s.writes_left {
             Some(0) => Err(eio(what)),
             Some(n) => {
@@ -197,6 +209,14 @@ impl BlockDevice for FaultyDevice {
     fn flush(&self) -> io::Result<()> {
         let mut s = self.lock();
         Self::take_write_budget(&mut s, "flush")?;
+        match &mut s.flushes_left {
+            Some(0) | Some(u64::MAX) => {
+                s.flushes_left = Some(u64::MAX);
+                return Err(eio("flush"));
+            }
+            Some(n) => *n -= 1,
+            None => {}
+        }
         s.nr_flushes += 1;
         let pending = std::mem::take(&mut s.pending);
         for (b, data) in pending {

@@ -2,9 +2,12 @@
 //! persistent-data core that commits roots through a real dm-thin superblock.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use thinly_engine::btree::{self, ValueKind};
 use thinly_engine::format::superblock::{Superblock, SUPERBLOCK_MAGIC, SUPERBLOCK_VERSION};
+use thinly_engine::format::thin::BlockTime;
 use thinly_engine::format::{node, BlockKind};
 use thinly_engine::io::BlockDevice;
 use thinly_engine::transaction_manager::TransactionManager;
@@ -179,4 +182,108 @@ pub fn assert_clean(dev: &Arc<dyn BlockDevice>) {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+pub type Model = BTreeMap<u64, BTreeMap<u64, u64>>;
+
+pub const NR_DATA_BLOCKS: u64 = 1 << 20;
+
+pub fn insert_mapping(s: &mut Store, id: u64, key: u64) -> u64 {
+    let block = s.tm.data_sm_mut().alloc().unwrap();
+    let v = BlockTime {
+        block,
+        time: s.time,
+    }
+    .pack();
+    s.edit_subtree(id, |tm, root| {
+        btree::insert(tm, root, ValueKind::BlockTime, key, &v.to_le_bytes())
+    })
+    .unwrap();
+    block
+}
+
+pub fn remove_mapping(s: &mut Store, id: u64, key: u64) -> bool {
+    s.edit_subtree(id, |tm, root| {
+        btree::remove(tm, root, ValueKind::BlockTime, key)
+    })
+    .unwrap()
+}
+
+pub fn read_tree(s: &mut Store, id: u64, begin: u64, end: u64) -> BTreeMap<u64, u64> {
+    let root = s.subtree(id).unwrap().unwrap();
+    let mut out = BTreeMap::new();
+    btree::walk(
+        &mut s.tm,
+        root,
+        ValueKind::BlockTime,
+        begin,
+        end,
+        &mut |k, v| {
+            out.insert(
+                k,
+                BlockTime::unpack(u64::from_le_bytes(v.try_into().unwrap())).block,
+            );
+            Ok(ControlFlow::Continue(()))
+        },
+    )
+    .unwrap()
+    .continue_value()
+    .expect("walk ran to the end");
+    out
+}
+
+pub fn new_tree(s: &mut Store, model: &mut Model, next_id: &mut u64) {
+    let root = btree::empty_tree(&mut s.tm, ValueKind::BlockTime).unwrap();
+    s.set_subtree(*next_id, root).unwrap();
+    model.insert(*next_id, BTreeMap::new());
+    *next_id += 1;
+}
+
+pub fn verify_all(s: &mut Store, model: &Model) {
+    let ids: Vec<u64> = {
+        let mut ids = Vec::new();
+        btree::walk(
+            &mut s.tm,
+            s.top,
+            ValueKind::SubtreeRoot,
+            0,
+            u64::MAX,
+            &mut |k, _| {
+                ids.push(k);
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .unwrap()
+        .continue_value()
+        .expect("walk ran to the end");
+        ids
+    };
+    assert_eq!(
+        ids,
+        model.keys().copied().collect::<Vec<_>>(),
+        "set of trees"
+    );
+    for (id, m) in model {
+        assert_eq!(&read_tree(s, *id, 0, u64::MAX), m, "contents of tree {id}");
+    }
+}
+
+/// Everything the store holds, as a model.
+pub fn read_all(s: &mut Store) -> Model {
+    let mut ids = Vec::new();
+    btree::walk(
+        &mut s.tm,
+        s.top,
+        ValueKind::SubtreeRoot,
+        0,
+        u64::MAX,
+        &mut |k, _| {
+            ids.push(k);
+            Ok(ControlFlow::Continue(()))
+        },
+    )
+    .unwrap();
+    ids.into_iter()
+        .map(|id| (id, read_tree(s, id, 0, u64::MAX)))
+        .collect()
 }

@@ -1,6 +1,6 @@
 //! The engine's error type. Each variant names what a person needs to act on it.
 
-use crate::units::MetaBlock;
+use crate::units::{DevId, MetaBlock};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -61,6 +61,27 @@ pub enum Error {
     /// The caller asked for something the format or the current state does not allow.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// No thin device has this id.
+    #[error("thin device {0} does not exist")]
+    UnknownDevice(DevId),
+    /// A thin device with this id exists already.
+    #[error("thin device {0} already exists")]
+    DeviceExists(DevId),
+    /// `set_transaction_id` was given the wrong current id.
+    #[error("transaction id is {actual}, not {expected}")]
+    TransactionId { expected: u64, actual: u64 },
+    /// Only one metadata snapshot can be held at a time.
+    #[error("a metadata snapshot is already held at block {0}")]
+    MetadataSnapExists(MetaBlock),
+    /// `release_metadata_snap` without a held snapshot.
+    #[error("no metadata snapshot is held")]
+    NoMetadataSnap,
+    /// The superblock's needs_check flag is set: repair first, or open read-only.
+    #[error("metadata needs checking (needs_check is set): run thin_check/thin_repair, or open read-only")]
+    NeedsCheck,
+    /// Writing to metadata opened read-only.
+    #[error("metadata is open read-only")]
+    ReadOnly,
     /// A previous commit failed half-way; the pool must be reopened.
     #[error("metadata is read-only after an earlier failure; reopen it")]
     Poisoned,

@@ -13,6 +13,7 @@ pub mod io;
 pub mod limits;
 pub mod recount;
 pub mod space_map;
+pub mod thin;
 pub mod transaction_manager;
 pub mod units;
 

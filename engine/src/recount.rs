@@ -21,11 +21,18 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub block: Option<MetaBlock>,
+    /// The thin device whose tree the problem was found in.
+    pub device: Option<u64>,
     pub message: String,
+    /// Leaks are not fatal (thin_check grades them so); everything else is.
+    pub fatal: bool,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = self.device {
+            write!(f, "device {d}: ")?;
+        }
         match self.block {
             Some(b) => write!(f, "block {b}: {}", self.message),
             None => f.write_str(&self.message),
@@ -42,6 +49,10 @@ pub struct RefCounter {
     pub problems: Vec<Problem>,
     /// Data blocks at or past this are reported (the data space map's size).
     pub nr_data_blocks: Option<u64>,
+    /// The device whose bottom tree is being walked (for attributing problems).
+    pub current_device: Option<u64>,
+    /// Bottom-level roots met in top-level leaves: (device id, root).
+    pub subtree_roots: Vec<(u64, MetaBlock)>,
 }
 
 impl RefCounter {
@@ -50,9 +61,12 @@ impl RefCounter {
     }
 
     fn problem(&mut self, block: Option<MetaBlock>, message: impl Into<String>) {
+        let device = self.current_device;
         self.problems.push(Problem {
             block,
+            device,
             message: message.into(),
+            fatal: true,
         });
     }
 
@@ -94,7 +108,9 @@ impl RefCounter {
                             }
                             *self.data.entry(bt.block).or_default() += 1;
                         }
-                        ValueKind::SubtreeRoot => subtrees.push(MetaBlock(le8(val))),
+                        ValueKind::SubtreeRoot => {
+                            subtrees.push((node::key(v.data, i), MetaBlock(le8(val))))
+                        }
                         ValueKind::Plain { .. } => {}
                     }
                 }
@@ -104,9 +120,13 @@ impl RefCounter {
         if let Err(e) = res {
             self.problem(e.block().or(Some(root)), format!("tree walk failed: {e}"));
         }
-        for s in subtrees {
+        let outer = self.current_device;
+        for (dev, s) in subtrees {
+            self.subtree_roots.push((dev, s));
+            self.current_device = Some(dev);
             self.add_tree(r, s, ValueKind::BlockTime);
         }
+        self.current_device = outer;
     }
 
     fn check_node(

@@ -22,7 +22,7 @@ mod walk;
 pub use delete::delete_tree;
 pub use insert::{insert, shadow_path};
 pub use remove::remove;
-pub use walk::{lookup, lookup_u64, walk, walk_nodes, NodeVisit};
+pub use walk::{for_each, lookup, lookup_u64, walk, walk_nodes, NodeVisit, Visitor};
 
 use crate::error::{Error, Result};
 use crate::format::node;

@@ -178,3 +178,18 @@ fn nodes_rec<R: ReadBlocks + ?Sized>(
     }
     Ok(())
 }
+
+/// Calls `f(key, value)` for every entry with `begin ≤ key < end`, in key order.
+pub fn for_each<R: ReadBlocks + ?Sized>(
+    tm: &mut R,
+    root: MetaBlock,
+    kind: ValueKind,
+    begin: u64,
+    end: u64,
+    f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    walk(tm, root, kind, begin, end, &mut |k, v| {
+        f(k, v).map(|()| ControlFlow::Continue(()))
+    })
+    .map(drop)
+}

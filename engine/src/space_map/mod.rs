@@ -219,6 +219,14 @@ impl SpaceMap {
         })
     }
 
+    /// The raw 2-bit entry of `b` (3 = look in the overflow map).
+    pub fn bitmap_entry(&self, b: u64) -> Option<u8> {
+        (b < self.nr_blocks).then(|| {
+            let (bi, j) = Self::locate(b);
+            get_entry(&self.bitmaps[bi].words, j)
+        })
+    }
+
     /// Sets the count of `b`, keeping every derived figure exact.
     pub fn set(&mut self, b: u64, count: u32) -> Result<()> {
         let old = self.get(b)?;

@@ -287,3 +287,105 @@ pub fn read_all(s: &mut Store) -> Model {
         .map(|id| (id, read_tree(s, id, 0, u64::MAX)))
         .collect()
 }
+
+/// The path of a real tool, or `None` (loudly) when it is missing outside CI.
+/// Under CI (`CI` set) a missing tool fails the test.
+pub fn real_tool(name: &str) -> Option<std::path::PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
+        let p = std::path::Path::new(dir).join(name);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{name} is required under CI: install thin-provisioning-tools");
+    }
+    eprintln!("SKIPPING the {name} part of this test: {name} is not installed");
+    None
+}
+
+/// One device as thin_dump prints it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DumpedDevice {
+    pub mapped_blocks: u64,
+    pub transaction: u64,
+    pub creation_time: u32,
+    pub snap_time: u32,
+    /// virtual block → (data block, time)
+    pub mappings: BTreeMap<u64, (u64, u32)>,
+}
+
+/// What thin_dump printed: superblock attributes and devices.
+#[derive(Debug, Clone, Default)]
+pub struct Dump {
+    pub attrs: BTreeMap<String, String>,
+    pub devices: BTreeMap<u64, DumpedDevice>,
+}
+
+fn xml_attrs(line: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = line;
+    while let Some(eq) = rest.find("=\"") {
+        let name = rest[..eq]
+            .rsplit(|c: char| c.is_whitespace() || c == '<')
+            .next()
+            .unwrap_or("");
+        let after = &rest[eq + 2..];
+        let end = after.find('"').expect("closing quote");
+        out.insert(name.to_string(), after[..end].to_string());
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// Parses thin_dump's XML (the 0.9 dialect, as Debian's tool prints it).
+pub fn parse_dump(text: &str) -> Dump {
+    let mut dump = Dump::default();
+    let mut cur: Option<u64> = None;
+    for line in text.lines().map(str::trim) {
+        let a = xml_attrs(line);
+        let num = |k: &str| a[k].parse::<u64>().unwrap();
+        if line.starts_with("<superblock") {
+            dump.attrs = a.clone();
+        } else if line.starts_with("<device") {
+            let id = num("dev_id");
+            cur = Some(id);
+            dump.devices.insert(
+                id,
+                DumpedDevice {
+                    mapped_blocks: num("mapped_blocks"),
+                    transaction: num("transaction"),
+                    creation_time: num("creation_time") as u32,
+                    snap_time: num("snap_time") as u32,
+                    mappings: BTreeMap::new(),
+                },
+            );
+        } else if line.starts_with("<single_mapping") {
+            let d = dump.devices.get_mut(&cur.unwrap()).unwrap();
+            d.mappings
+                .insert(num("origin_block"), (num("data_block"), num("time") as u32));
+        } else if line.starts_with("<range_mapping") {
+            let d = dump.devices.get_mut(&cur.unwrap()).unwrap();
+            for i in 0..num("length") {
+                d.mappings.insert(
+                    num("origin_begin") + i,
+                    (num("data_begin") + i, num("time") as u32),
+                );
+            }
+        }
+    }
+    dump
+}
+
+/// Runs a real tool; returns (exit code, stdout, stderr).
+pub fn run_tool(tool: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .expect("running a real tool");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

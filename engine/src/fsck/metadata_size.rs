@@ -271,6 +271,51 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Command> {
     Ok(Command::Estimate(o))
 }
 
+/// The tool's `-h` text: a title, a usage line, then one tab-indented line per option
+/// with the option in 4 columns and its long form (plus unit letters) in 44.
+pub fn help_text(prog: &str) -> String {
+    let units = std::str::from_utf8(UNIT_CHARS).unwrap_or_default();
+    let rows = [
+        (
+            "-b",
+            format!("--block-size BLOCKSIZE[{units}]"),
+            "Block size of thin provisioned devices.",
+        ),
+        (
+            "-s",
+            format!("--pool-size SIZE[{units}]"),
+            "Size of pool device.",
+        ),
+        (
+            "-m",
+            format!("--max-thins #MAXTHINS[{units}]"),
+            "Maximum sum of all thin devices and snapshots.",
+        ),
+        (
+            "-u",
+            format!("--unit {{{units}}}"),
+            "Output unit specifier.",
+        ),
+        (
+            "-n",
+            "--numeric-only [short|long]".into(),
+            "Output numeric value only (optionally with short/long unit identifier).",
+        ),
+        ("-h", "--help".into(), "This help."),
+        (
+            "-V",
+            "--version".into(),
+            "Print thin provisioning tools version.",
+        ),
+    ];
+    let mut out =
+        format!("Thin Provisioning Metadata Device Size Calculator.\nUsage: {prog} [options]\n");
+    for (short, long, what) in rows {
+        out.push_str(&format!("\t{short:<4}{long:<44}{what}\n"));
+    }
+    out
+}
+
 /// The estimate in the requested unit, as the tool's `double`.
 pub fn estimate_in_unit(o: &Options) -> f64 {
     let blocks = (o.pool_sectors.wrapping_mul(2) / o.block_sectors.max(1) / MAPPINGS_PER_BLOCK_V09)

@@ -244,6 +244,18 @@ impl<V: MetadataVisitor> ExpandRefs<V> {
         self.inner
     }
 
+    /// Counts a def or one of its runs against [`MAX_DEF_RUNS`].
+    fn count_def_entry(&mut self) -> Result<()> {
+        self.nr_def_runs += 1;
+        if self.nr_def_runs > MAX_DEF_RUNS {
+            return Err(Error::Invalid {
+                dev_id: None,
+                reason: format!("shared runs exceed the limit of {MAX_DEF_RUNS} entries"),
+            });
+        }
+        Ok(())
+    }
+
     /// The wrapped visitor, to bypass the expansion.
     pub fn inner_mut(&mut self) -> &mut V {
         &mut self.inner
@@ -261,6 +273,7 @@ impl<V: MetadataVisitor> MetadataVisitor for ExpandRefs<V> {
         if self.defs.contains_key(name) {
             return Err(Error::DuplicateDef { name: name.into() });
         }
+        self.count_def_entry()?;
         self.defs.insert(name.into(), Vec::new());
         self.current = Some(name.into());
         Ok(())
@@ -276,17 +289,12 @@ impl<V: MetadataVisitor> MetadataVisitor for ExpandRefs<V> {
         self.inner.device_e()
     }
     fn map(&mut self, run: &Run) -> Result<()> {
-        let Some(name) = &self.current else {
+        if self.current.is_none() {
             return self.inner.map(run);
-        };
-        self.nr_def_runs += 1;
-        if self.nr_def_runs > MAX_DEF_RUNS {
-            return Err(Error::Invalid {
-                dev_id: None,
-                reason: format!("shared runs exceed the limit of {MAX_DEF_RUNS} runs"),
-            });
         }
-        if let Some(runs) = self.defs.get_mut(name) {
+        self.count_def_entry()?;
+        let current = self.current.as_deref().unwrap_or_default();
+        if let Some(runs) = self.defs.get_mut(current) {
             runs.push(*run);
         }
         Ok(())

@@ -111,6 +111,9 @@ impl MetadataVisitor for Validator {
     }
 
     fn def_shared_b(&mut self, name: &str) -> Result<()> {
+        if self.defs.len() as u64 >= super::MAX_DEF_RUNS {
+            return self.invalid(format!("more than {} shared runs", super::MAX_DEF_RUNS));
+        }
         self.def = Some((name.into(), u64::MAX, 0, 0));
         Ok(())
     }

@@ -6,7 +6,9 @@ use std::process::{Command, Output};
 
 use crate::fsck::gen::{generate_into, GenConfig};
 use crate::fsck::human::to_human_string;
-use crate::fsck::metadata_size::{estimate_blocks_v09, parse_args, render, Command as SizeCommand};
+use crate::fsck::metadata_size::{
+    estimate_blocks_v09, help_text, parse_args, render, Command as SizeCommand,
+};
 use crate::fsck::validate::Validator;
 use crate::fsck::xml::{dump_writer, parse_xml, to_xml_string, Dialect};
 
@@ -144,6 +146,14 @@ fn thin_metadata_size_output_matches_the_installed_binary() {
             other => panic!("{argv:?}: {other:?}"),
         }
     }
+    assert_eq!(
+        help_text("thin_metadata_size"),
+        stdout_of("thin_metadata_size", &["-h"])
+    );
+    assert_eq!(
+        parse_args(&["-b", "1", "-h"]).expect("help"),
+        SizeCommand::Help
+    );
     for bad in [
         &["-b", "64k", "-s", "1t"][..],
         &["-b", "63k", "-s", "1t", "-m", "1"],

@@ -9,6 +9,7 @@ pub mod block_manager;
 pub mod btree;
 pub mod error;
 pub mod format;
+pub mod fsck;
 pub mod io;
 pub mod limits;
 pub mod recount;

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs thinly's whole test suite, first installing what the tests need when it is missing
+# (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio and qemu-utils.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v thin_check >/dev/null 2>&1 || need+=(thin-provisioning-tools)
+command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
+command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
+command -v fio >/dev/null 2>&1 || need+=(fio)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo test --workspace "$@"

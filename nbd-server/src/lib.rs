@@ -1,1 +1,24 @@
-//! thinly-nbd: the NBD protocol core and server.
+//! thinly-nbd: the NBD protocol core and server for thinly volumes.
+//!
+//! Module map (layers depend downward only):
+//! - `limits`: every bound, with its reason.
+//! - `proto`: the sans-IO protocol core — handshake state machine, request decoding
+//!   and validation, reply encoding, errno mapping. No sockets, no storage.
+//! - `export`: the storage seam (`Export`, `ExportRegistry`) and `ExportTable`.
+//! - `mem_export`: `MemExport`, a sparse in-memory `Export` for tests and examples.
+//! - `server`: listeners, connections, request dispatch, graceful shutdown.
+//! - `fuzzing`: a whole-session driver over arbitrary bytes, for the fuzz target and
+//!   the property tests.
+//!
+//! The protocol reference is `spec/nbd-protocol.md`; comments cite its sections.
+
+pub mod export;
+pub mod fuzzing;
+pub mod limits;
+pub mod mem_export;
+pub mod proto;
+pub mod server;
+
+pub use export::{Export, ExportRegistry, ExportTable, Extent, ZeroFlags};
+pub use mem_export::MemExport;
+pub use server::{Server, ServerConfig, ServerHandle};

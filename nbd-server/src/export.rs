@@ -1,0 +1,142 @@
+//! The storage seam: what the server needs from a volume (`Export`) and how it finds
+//! volumes by name (`ExportRegistry`). The pool's volume handle implements `Export` in
+//! another crate; `MemExport` implements it in memory for tests and the example.
+//!
+//! Contract for implementers:
+//! - The server has already checked every range against `size_bytes()` and the
+//!   read-only flag; implementations may still refuse with `InvalidInput`/`EINVAL`.
+//! - Offsets and lengths are multiples of `min_block_size()` when the client promised
+//!   to obey it (GO with `NBD_INFO_BLOCK_SIZE`); otherwise they may be unaligned, and
+//!   the export must either read-modify-write or fail with `EINVAL` — never corrupt.
+//! - Methods may be called concurrently from several threads and connections.
+//!   Overlapping writes in flight together may land in either order (§9.1).
+//! - Errors: return `io::Error` carrying a raw errno where possible (`ENOSPC`, `EPERM`,
+//!   `EINVAL`, `EIO`, `ENOTSUP`); `NbdErrno::from_io_error` maps them to the wire.
+
+use std::io;
+use std::sync::{Arc, RwLock};
+
+pub use crate::proto::consts::{STATE_HOLE, STATE_ZERO};
+
+/// One run of `base:allocation` status: `length` bytes with `flags`
+/// (`STATE_HOLE | STATE_ZERO` for unallocated, 0 for data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Length in bytes; never 0.
+    pub length: u64,
+    /// `base:allocation` bits.
+    pub flags: u32,
+}
+
+/// How a WRITE_ZEROES may be carried out (§7.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ZeroFlags {
+    /// No NO_HOLE flag: the export may unmap the range instead of writing zeroes.
+    pub may_trim: bool,
+    /// FAST_ZERO: fail at once with `ENOTSUP`, changing nothing, unless the zeroing is
+    /// cheaper than writing zeroes (for thinly: unmapping whole data blocks).
+    pub fast_only: bool,
+    /// FUA: durable before the reply.
+    pub fua: bool,
+}
+
+/// A block device served over NBD.
+pub trait Export: Send + Sync {
+    /// Virtual size in bytes.
+    fn size_bytes(&self) -> u64;
+    /// Read-only exports refuse WRITE, TRIM and WRITE_ZEROES with `EPERM`.
+    fn read_only(&self) -> bool;
+    /// True only if a FLUSH (or FUA) on one connection makes every completed write on
+    /// every connection durable (§9.3).
+    fn can_multi_conn(&self) -> bool;
+    /// Requests aligned to this avoid read-modify-write: e.g. the data block size.
+    fn preferred_block_size(&self) -> u32;
+    /// Smallest alignment clients that ask are told to obey. Power of two, 1…64 KiB.
+    fn min_block_size(&self) -> u32 {
+        512
+    }
+    /// Fills `buf` from `offset`; unallocated ranges read as zeroes.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes `data` at `offset`; durable before returning if `fua`.
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;
+    /// Makes `[offset, offset+len)` read as zeroes; see `ZeroFlags`.
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()>;
+    /// May discard any part of the range (a hint).
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()>;
+    /// Makes every write completed before the call durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Prefetch hint; must not change contents.
+    fn cache(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// `base:allocation` runs from `offset`, contiguous, each non-empty, covering at
+    /// least a prefix of `[offset, offset+len)`; runs past the end are clipped by the
+    /// server. Unallocated ranges are `STATE_HOLE | STATE_ZERO`. The server also uses
+    /// this to answer READ with OFFSET_HOLE chunks for ranges marked `STATE_ZERO`.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>>;
+    /// `qemu:allocation-depth` runs of (length, depth): 0 unallocated, 1 owned by this
+    /// volume, 2 shared with another device. Same covering rules as `block_status`.
+    fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>>;
+}
+
+/// Finds exports by name. Exports may appear and disappear at runtime; a connection
+/// keeps the `Arc` it opened until it closes.
+pub trait ExportRegistry: Send + Sync {
+    /// (name, description) of every export, for `NBD_OPT_LIST`.
+    fn list(&self) -> Vec<(String, String)>;
+    /// The export called `name`; `""` is the default export.
+    fn open(&self, name: &str) -> Option<Arc<dyn Export>>;
+}
+
+/// A registry held in memory: a list of named exports that can change at runtime.
+/// The default export (`""`) is the one named `""` if present, else the first.
+#[derive(Default)]
+pub struct ExportTable {
+    entries: RwLock<Vec<TableEntry>>,
+}
+
+/// (name, description, export).
+type TableEntry = (String, String, Arc<dyn Export>);
+
+impl ExportTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces the export called `name`.
+    pub fn insert(&self, name: &str, description: &str, export: Arc<dyn Export>) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(n, _, _)| n != name);
+        entries.push((name.to_owned(), description.to_owned(), export));
+    }
+
+    /// Removes the export called `name`; open connections keep serving it.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let before = entries.len();
+        entries.retain(|(n, _, _)| n != name);
+        entries.len() != before
+    }
+}
+
+impl ExportRegistry for ExportTable {
+    fn list(&self) -> Vec<(String, String)> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .map(|(n, d, _)| (n.clone(), d.clone()))
+            .collect()
+    }
+
+    fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let found = entries.iter().find(|(n, _, _)| n == name);
+        let found = match (found, name.is_empty()) {
+            (Some(e), _) => Some(e),
+            (None, true) => entries.first(),
+            (None, false) => None,
+        };
+        found.map(|(_, _, e)| Arc::clone(e))
+    }
+}

@@ -1,0 +1,268 @@
+//! One client connection: the handshake (driving `proto::Handshake`), then
+//! transmission with a reader thread, a few workers and one send lock.
+//!
+//! The reader (this connection's thread) reads each header and its whole payload,
+//! validates, and queues the job; invalid requests are answered at once. Workers run
+//! jobs concurrently and send complete replies under the send lock, so replies go out
+//! in completion order and never interleave. On DISC, EOF, a protocol error, or a
+//! server shutdown, the reader stops reading; the workers finish every queued request
+//! and send its reply; then the socket is closed. A failed send shuts the socket down,
+//! which also stops the reader.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::budget::Budget;
+use super::dispatch::execute;
+use super::stream::Stream;
+use super::Shared;
+use crate::export::Export;
+use crate::limits::{
+    MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS, READ_BUFFER_BYTES, WRITE_TIMEOUT,
+};
+use crate::proto::consts::{CMD_DISC, CMD_READ};
+use crate::proto::{
+    reply, validate, Command, Handshake, Negotiated, ReplyTo, RequestHeader, Session, Status,
+};
+
+/// A request ready for a worker.
+struct Job {
+    to: ReplyTo,
+    command: Command,
+    payload: Vec<u8>,
+    charged: u64,
+}
+
+/// What every thread of one connection shares.
+struct Conn {
+    export: Arc<dyn Export>,
+    session: Session,
+    writer: Mutex<Stream>,
+    budget: Budget,
+    broken: AtomicBool,
+}
+
+impl Conn {
+    /// Sends one complete reply. A failure marks the connection broken and shuts the
+    /// socket down so the reader stops too.
+    fn send(&self, bytes: &[u8]) {
+        if self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = w.write_all(bytes) {
+            debug!(error = %e, "sending a reply failed; closing the connection");
+            self.broken.store(true, Ordering::Relaxed);
+            let _ = w.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends.
+pub(super) fn serve(stream: Stream, shared: &Shared) {
+    let peer = stream.peer();
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    match handshake(&stream, shared) {
+        Ok(Some((negotiated, leftover))) => {
+            info!(%peer, export = %negotiated.export_name, mode = ?negotiated.mode, "client connected");
+            if let Err(e) = transmission(stream, negotiated, leftover, shared) {
+                debug!(%peer, error = %e, "connection setup failed");
+            }
+        }
+        Ok(None) => debug!(%peer, "handshake ended without an export"),
+        Err(e) => info!(%peer, error = %e, "handshake failed; disconnecting"),
+    }
+}
+
+/// Drives the handshake state machine over the socket, within the handshake timeout.
+/// Returns the negotiated state and any bytes already read past the handshake.
+fn handshake(stream: &Stream, shared: &Shared) -> io::Result<Option<(Negotiated, Vec<u8>)>> {
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let mut hs = Handshake::new(Arc::clone(&shared.registry));
+    let mut rd = stream.try_clone()?;
+    let mut wr = stream.try_clone()?;
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        let out = hs.take_output();
+        if !out.is_empty() {
+            wr.write_all(&out)?;
+        }
+        if hs.status() != Status::NeedInput {
+            return Ok(None);
+        }
+        if shared.shutting_down() {
+            hs.set_shutting_down();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake timeout"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = rd.read(&mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let used = hs
+            .receive(&buf[..n])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if hs.status() == Status::Finished {
+            let out = hs.take_output();
+            wr.write_all(&out)?;
+            let leftover = buf[used..n].to_vec();
+            return Ok(hs.into_negotiated().map(|n| (n, leftover)));
+        }
+    }
+}
+
+fn transmission(
+    stream: Stream,
+    negotiated: Negotiated,
+    leftover: Vec<u8>,
+    shared: &Shared,
+) -> io::Result<()> {
+    stream.set_read_timeout(shared.config.idle_timeout)?;
+    let conn = Conn {
+        export: Arc::clone(&negotiated.export),
+        session: Session::from_negotiated(&negotiated),
+        writer: Mutex::new(stream.try_clone()?),
+        budget: Budget::new(MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS),
+        broken: AtomicBool::new(false),
+    };
+    let reader = io::Cursor::new(leftover).chain(stream.try_clone()?);
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Mutex::new(rx);
+    std::thread::scope(|s| {
+        for _ in 0..shared.config.workers_per_connection.max(1) {
+            s.spawn(|| worker(&conn, &rx));
+        }
+        read_requests(&mut reader, &conn, tx);
+    });
+    let _ = stream.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+fn worker(conn: &Conn, rx: &Mutex<Receiver<Job>>) {
+    let mut out = Vec::new();
+    loop {
+        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(job) = job else { return };
+        out.clear();
+        execute(
+            conn.export.as_ref(),
+            &conn.session,
+            job.to,
+            job.command,
+            &job.payload,
+            &mut out,
+        );
+        drop(job.payload);
+        conn.send(&out);
+        conn.budget.release(job.charged);
+        if out.capacity() > READ_BUFFER_BYTES {
+            out = Vec::new();
+        }
+    }
+}
+
+/// Why the reader stopped.
+#[derive(Debug)]
+enum End {
+    Disconnect,
+    Eof,
+    Idle,
+    Broken,
+    Error(String),
+}
+
+/// The reader loop. Returns when the client is done or the stream is lost; dropping
+/// `tx` then lets the workers drain the queue and exit.
+fn read_requests<R: BufRead>(reader: &mut R, conn: &Conn, tx: Sender<Job>) {
+    let mode = conn.session.mode;
+    let end = loop {
+        if conn.broken.load(Ordering::Relaxed) {
+            break End::Broken;
+        }
+        match reader.fill_buf() {
+            Ok([]) => break End::Eof,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) && conn.budget.requests_in_flight() > 0 => continue,
+            Err(e) if is_timeout(&e) => break End::Idle,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break End::Error(e.to_string()),
+        }
+        let mut hdr = [0u8; 32];
+        let hdr = &mut hdr[..mode.request_header_len()];
+        if let Err(e) = reader.read_exact(hdr) {
+            break End::Error(format!("truncated request header: {e}"));
+        }
+        let header = match RequestHeader::decode(mode, hdr) {
+            Ok(h) => h,
+            Err(e) => break End::Error(e.to_string()),
+        };
+        if header.command == CMD_DISC {
+            break End::Disconnect;
+        }
+        let payload_len = match header.checked_payload_len(mode) {
+            Ok(n) => n,
+            Err(e) => break End::Error(e.to_string()),
+        };
+        let reply_len = if header.command == CMD_READ {
+            header.length
+        } else {
+            0
+        };
+        let charged = conn
+            .budget
+            .acquire((payload_len as u64).saturating_add(reply_len));
+        let mut payload = vec![0u8; payload_len];
+        if let Err(e) = reader.read_exact(&mut payload) {
+            conn.budget.release(charged);
+            break End::Error(format!("truncated payload: {e}"));
+        }
+        let to = ReplyTo {
+            mode,
+            cookie: header.cookie,
+            offset: header.offset,
+        };
+        match validate(&header, &conn.session) {
+            Ok(command) => {
+                if let Err(mpsc::SendError(job)) = tx.send(Job {
+                    to,
+                    command,
+                    payload,
+                    charged,
+                }) {
+                    conn.budget.release(job.charged);
+                    break End::Broken;
+                }
+            }
+            Err(errno) => {
+                debug!(?header, ?errno, "request refused");
+                let mut out = Vec::new();
+                reply::error(&mut out, to, errno);
+                conn.send(&out);
+                conn.budget.release(charged);
+            }
+        }
+    };
+    match end {
+        End::Error(e) => {
+            warn!(error = %e, "protocol error; disconnecting after in-flight requests")
+        }
+        other => debug!(end = ?other, "client finished"),
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

@@ -1,0 +1,316 @@
+//! The NBD server: listeners (TCP and Unix sockets), one thread per connection plus a
+//! few workers each (see `conn`), and graceful shutdown.
+//!
+//! Life cycle: `Server::new` → `listen_tcp` / `listen_unix` → `start` (spawns the
+//! accept loop) → `ServerHandle::shutdown`: stop accepting, stop reading new requests
+//! on every connection, let in-flight requests finish and their replies go out, join
+//! every thread, remove our Unix socket files, and return. The caller then commits.
+
+mod budget;
+mod conn;
+pub mod dispatch;
+mod stream;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tracing::{info, warn};
+
+pub use self::budget::Budget;
+pub use self::stream::Stream;
+use crate::export::ExportRegistry;
+use crate::limits::{
+    ACCEPT_POLL_INTERVAL_MS, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS,
+    WORKERS_PER_CONNECTION,
+};
+
+/// Tunables of a server; `Default` gives the values in `limits`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Time allowed from accept to the end of option haggling.
+    pub handshake_timeout: Duration,
+    /// Close connections idle (nothing in flight, nothing received) this long.
+    pub idle_timeout: Option<Duration>,
+    /// Worker threads per connection.
+    pub workers_per_connection: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            workers_per_connection: WORKERS_PER_CONNECTION,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// State shared by the accept loop and every connection.
+pub(crate) struct Shared {
+    registry: Arc<dyn ExportRegistry>,
+    config: ServerConfig,
+    shutting_down: AtomicBool,
+    next_id: AtomicU64,
+    /// A second handle to each live connection, so shutdown can stop its reader.
+    live: Mutex<HashMap<u64, Stream>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// A server being configured.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+}
+
+impl Server {
+    /// A server for the exports in `registry`.
+    pub fn new(registry: Arc<dyn ExportRegistry>, config: ServerConfig) -> Self {
+        let shared = Shared {
+            registry,
+            config,
+            shutting_down: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
+        };
+        Self {
+            shared: Arc::new(shared),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// Listens on a TCP address (port 0 picks one); returns the bound address.
+    pub fn listen_tcp(&mut self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+        let l = TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        let bound = l.local_addr()?;
+        self.listeners.push(Listener::Tcp(l));
+        Ok(bound)
+    }
+
+    /// Listens on a Unix socket at `path` (which must not exist); removed at shutdown.
+    pub fn listen_unix(&mut self, path: &Path) -> io::Result<()> {
+        let l = UnixListener::bind(path)?;
+        l.set_nonblocking(true)?;
+        self.listeners.push(Listener::Unix(l, path.to_owned()));
+        Ok(())
+    }
+
+    /// Starts accepting connections on a background thread.
+    pub fn start(self) -> io::Result<ServerHandle> {
+        if self.listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "server has no listener",
+            ));
+        }
+        let shared = Arc::clone(&self.shared);
+        let listeners = self.listeners;
+        let paths = listeners
+            .iter()
+            .filter_map(|l| match l {
+                Listener::Unix(_, p) => Some(p.clone()),
+                Listener::Tcp(_) => None,
+            })
+            .collect();
+        let accept = std::thread::Builder::new()
+            .name("nbd-accept".into())
+            .spawn(move || accept_loop(&shared, &listeners))?;
+        Ok(ServerHandle {
+            shared: self.shared,
+            accept: Some(accept),
+            unix_paths: paths,
+        })
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+    unix_paths: Vec<PathBuf>,
+}
+
+impl ServerHandle {
+    /// Connections alive now.
+    pub fn nr_connections(&self) -> usize {
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight requests finish and be
+    /// answered, close every connection, and return once every thread has ended.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        if let Some(accept) = self.accept.take() {
+            if accept.join().is_err() {
+                warn!("accept thread panicked");
+            }
+        }
+        for s in self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            let _ = s.shutdown(Shutdown::Read);
+        }
+        let threads = std::mem::take(
+            &mut *self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for t in threads {
+            if t.join().is_err() {
+                warn!("connection thread panicked");
+            }
+        }
+        for p in self.unix_paths.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+        info!("server stopped");
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.accept.is_some() {
+            self.stop();
+        }
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listeners: &[Listener]) {
+    while !shared.shutting_down() {
+        let mut fds: Vec<PollFd> = listeners
+            .iter()
+            .map(|l| match l {
+                Listener::Tcp(l) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
+                Listener::Unix(l, _) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
+            })
+            .collect();
+        if let Err(e) = poll(&mut fds, PollTimeout::from(ACCEPT_POLL_INTERVAL_MS)) {
+            if e != nix::errno::Errno::EINTR {
+                warn!(error = %e, "poll on listeners failed");
+                std::thread::sleep(Duration::from_millis(u64::from(ACCEPT_POLL_INTERVAL_MS)));
+            }
+            continue;
+        }
+        for l in listeners {
+            while let Some(stream) = accept_one(l) {
+                spawn_connection(shared, stream);
+            }
+        }
+        reap_finished(shared);
+    }
+}
+
+/// Accepts one pending connection, if any, as a blocking stream.
+fn accept_one(l: &Listener) -> Option<Stream> {
+    let accepted = match l {
+        Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
+            s.set_nodelay(true)?;
+            s.set_nonblocking(false)?;
+            Ok(Stream::Tcp(s))
+        }),
+        Listener::Unix(l, _) => l.accept().and_then(|(s, _)| {
+            s.set_nonblocking(false)?;
+            Ok(Stream::Unix(s))
+        }),
+    };
+    match accepted {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) => {
+            warn!(error = %e, "accept failed");
+            None
+        }
+    }
+}
+
+fn spawn_connection(shared: &Arc<Shared>, stream: Stream) {
+    let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
+    if live.len() >= shared.config.max_connections {
+        warn!(
+            limit = shared.config.max_connections,
+            "too many connections; refusing one"
+        );
+        return;
+    }
+    let Ok(handle) = stream.try_clone() else {
+        return;
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    live.insert(id, handle);
+    drop(live);
+    let sh = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name(format!("nbd-conn-{id}"))
+        .spawn(move || {
+            conn::serve(stream, &sh);
+            sh.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+    match spawned {
+        Ok(t) => shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(t),
+        Err(e) => {
+            warn!(error = %e, "cannot spawn a connection thread");
+            shared
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
+    }
+}
+
+fn reap_finished(shared: &Shared) {
+    let mut threads = shared.threads.lock().unwrap_or_else(|e| e.into_inner());
+    let (done, running): (Vec<_>, Vec<_>) = threads.drain(..).partition(|t| t.is_finished());
+    *threads = running;
+    drop(threads);
+    for t in done {
+        if t.join().is_err() {
+            warn!("connection thread panicked");
+        }
+    }
+}

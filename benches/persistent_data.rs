@@ -89,7 +89,8 @@ fn insert(c: &mut Criterion) {
     g.bench_function("random_key_cached", |b| {
         b.iter(|| {
             k = k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            root = btree::insert(&mut tm, root, PLAIN8, (k % N) * 7 + 3, &k.to_le_bytes()).unwrap().0;
+            root =
+                btree::insert(&mut tm, root, PLAIN8, (k % N) * 7 + 3, &k.to_le_bytes()).unwrap().0;
         })
     });
     g.finish();

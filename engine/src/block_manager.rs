@@ -79,10 +79,7 @@ impl BlockManager {
     fn check_bounds(&self, b: MetaBlock) -> Result<()> {
         let n = self.dev.nr_blocks();
         if b.0 >= n {
-            return Err(Error::OutOfBounds {
-                block: b,
-                nr_blocks: n,
-            });
+            return Err(Error::OutOfBounds { block: b, nr_blocks: n });
         }
         Ok(())
     }
@@ -116,15 +113,7 @@ impl BlockManager {
             return Ok(e.data.clone());
         }
         let data: Arc<Block> = Arc::from(self.read_validated(b, kind)?);
-        self.insert(
-            b,
-            Entry {
-                data: data.clone(),
-                kind,
-                dirty: false,
-                last_used: self.tick,
-            },
-        )?;
+        self.insert(b, Entry { data: data.clone(), kind, dirty: false, last_used: self.tick })?;
         Ok(data)
     }
 
@@ -135,10 +124,8 @@ impl BlockManager {
         }
         self.tick += 1;
         let tick = self.tick;
-        let e = self
-            .cache
-            .get_mut(&b.0)
-            .ok_or_else(|| Error::corrupt(b, kind.name(), "vanished"))?;
+        let e =
+            self.cache.get_mut(&b.0).ok_or_else(|| Error::corrupt(b, kind.name(), "vanished"))?;
         assert_eq!(
             e.kind,
             kind,
@@ -167,12 +154,7 @@ impl BlockManager {
 
     fn put(&mut self, b: MetaBlock, kind: BlockKind, data: Arc<Block>) -> Result<()> {
         self.tick += 1;
-        let e = Entry {
-            data,
-            kind,
-            dirty: true,
-            last_used: self.tick,
-        };
+        let e = Entry { data, kind, dirty: true, last_used: self.tick };
         self.insert(b, e)
     }
 
@@ -218,9 +200,7 @@ impl BlockManager {
             return Ok(());
         }
         let writes: Vec<(u64, &Block)> = blocks.iter().map(|(b, d)| (*b, &**d)).collect();
-        self.dev
-            .write_many(&writes)
-            .map_err(|e| Error::io("writing metadata blocks", e))
+        self.dev.write_many(&writes).map_err(|e| Error::io("writing metadata blocks", e))
     }
 
     /// Writes every dirty block (sealed) and flushes the device: commit step 4 (spec §6.5).
@@ -235,21 +215,15 @@ impl BlockManager {
             }
         }
         self.write_out(&dirty)?;
-        self.dev
-            .flush()
-            .map_err(|e| Error::io("flushing the metadata device", e))
+        self.dev.flush().map_err(|e| Error::io("flushing the metadata device", e))
     }
 
     /// Seals and writes the superblock at block 0, then flushes: commit step 5.
     pub fn write_superblock(&mut self, sb: &Block) -> Result<()> {
         let mut data = Box::new(*sb);
         checksum::seal(&mut data[..], MetaBlock(0), BlockKind::Superblock);
-        self.dev
-            .write_block(0, &data)
-            .map_err(|e| Error::io("writing the superblock", e))?;
-        self.dev
-            .flush()
-            .map_err(|e| Error::io("flushing the superblock", e))?;
+        self.dev.write_block(0, &data).map_err(|e| Error::io("writing the superblock", e))?;
+        self.dev.flush().map_err(|e| Error::io("flushing the superblock", e))?;
         self.cache.remove(&0);
         Ok(())
     }

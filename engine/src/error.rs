@@ -17,26 +17,13 @@ pub enum Error {
     },
     /// A block's checksum does not match its contents for the expected block type.
     #[error("metadata block {block}: bad {kind} checksum (stored {stored:#010x}, computed {computed:#010x})")]
-    Checksum {
-        block: MetaBlock,
-        kind: &'static str,
-        stored: u32,
-        computed: u32,
-    },
+    Checksum { block: MetaBlock, kind: &'static str, stored: u32, computed: u32 },
     /// A block claims to live somewhere else (its self block number is wrong).
     #[error("metadata block {block}: {kind} says it is block {claimed}")]
-    BlockNumber {
-        block: MetaBlock,
-        kind: &'static str,
-        claimed: u64,
-    },
+    BlockNumber { block: MetaBlock, kind: &'static str, claimed: u64 },
     /// A block decoded but breaks a structural rule of the format.
     #[error("metadata block {block}: bad {kind}: {reason}")]
-    Corrupt {
-        block: MetaBlock,
-        kind: &'static str,
-        reason: String,
-    },
+    Corrupt { block: MetaBlock, kind: &'static str, reason: String },
     /// A block number points past the end of the device.
     #[error(
         "metadata block {block} is beyond the end of the metadata device ({nr_blocks} blocks)"
@@ -53,11 +40,7 @@ pub enum Error {
     DataNoSpace { nr_blocks: u64 },
     /// A reference count was decremented below zero or changed where it must not be.
     #[error("reference count error on {space} block {block}: {reason}")]
-    RefCount {
-        space: &'static str,
-        block: u64,
-        reason: String,
-    },
+    RefCount { space: &'static str, block: u64, reason: String },
     /// The caller asked for something the format or the current state does not allow.
     #[error("invalid argument: {0}")]
     Invalid(String),
@@ -90,10 +73,7 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io { context: context.into(), source }
     }
 
     /// The metadata block the error is about, if it is about one.
@@ -108,10 +88,6 @@ impl Error {
     }
 
     pub fn corrupt(block: MetaBlock, kind: &'static str, reason: impl Into<String>) -> Self {
-        Error::Corrupt {
-            block,
-            kind,
-            reason: reason.into(),
-        }
+        Error::Corrupt { block, kind, reason: reason.into() }
     }
 }

@@ -62,12 +62,7 @@ impl RefCounter {
 
     fn problem(&mut self, block: Option<MetaBlock>, message: impl Into<String>) {
         let device = self.current_device;
-        self.problems.push(Problem {
-            block,
-            device,
-            message: message.into(),
-            fatal: true,
-        });
+        self.problems.push(Problem { block, device, message: message.into(), fatal: true });
     }
 
     /// Counts one reference to a metadata block that is not a tree node.
@@ -137,33 +132,19 @@ impl RefCounter {
     ) {
         let b = Some(v.block);
         let d = v.data;
-        let (n, max, vs) = (
-            node::nr_entries(d),
-            node::max_entries_of(d),
-            node::value_size(d),
-        );
+        let (n, max, vs) = (node::nr_entries(d), node::max_entries_of(d), node::value_size(d));
         let leaf = node::is_leaf(d);
-        let expect_vs = if leaf {
-            kind.size()
-        } else {
-            node::INTERNAL_VALUE_SIZE
-        };
+        let expect_vs = if leaf { kind.size() } else { node::INTERNAL_VALUE_SIZE };
         if vs != expect_vs {
             self.problem(b, format!("value_size {vs}, expected {expect_vs}"));
         }
         if max % 3 != 0 || max != node::max_entries(vs) {
-            self.problem(
-                b,
-                format!("max_entries {max} (expected {})", node::max_entries(vs)),
-            );
+            self.problem(b, format!("max_entries {max} (expected {})", node::max_entries(vs)));
         }
         if !v.is_root && n < node::min_entries(max) {
             self.problem(
                 b,
-                format!(
-                    "too few entries: {n}, expected at least {}",
-                    node::min_entries(max)
-                ),
+                format!("too few entries: {n}, expected at least {}", node::min_entries(max)),
             );
         }
         if !leaf && n == 0 {
@@ -177,20 +158,16 @@ impl RefCounter {
             if k < v.lo || v.hi.is_some_and(|h| k >= h) {
                 self.problem(
                     b,
-                    format!(
-                        "key {k} outside the range its parent gives [{}, {:?})",
-                        v.lo, v.hi
-                    ),
+                    format!("key {k} outside the range its parent gives [{}, {:?})", v.lo, v.hi),
                 );
             }
         }
         if leaf {
             match *leaf_depth {
                 None => *leaf_depth = Some(v.depth),
-                Some(x) if x != v.depth => self.problem(
-                    b,
-                    format!("leaf at depth {} where others are at {x}", v.depth),
-                ),
+                Some(x) if x != v.depth => {
+                    self.problem(b, format!("leaf at depth {} where others are at {x}", v.depth))
+                }
                 _ => {}
             }
         }
@@ -207,22 +184,17 @@ impl RefCounter {
                     self.add_meta(MetaBlock(e.blocknr));
                 }
             }
-            Err(e) => self.problem(
-                e.block().or(Some(m.bitmap_root)),
-                format!("metadata index block: {e}"),
-            ),
+            Err(e) => self
+                .problem(e.block().or(Some(m.bitmap_root)), format!("metadata index block: {e}")),
         }
         self.add_tree(r, m.ref_count_root, REF_COUNT);
         let d = sb.data_sm_root;
         self.add_tree(r, d.bitmap_root, INDEX_ENTRY);
         match load_data_index(r, d.bitmap_root) {
-            Ok(entries) => entries
-                .iter()
-                .for_each(|e| self.add_meta(MetaBlock(e.blocknr))),
-            Err(e) => self.problem(
-                e.block().or(Some(d.bitmap_root)),
-                format!("data index tree: {e}"),
-            ),
+            Ok(entries) => entries.iter().for_each(|e| self.add_meta(MetaBlock(e.blocknr))),
+            Err(e) => {
+                self.problem(e.block().or(Some(d.bitmap_root)), format!("data index tree: {e}"))
+            }
         }
         self.add_tree(r, d.ref_count_root, REF_COUNT);
     }
@@ -247,10 +219,8 @@ impl RefCounter {
                     sm.space()
                 ));
             } else if sm.get(b).ok() == Some(0) {
-                diffs.push(format!(
-                    "{} block {b}: space map says 0, references {want}",
-                    sm.space()
-                ));
+                diffs
+                    .push(format!("{} block {b}: space map says 0, references {want}", sm.space()));
             }
         }
         for d in diffs {
@@ -323,12 +293,5 @@ pub fn recount_device(
     let mut bm = crate::block_manager::BlockManager::new(dev, crate::limits::DEFAULT_CACHE_BYTES);
     let sb = Superblock::decode(&bm.read_validated(MetaBlock(0), BlockKind::Superblock)?[..]);
     let (meta_sm, data_sm, _) = crate::space_map::disk::load(&mut bm, &sb)?;
-    recount_with(
-        &mut bm,
-        &sb,
-        ValueKind::SubtreeRoot,
-        details_kind,
-        &meta_sm,
-        &data_sm,
-    )
+    recount_with(&mut bm, &sb, ValueKind::SubtreeRoot, details_kind, &meta_sm, &data_sm)
 }

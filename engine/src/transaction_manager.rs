@@ -121,15 +121,10 @@ impl TransactionManager {
     /// `metadata_reserve_blocks` free blocks are kept for the commit itself.
     pub fn alloc(&mut self) -> Result<MetaBlock> {
         self.check_writable()?;
-        let reserve = if self.in_commit {
-            0
-        } else {
-            metadata_reserve_blocks(self.meta_sm.nr_blocks())
-        };
+        let reserve =
+            if self.in_commit { 0 } else { metadata_reserve_blocks(self.meta_sm.nr_blocks()) };
         if self.meta_sm.nr_allocatable() <= reserve {
-            return Err(Error::MetadataNoSpace {
-                nr_blocks: self.meta_sm.nr_blocks(),
-            });
+            return Err(Error::MetadataNoSpace { nr_blocks: self.meta_sm.nr_blocks() });
         }
         let b = self.meta_sm.alloc()?;
         self.shadowed.insert(b);
@@ -149,10 +144,7 @@ impl TransactionManager {
 
     /// The block for editing. It must be one this transaction owns (allocated or shadowed).
     pub fn get_mut(&mut self, b: MetaBlock, kind: BlockKind) -> Result<&mut Block> {
-        debug_assert!(
-            self.shadowed.contains(&b.0),
-            "editing block {b} without shadowing it"
-        );
+        debug_assert!(self.shadowed.contains(&b.0), "editing block {b} without shadowing it");
         self.bm.get_mut(b, kind)
     }
 
@@ -247,9 +239,7 @@ impl TransactionManager {
     pub fn extend_metadata(&mut self, nr_blocks: u64) -> Result<()> {
         let nr = nr_blocks.min(MAX_METADATA_BLOCKS);
         if nr < self.meta_sm.nr_blocks() {
-            return Err(Error::Invalid(
-                "the metadata space map cannot shrink".into(),
-            ));
+            return Err(Error::Invalid("the metadata space map cannot shrink".into()));
         }
         if self.bm.nr_blocks() < nr {
             return Err(Error::Invalid(format!(
@@ -267,9 +257,7 @@ impl TransactionManager {
             return Err(Error::Invalid("the data space map cannot shrink".into()));
         }
         if nr_blocks > crate::limits::MAX_DATA_BLOCKS {
-            return Err(Error::Invalid(format!(
-                "{nr_blocks} data blocks exceed the 2^40 limit"
-            )));
+            return Err(Error::Invalid(format!("{nr_blocks} data blocks exceed the 2^40 limit")));
         }
         self.data_sm.extend(nr_blocks);
         Ok(())

@@ -61,13 +61,11 @@ fn run_case(seed: u64, nr_ops: usize, key_space: u64) {
             }
             50..=69 => {
                 let id = pick(&mut rng);
-                let key = match model[&id]
-                    .keys()
-                    .nth(rng.below(model[&id].len() as u64 + 1) as usize)
-                {
-                    Some(&k) if rng.chance(80) => k,
-                    _ => rng.below(key_space),
-                };
+                let key =
+                    match model[&id].keys().nth(rng.below(model[&id].len() as u64 + 1) as usize) {
+                        Some(&k) if rng.chance(80) => k,
+                        _ => rng.below(key_space),
+                    };
                 let found = remove_mapping(&mut s, id, key);
                 assert_eq!(
                     found,
@@ -99,11 +97,7 @@ fn run_case(seed: u64, nr_ops: usize, key_space: u64) {
                 let b = a + rng.below(2000);
                 let want: BTreeMap<u64, u64> =
                     model[&id].range(a..b).map(|(k, v)| (*k, *v)).collect();
-                assert_eq!(
-                    read_tree(&mut s, id, a, b),
-                    want,
-                    "range [{a}, {b}) of {id}"
-                );
+                assert_eq!(read_tree(&mut s, id, a, b), want, "range [{a}, {b}) of {id}");
             }
             90..=95 => {
                 s.commit().unwrap();
@@ -145,9 +139,7 @@ fn a_million_sequential_keys_commit_and_reopen() {
     for k in 0..1_000_000u64 {
         let v = BlockTime { block: k, time: 0 }.pack();
         s.tm.data_sm_mut().set(k, 1).unwrap();
-        root = btree::insert(&mut s.tm, root, ValueKind::BlockTime, k, &v.to_le_bytes())
-            .unwrap()
-            .0;
+        root = btree::insert(&mut s.tm, root, ValueKind::BlockTime, k, &v.to_le_bytes()).unwrap().0;
     }
     s.set_subtree(0, root).unwrap();
     s.commit().unwrap();

@@ -9,27 +9,18 @@ use thinly_engine::io::{BlockDevice, MemDevice};
 use thinly_engine::recount::{check_device, recount_device};
 
 pub fn sample_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/spec/samples")
-        .join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/samples").join(name)
 }
 
 pub fn gunzip_sample(name: &str) -> Vec<u8> {
     let f = std::fs::File::open(sample_path(name)).unwrap_or_else(|e| panic!("sample {name}: {e}"));
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(f)
-        .read_to_end(&mut out)
-        .unwrap();
+    flate2::read::GzDecoder::new(f).read_to_end(&mut out).unwrap();
     out
 }
 
-const SAMPLES: &[&str] = &[
-    "empty.bin.gz",
-    "snaps.bin.gz",
-    "snaps-rs.bin.gz",
-    "shared.bin.gz",
-    "generated.bin.gz",
-];
+const SAMPLES: &[&str] =
+    &["empty.bin.gz", "snaps.bin.gz", "snaps-rs.bin.gz", "shared.bin.gz", "generated.bin.gz"];
 
 #[test]
 fn every_sample_recounts_clean() {
@@ -59,29 +50,16 @@ fn a_bit_flip_in_any_used_block_is_reported_with_that_block() {
             let in_use = referenced.contains_key(&(b as u64));
             match check_device(dev, common::DETAILS) {
                 Err(e) => {
-                    assert_eq!(
-                        e.block().map(|x| x.0),
-                        Some(b as u64),
-                        "{name} block {b}: {e}"
-                    );
+                    assert_eq!(e.block().map(|x| x.0), Some(b as u64), "{name} block {b}: {e}");
                     nr_reported += 1;
                 }
                 Ok(problems) => {
-                    let named = problems
-                        .iter()
-                        .any(|p| p.block.map(|x| x.0) == Some(b as u64));
-                    assert_eq!(
-                        named, in_use,
-                        "{name} block {b} (in use: {in_use}): {problems:?}"
-                    );
+                    let named = problems.iter().any(|p| p.block.map(|x| x.0) == Some(b as u64));
+                    assert_eq!(named, in_use, "{name} block {b} (in use: {in_use}): {problems:?}");
                     nr_reported += named as usize;
                 }
             }
         }
-        assert_eq!(
-            nr_reported,
-            referenced.len(),
-            "{name}: every used block was reported"
-        );
+        assert_eq!(nr_reported, referenced.len(), "{name}: every used block was reported");
     }
 }

@@ -88,11 +88,7 @@ fn crash_case(seed: u64) {
             assert_eq!(found, model, "round {round}: a completed commit was lost");
             COMMITS_DONE.fetch_add(1, Relaxed);
         } else {
-            let counter = if found == model {
-                &COMMITS_CUT_NEW
-            } else {
-                &COMMITS_CUT_OLD
-            };
+            let counter = if found == model { &COMMITS_CUT_NEW } else { &COMMITS_CUT_OLD };
             counter.fetch_add(1, Relaxed);
             assert!(
                 found == model || found == committed,
@@ -110,16 +106,10 @@ fn a_power_cut_during_commit_reopens_at_the_old_or_the_new_commit() {
     for_each_seed(200, crash_case);
     if std::env::var("THINLY_SEED").is_err() {
         // The cut points must have covered all three outcomes.
-        for (what, c) in [
-            ("old", &COMMITS_CUT_OLD),
-            ("new", &COMMITS_CUT_NEW),
-            ("done", &COMMITS_DONE),
-        ] {
-            assert!(
-                c.load(Relaxed) > 10,
-                "too few commits ended {what}: {}",
-                c.load(Relaxed)
-            );
+        for (what, c) in
+            [("old", &COMMITS_CUT_OLD), ("new", &COMMITS_CUT_NEW), ("done", &COMMITS_DONE)]
+        {
+            assert!(c.load(Relaxed) > 10, "too few commits ended {what}: {}", c.load(Relaxed));
         }
     }
 }

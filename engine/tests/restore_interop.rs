@@ -58,10 +58,12 @@ fn restore_and_compare(name: &str, cfg: &GenConfig) {
     let nr = want.nr_mappings();
     let size = (64u64 << 20).max(nr * 64);
     std::fs::File::create(&meta).unwrap().set_len(size).unwrap();
-    let (rc, out, err) = run_tool(&thin_restore, &["-i", xml_path.to_str().unwrap(), "-o", meta.to_str().unwrap()]);
+    let (rc, out, err) =
+        run_tool(&thin_restore, &["-i", xml_path.to_str().unwrap(), "-o", meta.to_str().unwrap()]);
     assert_eq!(rc, 0, "{name}: thin_restore failed: {out}{err}");
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&meta, true).unwrap());
-    let mut md = ThinMetadata::open(dev, OpenOptions { read_only: true, ..Default::default() }).unwrap();
+    let mut md =
+        ThinMetadata::open(dev, OpenOptions { read_only: true, ..Default::default() }).unwrap();
     assert_eq!(md.time(), want.superblock.time, "{name}");
     assert_eq!(md.transaction_id(), want.superblock.transaction, "{name}");
     assert_eq!(md.nr_data_blocks(), want.superblock.nr_data_blocks, "{name}");
@@ -69,7 +71,12 @@ fn restore_and_compare(name: &str, cfg: &GenConfig) {
         let got = md.device_details(DevId(d.details.dev_id as u64)).unwrap();
         assert_eq!(
             (got.mapped_blocks, got.transaction_id, got.creation_time, got.snapshotted_time),
-            (d.details.mapped_blocks, d.details.transaction, d.details.creation_time, d.details.snap_time),
+            (
+                d.details.mapped_blocks,
+                d.details.transaction,
+                d.details.creation_time,
+                d.details.snap_time
+            ),
             "{name}: details of device {}",
             d.details.dev_id
         );
@@ -89,7 +96,8 @@ fn small_pools_restored_by_the_real_tool_read_back_exactly() {
 
 #[test]
 fn many_devices_restored_by_the_real_tool_read_back_exactly() {
-    let cfg = GenConfig { nr_origins: 150, chain_depth: 20, nr_branch_snaps: 150, ..GenConfig::small(9) };
+    let cfg =
+        GenConfig { nr_origins: 150, chain_depth: 20, nr_branch_snaps: 150, ..GenConfig::small(9) };
     restore_and_compare("many devices", &cfg);
 }
 
@@ -106,7 +114,8 @@ fn a_held_metadata_snapshot_reads_as_the_real_thin_dump_m_shows() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("generated.bin");
     let f = std::fs::File::open(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/samples/generated.bin.gz"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/spec/samples/generated.bin.gz"),
     )
     .unwrap();
     let mut bytes = Vec::new();
@@ -116,13 +125,21 @@ fn a_held_metadata_snapshot_reads_as_the_real_thin_dump_m_shows() {
     assert_eq!(rc, 0, "{err}");
     let want = parse_dump(&out);
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&path, true).unwrap());
-    let mut md = ThinMetadata::open(dev, OpenOptions { read_only: true, ..Default::default() }).unwrap();
+    let mut md =
+        ThinMetadata::open(dev, OpenOptions { read_only: true, ..Default::default() }).unwrap();
     let h = md.held_snapshot().unwrap().expect("generated.bin holds a metadata snapshot");
     let devs = md.snapshot_devices(&h).unwrap();
-    assert_eq!(devs.keys().map(|d| d.0).collect::<Vec<_>>(), want.devices.keys().copied().collect::<Vec<_>>());
+    assert_eq!(
+        devs.keys().map(|d| d.0).collect::<Vec<_>>(),
+        want.devices.keys().copied().collect::<Vec<_>>()
+    );
     for (id, d) in &want.devices {
-        let got: BTreeMap<u64, (u64, u32)> =
-            md.snapshot_mappings(&h, DevId(*id)).unwrap().into_iter().map(|(v, b, t)| (v.0, (b.0, t))).collect();
+        let got: BTreeMap<u64, (u64, u32)> = md
+            .snapshot_mappings(&h, DevId(*id))
+            .unwrap()
+            .into_iter()
+            .map(|(v, b, t)| (v.0, (b.0, t)))
+            .collect();
         assert_eq!(&got, &d.mappings, "held snapshot device {id}");
         assert_eq!(devs[&DevId(*id)].mapped_blocks, d.mapped_blocks);
     }

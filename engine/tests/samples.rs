@@ -93,7 +93,8 @@ fn samples_open_with_the_superblock_details_and_mappings_of_their_xml() {
     for (image, xml_name) in PAIRS {
         let want = xml(xml_name);
         let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::from_image(&gunzip(image)));
-        let mut md = ThinMetadata::open(dev, OpenOptions { read_only: true, ..Default::default() }).unwrap();
+        let mut md =
+            ThinMetadata::open(dev, OpenOptions { read_only: true, ..Default::default() }).unwrap();
         let sb = md.superblock().clone();
         assert_eq!(sb.time, want.superblock.time, "{image}: time");
         assert_eq!(sb.trans_id, want.superblock.transaction, "{image}: transaction");
@@ -103,7 +104,11 @@ fn samples_open_with_the_superblock_details_and_mappings_of_their_xml() {
         assert_eq!(ids, want.devices.iter().map(|d| d.details.dev_id as u64).collect::<Vec<_>>());
         for d in &want.devices {
             let got = md.device_details(DevId(d.details.dev_id as u64)).unwrap();
-            assert_eq!(got.mapped_blocks, d.details.mapped_blocks, "{image} dev {}", d.details.dev_id);
+            assert_eq!(
+                got.mapped_blocks, d.details.mapped_blocks,
+                "{image} dev {}",
+                d.details.dev_id
+            );
             assert_eq!(got.transaction_id, d.details.transaction);
             assert_eq!(got.creation_time, d.details.creation_time);
             assert_eq!(got.snapshotted_time, d.details.snap_time);
@@ -134,7 +139,9 @@ fn the_kernels_pool_takes_a_snapshot_and_writes_and_still_passes_thin_check() {
     md.commit().unwrap();
     drop(md);
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&path, true).unwrap());
-    let mut md = ThinMetadata::open(dev.clone(), OpenOptions { read_only: true, ..Default::default() }).unwrap();
+    let mut md =
+        ThinMetadata::open(dev.clone(), OpenOptions { read_only: true, ..Default::default() })
+            .unwrap();
     assert_eq!(read_all_mappings(&mut md), want);
     let report = check(dev, CheckOptions::default()).unwrap();
     assert!(report.is_clean(), "{:#?}", report.problems);
@@ -152,7 +159,10 @@ fn metadata_that_is_not_dm_thin_is_refused_clearly() {
     let mut junk = gunzip("snaps.bin.gz");
     junk[100] ^= 0xFF;
     let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::from_image(&junk));
-    assert!(matches!(ThinMetadata::open(dev, OpenOptions::default()), Err(thinly_engine::Error::BadSuperblock(_))));
+    assert!(matches!(
+        ThinMetadata::open(dev, OpenOptions::default()),
+        Err(thinly_engine::Error::BadSuperblock(_))
+    ));
     // needs_check: refused read-write, allowed read-only.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m");
@@ -161,6 +171,9 @@ fn metadata_that_is_not_dm_thin_is_refused_clearly() {
     let mut md = ThinMetadata::open(dev.clone(), OpenOptions::default()).unwrap();
     md.set_needs_check().unwrap();
     drop(md);
-    assert!(matches!(ThinMetadata::open(dev.clone(), OpenOptions::default()), Err(thinly_engine::Error::NeedsCheck)));
+    assert!(matches!(
+        ThinMetadata::open(dev.clone(), OpenOptions::default()),
+        Err(thinly_engine::Error::NeedsCheck)
+    ));
     ThinMetadata::open(dev, OpenOptions { read_only: true, ..Default::default() }).unwrap();
 }

@@ -96,7 +96,10 @@ fn crash_case(seed: u64) {
         if ok {
             assert_eq!(found, want, "round {round}: a completed commit was lost");
         } else {
-            assert!(found == want || found == committed, "round {round}: neither old nor new state");
+            assert!(
+                found == want || found == committed,
+                "round {round}: neither old nor new state"
+            );
         }
         let report = check(d, CheckOptions::default()).unwrap();
         assert!(report.is_clean(), "round {round}: {:#?}", report.problems);

@@ -75,10 +75,7 @@ impl Case {
                 let dev = pick(rng);
                 let start = rng.below(4000);
                 let end = start + rng.below(300);
-                let n = self
-                    .md
-                    .remove_range(DevId(dev), VirtBlock(start), VirtBlock(end))
-                    .unwrap();
+                let n = self.md.remove_range(DevId(dev), VirtBlock(start), VirtBlock(end)).unwrap();
                 let m = self.model.get_mut(&dev).unwrap();
                 let before = m.len();
                 m.retain(|k, _| !(start..end).contains(k));
@@ -87,16 +84,8 @@ impl Case {
             65..=74 => {
                 let dev = pick(rng);
                 let v = rng.below(4200);
-                let got = self
-                    .md
-                    .lookup(DevId(dev), VirtBlock(v))
-                    .unwrap()
-                    .map(|m| m.data_block.0);
-                assert_eq!(
-                    got,
-                    self.model[&dev].get(&v).copied(),
-                    "lookup dev {dev} block {v}"
-                );
+                let got = self.md.lookup(DevId(dev), VirtBlock(v)).unwrap().map(|m| m.data_block.0);
+                assert_eq!(got, self.model[&dev].get(&v).copied(), "lookup dev {dev} block {v}");
             }
             75..=78 => {
                 if self.held.is_none() {
@@ -147,12 +136,7 @@ impl Case {
 fn dumped_mappings(d: &Dump) -> ThinModel {
     d.devices
         .iter()
-        .map(|(id, dev)| {
-            (
-                *id,
-                dev.mappings.iter().map(|(v, (b, _))| (*v, *b)).collect(),
-            )
-        })
+        .map(|(id, dev)| (*id, dev.mappings.iter().map(|(v, (b, _))| (*v, *b)).collect()))
         .collect()
 }
 
@@ -178,20 +162,12 @@ fn run_case(seed: u64, nr_steps: usize) {
     c.commit_model();
     // Every device reads back as modelled, with exact mapped_blocks.
     for (id, m) in &c.model {
-        assert_eq!(
-            c.md.device_details(DevId(*id)).unwrap().mapped_blocks,
-            m.len() as u64
-        );
+        assert_eq!(c.md.device_details(DevId(*id)).unwrap().mapped_blocks, m.len() as u64);
         let mut got = BTreeMap::new();
-        c.md.for_each_mapping(
-            DevId(*id),
-            VirtBlock(0),
-            VirtBlock(u64::MAX),
-            &mut |v, mp| {
-                got.insert(v.0, mp.data_block.0);
-                Ok(std::ops::ControlFlow::Continue(()))
-            },
-        )
+        c.md.for_each_mapping(DevId(*id), VirtBlock(0), VirtBlock(u64::MAX), &mut |v, mp| {
+            got.insert(v.0, mp.data_block.0);
+            Ok(std::ops::ControlFlow::Continue(()))
+        })
         .unwrap();
         assert_eq!(&got, m, "device {id}");
     }
@@ -206,11 +182,7 @@ fn run_case(seed: u64, nr_steps: usize) {
     }
     drop(c.md);
     let report = check(open_file(&path), CheckOptions::default()).unwrap();
-    assert!(
-        report.is_clean(),
-        "internal checker: {:#?}",
-        report.problems
-    );
+    assert!(report.is_clean(), "internal checker: {:#?}", report.problems);
 
     let Some(thin_check) = real_tool("thin_check") else {
         return;
@@ -222,19 +194,11 @@ fn run_case(seed: u64, nr_steps: usize) {
     let (rc, out, err) = run_tool(&thin_dump, &[p]);
     assert_eq!(rc, 0, "thin_dump failed: {err}");
     let dump = parse_dump(&out);
-    assert_eq!(
-        dumped_mappings(&dump),
-        c.model,
-        "thin_dump differs from the model"
-    );
+    assert_eq!(dumped_mappings(&dump), c.model, "thin_dump differs from the model");
     if let Some(held) = &c.held {
         let (rc, out, err) = run_tool(&thin_dump, &["-m", p]);
         assert_eq!(rc, 0, "thin_dump -m failed: {err}");
-        assert_eq!(
-            &dumped_mappings(&parse_dump(&out)),
-            held,
-            "thin_dump -m differs"
-        );
+        assert_eq!(&dumped_mappings(&parse_dump(&out)), held, "thin_dump -m differs");
     }
 }
 
@@ -274,10 +238,7 @@ fn a_chain_of_1000_snapshots_deletes_one_from_the_middle_exactly() {
     let exclusive: Vec<u64> = model[&500]
         .values()
         .filter(|b| {
-            model
-                .iter()
-                .filter(|(id, _)| **id != 500)
-                .all(|(_, m)| !m.values().any(|x| x == *b))
+            model.iter().filter(|(id, _)| **id != 500).all(|(_, m)| !m.values().any(|x| x == *b))
         })
         .copied()
         .collect();
@@ -288,14 +249,8 @@ fn a_chain_of_1000_snapshots_deletes_one_from_the_middle_exactly() {
     freed.sort_unstable();
     let mut want = exclusive.clone();
     want.sort_unstable();
-    assert_eq!(
-        freed, want,
-        "delete frees exactly the snapshot's exclusive blocks"
-    );
-    assert_eq!(
-        md.status().used_data_blocks,
-        used_before - exclusive.len() as u64
-    );
+    assert_eq!(freed, want, "delete frees exactly the snapshot's exclusive blocks");
+    assert_eq!(md.status().used_data_blocks, used_before - exclusive.len() as u64);
     drop(md);
     let report = check(open_file(&path), CheckOptions::default()).unwrap();
     assert!(report.is_clean(), "{:#?}", report.problems);

@@ -41,12 +41,7 @@ fn main() {
         match a.as_str() {
             "--unix" => unix = Some(args.next().unwrap_or_else(|| usage()).into()),
             "--tcp" => tcp = Some(args.next().unwrap_or_else(|| usage())),
-            "--size" => {
-                size = args
-                    .next()
-                    .and_then(|s| parse_size(&s))
-                    .unwrap_or_else(|| usage())
-            }
+            "--size" => size = args.next().and_then(|s| parse_size(&s)).unwrap_or_else(|| usage()),
             "--name" => name = args.next().unwrap_or_else(|| usage()),
             "--read-only" => read_only = true,
             "--until-stdin-eof" => until_eof = true,

@@ -123,10 +123,7 @@ impl ExportTable {
 impl ExportRegistry for ExportTable {
     fn list(&self) -> Vec<(String, String)> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .iter()
-            .map(|(n, d, _)| (n.clone(), d.clone()))
-            .collect()
+        entries.iter().map(|(n, d, _)| (n.clone(), d.clone())).collect()
     }
 
     fn open(&self, name: &str) -> Option<Arc<dyn Export>> {

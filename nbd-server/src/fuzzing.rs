@@ -76,21 +76,10 @@ pub fn run_session(input: &[u8]) -> SessionSummary {
         }
         let (payload, tail) = rest.split_at(n);
         rest = tail;
-        let to = ReplyTo {
-            mode,
-            cookie: header.cookie,
-            offset: header.offset,
-        };
+        let to = ReplyTo { mode, cookie: header.cookie, offset: header.offset };
         out.clear();
         match validate(&header, &session) {
-            Ok(cmd) => execute(
-                negotiated.export.as_ref(),
-                &session,
-                to,
-                cmd,
-                payload,
-                &mut out,
-            ),
+            Ok(cmd) => execute(negotiated.export.as_ref(), &session, to, cmd, payload, &mut out),
             Err(errno) => reply::error(&mut out, to, errno),
         }
         assert!(!out.is_empty(), "every request gets a reply");

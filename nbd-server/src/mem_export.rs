@@ -132,9 +132,7 @@ impl MemExport {
 
     fn page_mut(p: &mut Pages, page: u64) -> &mut [u8] {
         p.shared.remove(&page);
-        p.data
-            .entry(page)
-            .or_insert_with(|| vec![0u8; MEM_PAGE_BYTES as usize].into_boxed_slice())
+        p.data.entry(page).or_insert_with(|| vec![0u8; MEM_PAGE_BYTES as usize].into_boxed_slice())
     }
 
     /// Runs of `classify(page)` over the range, merged when equal.
@@ -243,10 +241,7 @@ impl Export for MemExport {
                 STATE_HOLE | STATE_ZERO
             }
         });
-        Ok(runs
-            .into_iter()
-            .map(|(length, flags)| Extent { length, flags })
-            .collect())
+        Ok(runs.into_iter().map(|(length, flags)| Extent { length, flags }).collect())
     }
 
     fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
@@ -272,13 +267,7 @@ mod tests {
         m.read(4096, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
         let ext = m.block_status(0, 64 << 10).unwrap();
-        assert_eq!(
-            ext,
-            vec![Extent {
-                length: 64 << 10,
-                flags: STATE_HOLE | STATE_ZERO
-            }]
-        );
+        assert_eq!(ext, vec![Extent { length: 64 << 10, flags: STATE_HOLE | STATE_ZERO }]);
     }
 
     #[test]
@@ -293,16 +282,7 @@ mod tests {
         let ext = m.block_status(0, 16384).unwrap();
         assert_eq!(
             ext,
-            vec![
-                Extent {
-                    length: 12288,
-                    flags: 0
-                },
-                Extent {
-                    length: 4096,
-                    flags: 3
-                }
-            ]
+            vec![Extent { length: 12288, flags: 0 }, Extent { length: 4096, flags: 3 }]
         );
     }
 
@@ -310,10 +290,7 @@ mod tests {
     fn write_zeroes_may_unmap_whole_pages_and_no_hole_provisions() {
         let m = MemExport::new(64 << 10);
         m.write(0, &[1u8; 16384], false).unwrap();
-        let trim = ZeroFlags {
-            may_trim: true,
-            ..ZeroFlags::default()
-        };
+        let trim = ZeroFlags { may_trim: true, ..ZeroFlags::default() };
         m.write_zeroes(2048, 8192, trim).unwrap();
         assert_eq!(m.allocated_bytes(), 3 * MEM_PAGE_BYTES);
         let mut buf = vec![9u8; 16384];
@@ -328,11 +305,7 @@ mod tests {
     #[test]
     fn fast_zero_without_permission_to_unmap_is_enotsup() {
         let m = MemExport::new(64 << 10);
-        let flags = ZeroFlags {
-            may_trim: false,
-            fast_only: true,
-            fua: false,
-        };
+        let flags = ZeroFlags { may_trim: false, fast_only: true, fua: false };
         let err = m.write_zeroes(0, 4096, flags).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(Errno::ENOTSUP as i32));
     }

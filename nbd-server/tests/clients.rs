@@ -33,12 +33,8 @@ fn nbdinfo_reports_size_flags_and_both_meta_contexts() {
     assert_eq!(e["is_read_only"], false);
     assert_eq!(e["block_size_minimum"], 512);
     assert_eq!(e["block_size_maximum"], 32 << 20);
-    let contexts: Vec<&str> = e["contexts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c.as_str())
-        .collect();
+    let contexts: Vec<&str> =
+        e["contexts"].as_array().unwrap().iter().filter_map(|c| c.as_str()).collect();
     assert!(contexts.contains(&"base:allocation") && contexts.contains(&"qemu:allocation-depth"));
 }
 
@@ -50,12 +46,8 @@ fn nbdinfo_list_over_tcp_shows_every_export() {
     let srv = TestServer::start("nbdinfo-list");
     let out = run_ok(&nbdinfo, &["--list", "--json", &srv.tcp_uri("")]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("nbdinfo --list --json output");
-    let mut names: Vec<&str> = v["exports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["export-name"].as_str())
-        .collect();
+    let mut names: Vec<&str> =
+        v["exports"].as_array().unwrap().iter().filter_map(|e| e["export-name"].as_str()).collect();
     names.sort();
     assert_eq!(names, vec!["mem", "ro", "tiny"]);
 }
@@ -66,18 +58,8 @@ fn nbdinfo_is_read_only_is_true_only_for_the_read_only_export() {
         return;
     };
     let srv = TestServer::start("nbdinfo-ro");
-    assert_eq!(
-        run(&nbdinfo, &["--is", "read-only", &srv.uri("ro")])
-            .status
-            .code(),
-        Some(0)
-    );
-    assert_eq!(
-        run(&nbdinfo, &["--is", "read-only", &srv.uri("mem")])
-            .status
-            .code(),
-        Some(2)
-    );
+    assert_eq!(run(&nbdinfo, &["--is", "read-only", &srv.uri("ro")]).status.code(), Some(0));
+    assert_eq!(run(&nbdinfo, &["--is", "read-only", &srv.uri("mem")]).status.code(), Some(2));
 }
 
 /// `nbdinfo --map` lines: (offset, length, type).
@@ -85,11 +67,7 @@ fn parse_map(out: &str) -> Vec<(u64, u64, u32)> {
     out.lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
-            Some((
-                f.next()?.parse().ok()?,
-                f.next()?.parse().ok()?,
-                f.next()?.parse().ok()?,
-            ))
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
         })
         .collect()
 }
@@ -112,10 +90,7 @@ fn nbdinfo_map_shows_written_data_and_holes_and_allocation_depth() {
         (4 << 20, MEM_SIZE - (4 << 20), 3),
     ];
     assert_eq!(map, expected);
-    let depth = parse_map(&run_ok(
-        &nbdinfo,
-        &["--map=qemu:allocation-depth", &srv.uri("mem")],
-    ));
+    let depth = parse_map(&run_ok(&nbdinfo, &["--map=qemu:allocation-depth", &srv.uri("mem")]));
     let expected = vec![
         (0, 1 << 20, 0),
         (1 << 20, 1 << 20, 2),
@@ -176,10 +151,7 @@ fn qemu_io_verification_failure_is_detected() {
         return;
     };
     let srv = TestServer::start("qemu-io-neg");
-    let out = run(
-        &qemu_io,
-        &["-f", "raw", &srv.uri("mem"), "-c", "read -P 0x77 0 4k"],
-    );
+    let out = run(&qemu_io, &["-f", "raw", &srv.uri("mem"), "-c", "read -P 0x77 0 4k"]);
     assert!(!out.status.success());
 }
 
@@ -189,26 +161,14 @@ fn qemu_io_write_to_read_only_or_full_exports_fails_cleanly() {
         return;
     };
     let srv = TestServer::start("qemu-io-err");
-    let out = run(
-        &qemu_io,
-        &["-f", "raw", &srv.uri("ro"), "-c", "write -P 1 0 4k"],
-    );
+    let out = run(&qemu_io, &["-f", "raw", &srv.uri("ro"), "-c", "write -P 1 0 4k"]);
     assert!(!out.status.success());
     // `tiny` has 1 MiB of capacity: the first MiB fits, the next write is ENOSPC.
-    run_ok(
-        &qemu_io,
-        &["-f", "raw", &srv.uri("tiny"), "-c", "write -P 1 0 1M"],
-    );
-    let out = run(
-        &qemu_io,
-        &["-f", "raw", &srv.uri("tiny"), "-c", "write -P 1 2M 64k"],
-    );
+    run_ok(&qemu_io, &["-f", "raw", &srv.uri("tiny"), "-c", "write -P 1 0 1M"]);
+    let out = run(&qemu_io, &["-f", "raw", &srv.uri("tiny"), "-c", "write -P 1 2M 64k"]);
     assert!(!out.status.success());
     // The connection-level state is fine afterwards: data written before reads back.
-    run_ok(
-        &qemu_io,
-        &["-f", "raw", &srv.uri("tiny"), "-c", "read -P 1 0 1M"],
-    );
+    run_ok(&qemu_io, &["-f", "raw", &srv.uri("tiny"), "-c", "read -P 1 0 1M"]);
 }
 
 #[test]
@@ -229,14 +189,8 @@ fn qemu_img_info_map_convert_and_compare_round_trip() {
     img[10 << 20..11 << 20].copy_from_slice(&pattern(1 << 20, 9));
     std::fs::write(&src, &img).unwrap();
     let src_s = src.to_str().unwrap();
-    run_ok(
-        &qemu_img,
-        &["convert", "-n", "-f", "raw", "-O", "raw", src_s, &uri],
-    );
-    run_ok(
-        &qemu_img,
-        &["compare", "-f", "raw", "-F", "raw", src_s, &uri],
-    );
+    run_ok(&qemu_img, &["convert", "-n", "-f", "raw", "-O", "raw", src_s, &uri]);
+    run_ok(&qemu_img, &["compare", "-f", "raw", "-F", "raw", src_s, &uri]);
 
     let map = run_ok(&qemu_img, &["map", "--output=json", "-f", "raw", &uri]);
     let v: serde_json::Value = serde_json::from_str(&map).expect("qemu-img map json");
@@ -248,32 +202,16 @@ fn qemu_img_info_map_convert_and_compare_round_trip() {
         .map(|e| e["length"].as_u64().unwrap())
         .sum();
     // Zero pages in the source may be skipped, so data is at most what we wrote.
-    assert!(
-        data_bytes > 0 && data_bytes <= 3 << 20,
-        "data bytes {data_bytes}"
-    );
+    assert!(data_bytes > 0 && data_bytes <= 3 << 20, "data bytes {data_bytes}");
 
     let dst = srv.dir.path("dst.raw");
     let dst_s = dst.to_str().unwrap();
-    run_ok(
-        &qemu_img,
-        &["convert", "-f", "raw", "-O", "raw", &uri, dst_s],
-    );
-    assert!(
-        std::fs::read(&dst).unwrap() == img,
-        "nbd → file copy differs"
-    );
+    run_ok(&qemu_img, &["convert", "-f", "raw", "-O", "raw", &uri, dst_s]);
+    assert!(std::fs::read(&dst).unwrap() == img, "nbd → file copy differs");
     img[5] ^= 1;
     std::fs::write(&src, &img).unwrap();
-    let out = run(
-        &qemu_img,
-        &["compare", "-f", "raw", "-F", "raw", src_s, &uri],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "compare must see the difference"
-    );
+    let out = run(&qemu_img, &["compare", "-f", "raw", "-F", "raw", src_s, &uri]);
+    assert_eq!(out.status.code(), Some(1), "compare must see the difference");
 }
 
 #[test]
@@ -295,10 +233,7 @@ fn nbdcopy_round_trip_preserves_data_and_sparseness() {
     assert!(srv.mem.allocated_bytes() < 8 << 20, "holes stayed holes");
     let dst = srv.dir.path("dst.raw");
     run_ok(&nbdcopy, &[&uri, dst.to_str().unwrap()]);
-    assert!(
-        std::fs::read(&dst).unwrap() == img,
-        "nbd → file copy differs"
-    );
+    assert!(std::fs::read(&dst).unwrap() == img, "nbd → file copy differs");
 }
 
 #[test]
@@ -332,10 +267,6 @@ fn fio_random_writes_on_two_connections_verify_with_crc32c() {
     let job = &v["jobs"][0];
     assert_eq!(job["error"], 0);
     assert_eq!(job["write"]["io_bytes"], 32u64 << 20);
-    assert_eq!(
-        job["read"]["io_bytes"],
-        32u64 << 20,
-        "verify pass read everything back"
-    );
+    assert_eq!(job["read"]["io_bytes"], 32u64 << 20, "verify pass read everything back");
     assert_eq!(srv.mem.allocated_bytes(), 32 << 20);
 }

@@ -118,14 +118,7 @@ fn invalid_requests_get_error_replies_and_the_stream_stays_in_sync() {
     c.request(CMD_BLOCK_STATUS, 0, 7, 0, 512, &[]);
     assert_eq!(c.simple_reply(), (22, 7));
     // Fast zero that cannot be fast (NO_HOLE): ENOTSUP.
-    c.request(
-        CMD_WRITE_ZEROES,
-        CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
-        8,
-        0,
-        4096,
-        &[],
-    );
+    c.request(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO, 8, 0, 4096, &[]);
     assert_eq!(c.simple_reply(), (95, 8));
     // Zero-length requests succeed without effect.
     c.request(CMD_WRITE, 0, 9, 0, 0, &[]);
@@ -133,19 +126,10 @@ fn invalid_requests_get_error_replies_and_the_stream_stays_in_sync() {
     // Still in sync: pipelined writes, replies matched by cookie in any order.
     let data: Vec<Vec<u8>> = (0..8).map(|i| pattern(4096, i as u8)).collect();
     for (i, d) in data.iter().enumerate() {
-        c.request(
-            CMD_WRITE,
-            CMD_FLAG_FUA,
-            100 + i as u64,
-            i as u64 * 4096,
-            4096,
-            d,
-        );
+        c.request(CMD_WRITE, CMD_FLAG_FUA, 100 + i as u64, i as u64 * 4096, 4096, d);
     }
-    let mut cookies: Vec<u64> = (0..8)
-        .map(|_| c.simple_reply())
-        .map(|(e, k)| (assert_eq!(e, 0), k).1)
-        .collect();
+    let mut cookies: Vec<u64> =
+        (0..8).map(|_| c.simple_reply()).map(|(e, k)| (assert_eq!(e, 0), k).1).collect();
     cookies.sort();
     assert_eq!(cookies, (100..108).collect::<Vec<_>>());
     for (i, d) in data.iter().enumerate() {
@@ -169,17 +153,11 @@ fn structured_reads_send_holes_for_unallocated_ranges_and_df_sends_one_chunk() {
     c.request(CMD_READ, 0, 1, 0, 16384, &[]);
     let chunks: Vec<_> = (0..3).map(|_| c.chunk()).collect();
     assert_eq!(chunks[0].1, REPLY_TYPE_OFFSET_HOLE);
-    assert_eq!(
-        chunks[0].3,
-        [0u64.to_be_bytes().as_slice(), &8192u32.to_be_bytes()].concat()
-    );
+    assert_eq!(chunks[0].3, [0u64.to_be_bytes().as_slice(), &8192u32.to_be_bytes()].concat());
     assert_eq!(chunks[1].1, REPLY_TYPE_OFFSET_DATA);
     assert_eq!(&chunks[1].3[..8], &8192u64.to_be_bytes());
     assert_eq!(&chunks[1].3[8..], &d[..]);
-    assert_eq!(
-        (chunks[2].0, chunks[2].1),
-        (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_HOLE)
-    );
+    assert_eq!((chunks[2].0, chunks[2].1), (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_HOLE));
 
     c.request(CMD_READ, CMD_FLAG_DF, 2, 0, 16384, &[]);
     let (flags, ty, cookie, payload) = c.chunk();
@@ -192,10 +170,8 @@ fn structured_reads_send_holes_for_unallocated_ranges_and_df_sends_one_chunk() {
     c.request(CMD_BLOCK_STATUS, 0, 3, 0, 16384, &[]);
     let (flags, ty, _, payload) = c.chunk();
     assert_eq!((flags, ty), (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS));
-    let words: Vec<u32> = payload
-        .chunks(4)
-        .map(|w| u32::from_be_bytes(w.try_into().unwrap()))
-        .collect();
+    let words: Vec<u32> =
+        payload.chunks(4).map(|w| u32::from_be_bytes(w.try_into().unwrap())).collect();
     assert_eq!(words, vec![1, 8192, 3, 4096, 0, 4096, 3]);
     // Errors in structured mode are error chunks.
     c.request(CMD_READ, 0, 4, MEM_SIZE, 512, &[]);
@@ -333,10 +309,8 @@ fn graceful_shutdown_answers_in_flight_requests_before_closing() {
         s.1 = true;
         export.cv.notify_all();
     }
-    let mut cookies: Vec<u64> = (0..3)
-        .map(|_| c.simple_reply())
-        .map(|(e, k)| (assert_eq!(e, 0), k).1)
-        .collect();
+    let mut cookies: Vec<u64> =
+        (0..3).map(|_| c.simple_reply()).map(|(e, k)| (assert_eq!(e, 0), k).1).collect();
     cookies.sort();
     assert_eq!(cookies, vec![0, 1, 2]);
     assert!(c.closed_by_server());
@@ -396,37 +370,17 @@ fn extended_headers_use_extended_chunks_for_every_reply() {
     c.go("mem");
 
     let data = pattern(8192, 3);
-    ext_request(
-        &mut c,
-        CMD_WRITE,
-        CMD_FLAG_PAYLOAD_LEN,
-        1,
-        4096,
-        8192,
-        &data,
-    );
-    assert_eq!(
-        ext_chunk(&mut c),
-        (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 1, 4096, vec![])
-    );
+    ext_request(&mut c, CMD_WRITE, CMD_FLAG_PAYLOAD_LEN, 1, 4096, 8192, &data);
+    assert_eq!(ext_chunk(&mut c), (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 1, 4096, vec![]));
     ext_request(&mut c, CMD_BLOCK_STATUS, 0, 2, 0, 1 << 20, &[]);
     let (flags, ty, cookie, offset, p) = ext_chunk(&mut c);
-    assert_eq!(
-        (flags, ty, cookie, offset),
-        (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS_EXT, 2, 0)
-    );
-    let w: Vec<u64> = p[8..]
-        .chunks(8)
-        .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
-        .collect();
+    assert_eq!((flags, ty, cookie, offset), (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS_EXT, 2, 0));
+    let w: Vec<u64> = p[8..].chunks(8).map(|b| u64::from_be_bytes(b.try_into().unwrap())).collect();
     assert_eq!(&p[..8], &[0, 0, 0, 1, 0, 0, 0, 3]);
     assert_eq!(w, vec![4096, 3, 8192, 0, (1 << 20) - 12288, 3]);
     ext_request(&mut c, CMD_READ, 0, 3, 4096, 8192, &[]);
     let (flags, ty, _, offset, p) = ext_chunk(&mut c);
-    assert_eq!(
-        (flags, ty, offset),
-        (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 4096)
-    );
+    assert_eq!((flags, ty, offset), (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 4096));
     assert_eq!(&p[8..], &data[..]);
     // A 64-bit effect length past the end is refused with an error chunk.
     ext_request(&mut c, CMD_TRIM, 0, 4, 0, 1 << 40, &[]);

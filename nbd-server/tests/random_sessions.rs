@@ -50,11 +50,7 @@ fn handshake(mode: HeaderMode, ask_block_size: bool) -> Vec<u8> {
 }
 
 fn mode_strategy() -> impl Strategy<Value = HeaderMode> {
-    prop_oneof![
-        Just(HeaderMode::Compact),
-        Just(HeaderMode::Structured),
-        Just(HeaderMode::Extended)
-    ]
+    prop_oneof![Just(HeaderMode::Compact), Just(HeaderMode::Structured), Just(HeaderMode::Extended)]
 }
 
 /// Requests with plausible commands, flags, offsets and lengths around the export

@@ -5,9 +5,11 @@ use super::{read_node, same_referent, shadow_node, value_dec, ValueKind};
 use crate::error::{Error, Result};
 use crate::format::node;
 use crate::format::BlockKind;
+use crate::io::Block;
 use crate::limits::MAX_BTREE_DEPTH;
 use crate::transaction_manager::TransactionManager;
 use crate::units::MetaBlock;
+use std::sync::Arc;
 
 /// Inserts or overwrites `key`. Returns the new root and whether the key is new.
 ///
@@ -20,80 +22,69 @@ pub fn insert(
     key: u64,
     value: &[u8],
 ) -> Result<(MetaBlock, bool)> {
-    assert_eq!(
-        value.len(),
-        kind.size(),
-        "value of the wrong size for this tree"
-    );
+    assert_eq!(value.len(), kind.size(), "value of the wrong size for this tree");
     let root = shadow_node(tm, root, kind)?;
-    if needs_split(tm, root, kind, key)? {
+    let mut data = read_node(tm, root, kind)?;
+    if needs_split(&data[..], key) {
+        drop(data);
         split_beneath(tm, root)?;
+        data = read_node(tm, root, kind)?;
     }
     let mut b = root;
     for _ in 0..MAX_BTREE_DEPTH {
-        let data = read_node(tm, b, kind)?;
-        let blk = &data[..];
-        if node::is_leaf(blk) {
-            let is_new = insert_into_leaf(tm, b, kind, key, value)?;
+        if node::is_leaf(&data[..]) {
+            let is_new = insert_into_leaf(tm, b, data, kind, key, value)?;
             return Ok((root, is_new));
         }
-        let i = match node::lower_bound(blk, key) {
-            Some(i) => i,
-            None => {
-                // Smaller than every key: lower keys[0] so the parent key stays ≤ the child.
-                node::set_key(tm.get_mut(b, BlockKind::Node)?, 0, key);
-                0
-            }
+        let (i, lower) = match node::lower_bound(&data[..], key) {
+            Some(i) => (i, false),
+            None => (0, true),
         };
+        let child = MetaBlock(node::value_u64(&data[..], i));
         drop(data);
-        let i = prepare_child(tm, b, i, kind, key)?;
-        b = MetaBlock(node::value_u64(&tm.read(b, BlockKind::Node)?[..], i));
+        if lower {
+            // Smaller than every key: lower keys[0] so the parent key stays ≤ the child.
+            node::set_key(tm.get_mut(b, BlockKind::Node)?, 0, key);
+        }
+        let (next, next_data) = prepare_child(tm, b, i, child, kind, key)?;
+        b = next;
+        data = next_data;
     }
-    Err(Error::corrupt(
-        root,
-        "btree node",
-        "tree deeper than any valid tree",
-    ))
+    Err(Error::corrupt(root, "btree node", "tree deeper than any valid tree"))
 }
 
-/// Shadows child `i` of `parent` (already ours), splitting it if full. Returns the index of
-/// the child that now covers `key`.
+/// Shadows `child` (entry `i` of `parent`, which is ours), splitting it if full. Returns the
+/// node that now covers `key`, with its contents.
 fn prepare_child(
     tm: &mut TransactionManager,
     parent: MetaBlock,
     i: usize,
+    child: MetaBlock,
     kind: ValueKind,
     key: u64,
-) -> Result<usize> {
-    let child = MetaBlock(node::value_u64(&tm.read(parent, BlockKind::Node)?[..], i));
+) -> Result<(MetaBlock, Arc<Block>)> {
     let shadow = shadow_node(tm, child, kind)?;
     if shadow != child {
         node::set_value_u64(tm.get_mut(parent, BlockKind::Node)?, i, shadow.0);
     }
-    if !needs_split(tm, shadow, kind, key)? {
-        return Ok(i);
+    let data = read_node(tm, shadow, kind)?;
+    if !needs_split(&data[..], key) {
+        return Ok((shadow, data));
     }
+    drop(data);
     let right = split_off_right(tm, shadow)?;
     let right_key = node::key(&tm.read(right, BlockKind::Node)?[..], 0);
     let p = tm.get_mut(parent, BlockKind::Node)?;
     node::insert_at(&mut p[..], i + 1, right_key, &right.0.to_le_bytes());
-    Ok(if key >= right_key { i + 1 } else { i })
+    let next = if key >= right_key { right } else { shadow };
+    Ok((next, read_node(tm, next, kind)?))
 }
 
 /// A full node must be split before descending, unless it is a leaf that already holds
 /// the key (an overwrite needs no room).
-fn needs_split(
-    tm: &mut TransactionManager,
-    b: MetaBlock,
-    kind: ValueKind,
-    key: u64,
-) -> Result<bool> {
-    let data = read_node(tm, b, kind)?;
-    let blk = &data[..];
-    if node::nr_entries(blk) < node::max_entries_of(blk) {
-        return Ok(false);
-    }
-    Ok(!(node::is_leaf(blk) && node::find(blk, key).is_some()))
+fn needs_split(blk: &[u8], key: u64) -> bool {
+    node::nr_entries(blk) >= node::max_entries_of(blk)
+        && !(node::is_leaf(blk) && node::find(blk, key).is_some())
 }
 
 /// Moves the upper half of full node `b` into a new right sibling; returns the sibling.
@@ -140,11 +131,11 @@ fn split_beneath(tm: &mut TransactionManager, root: MetaBlock) -> Result<()> {
 fn insert_into_leaf(
     tm: &mut TransactionManager,
     leaf: MetaBlock,
+    data: Arc<Block>,
     kind: ValueKind,
     key: u64,
     value: &[u8],
 ) -> Result<bool> {
-    let data = tm.read(leaf, BlockKind::Node)?;
     let pos = node::lower_bound(&data[..], key);
     if let Some(i) = pos.filter(|&i| node::key(&data[..], i) == key) {
         let old: Vec<u8> = node::value(&data[..], i).to_vec();
@@ -197,9 +188,5 @@ pub fn shadow_path(
         }
         b = shadow;
     }
-    Err(Error::corrupt(
-        root,
-        "btree node",
-        "tree deeper than any valid tree",
-    ))
+    Err(Error::corrupt(root, "btree node", "tree deeper than any valid tree"))
 }

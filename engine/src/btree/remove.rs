@@ -29,11 +29,7 @@ pub fn remove(
     loop {
         depth += 1;
         if depth > MAX_BTREE_DEPTH {
-            return Err(Error::corrupt(
-                root,
-                "btree node",
-                "tree deeper than any valid tree",
-            ));
+            return Err(Error::corrupt(root, "btree node", "tree deeper than any valid tree"));
         }
         let data = read_node(tm, b, kind)?;
         let blk = &data[..];
@@ -87,18 +83,11 @@ fn rebalance_for_descent(
         return Ok(i);
     }
     drop(cdata);
-    let (li, ri) = if i + 1 < nr_children {
-        (i, i + 1)
-    } else {
-        (i - 1, i)
-    };
+    let (li, ri) = if i + 1 < nr_children { (i, i + 1) } else { (i - 1, i) };
     let sibling = if li == i { ri } else { li };
     shadow_child(tm, parent, sibling, kind)?;
     let p = tm.read(parent, BlockKind::Node)?;
-    let (l, r) = (
-        MetaBlock(node::value_u64(&p[..], li)),
-        MetaBlock(node::value_u64(&p[..], ri)),
-    );
+    let (l, r) = (MetaBlock(node::value_u64(&p[..], li)), MetaBlock(node::value_u64(&p[..], ri)));
     drop(p);
     let rdata = tm.read(r, BlockKind::Node)?;
     let nl = node::nr_entries(&tm.read(l, BlockKind::Node)?[..]);

@@ -36,11 +36,7 @@ pub fn lookup<R: ReadBlocks + ?Sized>(
         }
         b = MetaBlock(node::value_u64(blk, i));
     }
-    Err(Error::corrupt(
-        root,
-        "btree node",
-        "tree deeper than any valid tree (a cycle?)",
-    ))
+    Err(Error::corrupt(root, "btree node", "tree deeper than any valid tree (a cycle?)"))
 }
 
 /// Lookup for trees with 8-byte values.
@@ -77,11 +73,7 @@ fn walk_rec<R: ReadBlocks + ?Sized>(
     depth: usize,
 ) -> Result<ControlFlow<()>> {
     if depth >= MAX_BTREE_DEPTH {
-        return Err(Error::corrupt(
-            b,
-            "btree node",
-            "tree deeper than any valid tree (a cycle?)",
-        ));
+        return Err(Error::corrupt(b, "btree node", "tree deeper than any valid tree (a cycle?)"));
     }
     let data = read_node(tm, b, kind)?;
     let blk = &data[..];
@@ -141,32 +133,17 @@ fn nodes_rec<R: ReadBlocks + ?Sized>(
     f: &mut dyn FnMut(&NodeVisit) -> Result<bool>,
 ) -> Result<()> {
     if depth >= MAX_BTREE_DEPTH {
-        return Err(Error::corrupt(
-            b,
-            "btree node",
-            "tree deeper than any valid tree (a cycle?)",
-        ));
+        return Err(Error::corrupt(b, "btree node", "tree deeper than any valid tree (a cycle?)"));
     }
     let data = tm.read_block(b, crate::format::BlockKind::Node)?;
     let blk = &data[..];
-    let visit = NodeVisit {
-        block: b,
-        data: blk,
-        depth,
-        is_root: depth == 0,
-        lo,
-        hi,
-    };
+    let visit = NodeVisit { block: b, data: blk, depth, is_root: depth == 0, lo, hi };
     if !f(&visit)? || node::is_leaf(blk) {
         return Ok(());
     }
     let n = node::nr_entries(blk);
     for i in 0..n {
-        let child_hi = if i + 1 < n {
-            Some(node::key(blk, i + 1))
-        } else {
-            hi
-        };
+        let child_hi = if i + 1 < n { Some(node::key(blk, i + 1)) } else { hi };
         nodes_rec(
             tm,
             MetaBlock(node::value_u64(blk, i)),
@@ -188,8 +165,6 @@ pub fn for_each<R: ReadBlocks + ?Sized>(
     end: u64,
     f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    walk(tm, root, kind, begin, end, &mut |k, v| {
-        f(k, v).map(|()| ControlFlow::Continue(()))
-    })
-    .map(drop)
+    walk(tm, root, kind, begin, end, &mut |k, v| f(k, v).map(|()| ControlFlow::Continue(())))
+        .map(drop)
 }

@@ -21,12 +21,8 @@ pub enum BlockKind {
 }
 
 impl BlockKind {
-    pub const ALL: [BlockKind; 4] = [
-        BlockKind::Superblock,
-        BlockKind::Node,
-        BlockKind::Bitmap,
-        BlockKind::Index,
-    ];
+    pub const ALL: [BlockKind; 4] =
+        [BlockKind::Superblock, BlockKind::Node, BlockKind::Bitmap, BlockKind::Index];
 
     pub const fn salt(self) -> u32 {
         match self {
@@ -71,20 +67,11 @@ pub fn verify(block: &[u8], location: MetaBlock, kind: BlockKind) -> Result<()> 
     let stored = le_u32(block, CSUM_OFFSET);
     let computed = compute(block, kind);
     if stored != computed {
-        return Err(Error::Checksum {
-            block: location,
-            kind: kind.name(),
-            stored,
-            computed,
-        });
+        return Err(Error::Checksum { block: location, kind: kind.name(), stored, computed });
     }
     let claimed = le_u64(block, BLOCKNR_OFFSET);
     if claimed != location.0 {
-        return Err(Error::BlockNumber {
-            block: location,
-            kind: kind.name(),
-            claimed,
-        });
+        return Err(Error::BlockNumber { block: location, kind: kind.name(), claimed });
     }
     Ok(())
 }
@@ -112,15 +99,9 @@ mod tests {
             seal(&mut b, MetaBlock(42), kind);
             verify(&b, MetaBlock(42), kind).unwrap();
             assert_eq!(identify(&b), Some(kind));
-            assert!(matches!(
-                verify(&b, MetaBlock(43), kind),
-                Err(Error::BlockNumber { .. })
-            ));
+            assert!(matches!(verify(&b, MetaBlock(43), kind), Err(Error::BlockNumber { .. })));
             b[200] ^= 1;
-            assert!(matches!(
-                verify(&b, MetaBlock(42), kind),
-                Err(Error::Checksum { .. })
-            ));
+            assert!(matches!(verify(&b, MetaBlock(42), kind), Err(Error::Checksum { .. })));
         }
     }
 }

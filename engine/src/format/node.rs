@@ -68,16 +68,10 @@ impl NodeHeader {
         if h.max_entries == 0
             || NODE_HEADER_SIZE + (8 + h.value_size) * h.max_entries > META_BLOCK_SIZE
         {
-            return bad(format!(
-                "max_entries {} does not fit the block",
-                h.max_entries
-            ));
+            return bad(format!("max_entries {} does not fit the block", h.max_entries));
         }
         if h.nr_entries > h.max_entries {
-            return bad(format!(
-                "nr_entries {} > max_entries {}",
-                h.nr_entries, h.max_entries
-            ));
+            return bad(format!("nr_entries {} > max_entries {}", h.nr_entries, h.max_entries));
         }
         if !h.is_leaf && h.value_size != INTERNAL_VALUE_SIZE {
             return bad(format!("internal node with value_size {}", h.value_size));
@@ -89,11 +83,7 @@ impl NodeHeader {
 /// Makes `b` an empty node (all zeros, then the header).
 pub fn init(b: &mut [u8], is_leaf: bool, value_size: usize) {
     b.fill(0);
-    put_u32(
-        b,
-        OFF_FLAGS,
-        if is_leaf { FLAG_LEAF } else { FLAG_INTERNAL },
-    );
+    put_u32(b, OFF_FLAGS, if is_leaf { FLAG_LEAF } else { FLAG_INTERNAL });
     put_u32(b, OFF_MAX_ENTRIES, max_entries(value_size) as u32);
     put_u32(b, OFF_VALUE_SIZE, value_size as u32);
 }
@@ -192,10 +182,7 @@ pub fn find(b: &[u8], k: u64) -> Option<usize> {
 pub fn insert_at(b: &mut [u8], i: usize, k: u64, v: &[u8]) {
     let n = nr_entries(b);
     let vs = value_size(b);
-    assert!(
-        n < max_entries_of(b) && i <= n,
-        "insert_at on a full node or past the end"
-    );
+    assert!(n < max_entries_of(b) && i <= n, "insert_at on a full node or past the end");
     let ko = NODE_HEADER_SIZE + 8 * i;
     b.copy_within(ko..NODE_HEADER_SIZE + 8 * n, ko + 8);
     let vo = values_offset(b) + vs * i;
@@ -235,10 +222,7 @@ pub fn drop_front(b: &mut [u8], n: usize) {
     let old = nr_entries(b);
     assert!(n <= old);
     let vs = value_size(b);
-    b.copy_within(
-        NODE_HEADER_SIZE + 8 * n..NODE_HEADER_SIZE + 8 * old,
-        NODE_HEADER_SIZE,
-    );
+    b.copy_within(NODE_HEADER_SIZE + 8 * n..NODE_HEADER_SIZE + 8 * old, NODE_HEADER_SIZE);
     let vbase = values_offset(b);
     b.copy_within(vbase + vs * n..vbase + vs * old, vbase);
     truncate_tail(b, old, old - n);
@@ -258,10 +242,7 @@ pub fn append_from(dst: &mut [u8], src: &[u8], from: usize, to: usize) {
     assert_eq!(vs, value_size(dst));
     let n = nr_entries(dst);
     let count = to - from;
-    assert!(
-        n + count <= max_entries_of(dst),
-        "append_from overflows the node"
-    );
+    assert!(n + count <= max_entries_of(dst), "append_from overflows the node");
     let (sk, dk) = (NODE_HEADER_SIZE + 8 * from, NODE_HEADER_SIZE + 8 * n);
     dst[dk..dk + 8 * count].copy_from_slice(&src[sk..sk + 8 * count]);
     let (sv, dv) = (values_offset(src) + vs * from, values_offset(dst) + vs * n);
@@ -274,10 +255,7 @@ pub fn prepend_from(dst: &mut [u8], src: &[u8], from: usize, to: usize) {
     let vs = value_size(src);
     let n = nr_entries(dst);
     let count = to - from;
-    assert!(
-        n + count <= max_entries_of(dst),
-        "prepend_from overflows the node"
-    );
+    assert!(n + count <= max_entries_of(dst), "prepend_from overflows the node");
     let kb = NODE_HEADER_SIZE;
     dst.copy_within(kb..kb + 8 * n, kb + 8 * count);
     dst[kb..kb + 8 * count].copy_from_slice(&src[kb + 8 * from..kb + 8 * to]);

@@ -64,11 +64,7 @@ pub struct IndexEntry {
 
 impl IndexEntry {
     pub fn decode(b: &[u8]) -> Self {
-        IndexEntry {
-            blocknr: le_u64(b, 0),
-            nr_free: le_u32(b, 8),
-            none_free_before: le_u32(b, 12),
-        }
+        IndexEntry { blocknr: le_u64(b, 0), nr_free: le_u32(b, 8), none_free_before: le_u32(b, 12) }
     }
 
     pub fn encode(&self, b: &mut [u8]) {
@@ -133,11 +129,7 @@ mod tests {
 
     #[test]
     fn index_entry_round_trip() {
-        let e = IndexEntry {
-            blocknr: 9,
-            nr_free: 1000,
-            none_free_before: 3,
-        };
+        let e = IndexEntry { blocknr: 9, nr_free: 1000, none_free_before: 3 };
         assert_eq!(IndexEntry::decode(&e.to_bytes()), e);
         let mut b = vec![0xFFu8; 4096];
         encode_index_block(&[e, e], &mut b);

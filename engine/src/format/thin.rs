@@ -16,10 +16,7 @@ impl BlockTime {
     }
 
     pub fn unpack(v: u64) -> Self {
-        BlockTime {
-            block: v >> 24,
-            time: (v & 0xFF_FFFF) as u32,
-        }
+        BlockTime { block: v >> 24, time: (v & 0xFF_FFFF) as u32 }
     }
 }
 
@@ -64,22 +61,9 @@ mod tests {
 
     #[test]
     fn block_time_packing_matches_the_spec_examples() {
-        assert_eq!(
-            BlockTime { block: 1, time: 0 }.pack().to_le_bytes(),
-            [0, 0, 0, 1, 0, 0, 0, 0]
-        );
-        assert_eq!(
-            BlockTime {
-                block: 17026,
-                time: 2
-            }
-            .pack(),
-            0x0000_0042_8200_0002
-        );
-        let bt = BlockTime {
-            block: (1 << 40) - 1,
-            time: (1 << 24) - 1,
-        };
+        assert_eq!(BlockTime { block: 1, time: 0 }.pack().to_le_bytes(), [0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(BlockTime { block: 17026, time: 2 }.pack(), 0x0000_0042_8200_0002);
+        let bt = BlockTime { block: (1 << 40) - 1, time: (1 << 24) - 1 };
         assert_eq!(BlockTime::unpack(bt.pack()), bt);
     }
 

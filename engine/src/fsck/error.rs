@@ -27,47 +27,22 @@ pub enum Error {
     /// A known element in a place the format does not allow it (e.g. a mapping outside a
     /// device, a `<ref>` inside a `<def>`).
     #[error("line {line}: <{element}> is not allowed {place}")]
-    Misplaced {
-        line: u64,
-        element: String,
-        place: &'static str,
-    },
+    Misplaced { line: u64, element: String, place: &'static str },
     /// A required attribute is absent.
     #[error("line {line}: <{element}> lacks the required attribute `{attribute}`")]
-    MissingAttribute {
-        line: u64,
-        element: &'static str,
-        attribute: &'static str,
-    },
+    MissingAttribute { line: u64, element: &'static str, attribute: &'static str },
     /// An attribute the element does not have.
     #[error("line {line}: <{element}> has no attribute `{attribute}`")]
-    UnknownAttribute {
-        line: u64,
-        element: &'static str,
-        attribute: String,
-    },
+    UnknownAttribute { line: u64, element: &'static str, attribute: String },
     /// The same attribute twice in one element (not well-formed XML).
     #[error("line {line}: <{element}> repeats the attribute `{attribute}`")]
-    DuplicateAttribute {
-        line: u64,
-        element: &'static str,
-        attribute: &'static str,
-    },
+    DuplicateAttribute { line: u64, element: &'static str, attribute: &'static str },
     /// An attribute value that does not parse or is out of range.
     #[error("line {line}: {attribute}=\"{value}\": {reason}")]
-    BadValue {
-        line: u64,
-        attribute: &'static str,
-        value: String,
-        reason: &'static str,
-    },
+    BadValue { line: u64, attribute: &'static str, value: String, reason: &'static str },
     /// A named bound of this module (see the `MAX_*` constants in `fsck`) was exceeded.
     #[error("line {line}: {what} exceeds the limit of {limit}")]
-    Limit {
-        line: u64,
-        what: &'static str,
-        limit: u64,
-    },
+    Limit { line: u64, what: &'static str, limit: u64 },
     /// A consumer rejected what a well-formed input said; `line` locates it.
     #[error("line {line}: {source}")]
     AtLine {
@@ -83,10 +58,7 @@ pub enum Error {
     DuplicateDef { name: String },
     /// Events in an order the format forbids (e.g. a device before the superblock).
     #[error("unexpected {event}: {reason}")]
-    Sequence {
-        event: &'static str,
-        reason: &'static str,
-    },
+    Sequence { event: &'static str, reason: &'static str },
     /// The metadata is well-formed but not a valid pool (spec §4.5, §6.4, §7).
     #[error("device {dev_id:?}: {reason}")]
     Invalid { dev_id: Option<u32>, reason: String },

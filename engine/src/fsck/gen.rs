@@ -170,22 +170,13 @@ impl Plan {
                 _ => 2 + rng.below(cfg.max_run.max(2) - 1),
             }
             .min(cfg.virt_blocks - pos);
-            runs.push(Run {
-                origin_begin: pos,
-                data_begin: self.next_data,
-                len,
-                time: self.time,
-            });
+            runs.push(Run { origin_begin: pos, data_begin: self.next_data, len, time: self.time });
             // Leave a hole in the data device now and then so neighbours do not merge.
             self.next_data += len + rng.below(2);
             written += len;
             pos += len + 1 + rng.below(2 * mean_gap as u64 + 1);
         }
-        self.layers.push(Layer {
-            device,
-            time: self.time,
-            runs,
-        });
+        self.layers.push(Layer { device, time: self.time, runs });
     }
 
     /// The mappings `device` sees, as disjoint runs keyed by first virtual block.
@@ -245,13 +236,8 @@ fn paint(view: &mut BTreeMap<u64, Run>, run: Run) {
 
 fn simulate(cfg: &GenConfig) -> Plan {
     let mut rng = Rng(cfg.seed);
-    let mut plan = Plan {
-        devices: Vec::new(),
-        layers: Vec::new(),
-        time: 0,
-        transaction: 0,
-        next_data: 0,
-    };
+    let mut plan =
+        Plan { devices: Vec::new(), layers: Vec::new(), time: 0, transaction: 0, next_data: 0 };
     for _ in 0..cfg.nr_origins.max(1) {
         let d = plan.create(None);
         plan.write(&mut rng, cfg, d, cfg.origin_blocks);
@@ -297,10 +283,7 @@ pub fn generate_into<V: MetadataVisitor>(cfg: &GenConfig, visitor: V) -> Result<
     })?;
     for (i, dev) in plan.devices.iter().enumerate() {
         let view = plan.view(i);
-        let details = Device {
-            mapped_blocks: view.values().map(|r| r.len).sum(),
-            ..dev.details
-        };
+        let details = Device { mapped_blocks: view.values().map(|r| r.len).sum(), ..dev.details };
         v.device_b(&details)?;
         for run in view.values() {
             v.map(run)?;

@@ -57,9 +57,7 @@ impl<W: Write> HumanWriter<W> {
     }
 
     fn put(&mut self, args: std::fmt::Arguments<'_>) -> Result<()> {
-        self.out
-            .write_fmt(args)
-            .map_err(Error::io("writing the human-readable dump"))
+        self.out.write_fmt(args).map_err(Error::io("writing the human-readable dump"))
     }
 }
 
@@ -134,8 +132,6 @@ impl<W: Write> MetadataVisitor for HumanWriter<W> {
     }
 
     fn eof(&mut self) -> Result<()> {
-        self.out
-            .flush()
-            .map_err(Error::io("flushing the human-readable dump"))
+        self.out.flush().map_err(Error::io("flushing the human-readable dump"))
     }
 }

@@ -78,18 +78,9 @@ impl Run {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
     /// `<single_mapping origin_block data_block time/>`
-    Single {
-        origin_block: u64,
-        data_block: u64,
-        time: u32,
-    },
+    Single { origin_block: u64, data_block: u64, time: u32 },
     /// `<range_mapping origin_begin data_begin length time/>`
-    Range {
-        origin_begin: u64,
-        data_begin: u64,
-        length: u64,
-        time: u32,
-    },
+    Range { origin_begin: u64, data_begin: u64, length: u64, time: u32 },
     /// `<ref name/>` (1.x): splices in the named shared run.
     Ref(String),
 }
@@ -98,27 +89,12 @@ impl Item {
     /// The item as a run; a range and a single mapping are the same thing to a tree.
     pub fn run(&self) -> Option<Run> {
         match *self {
-            Item::Single {
-                origin_block,
-                data_block,
-                time,
-            } => Some(Run {
-                origin_begin: origin_block,
-                data_begin: data_block,
-                len: 1,
-                time,
-            }),
-            Item::Range {
-                origin_begin,
-                data_begin,
-                length,
-                time,
-            } => Some(Run {
-                origin_begin,
-                data_begin,
-                len: length,
-                time,
-            }),
+            Item::Single { origin_block, data_block, time } => {
+                Some(Run { origin_begin: origin_block, data_begin: data_block, len: 1, time })
+            }
+            Item::Range { origin_begin, data_begin, length, time } => {
+                Some(Run { origin_begin, data_begin, len: length, time })
+            }
             Item::Ref(_) => None,
         }
     }

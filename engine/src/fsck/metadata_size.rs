@@ -59,9 +59,7 @@ const SECTORS: usize = 1;
 
 /// Bytes per unit, as the tool computes them (powers past 2^64 wrap, e.g. zebibytes → 0).
 fn unit_factor(idx: usize) -> u64 {
-    let mut f = [
-        1u64, 512, 1024, 1000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ];
+    let mut f = [1u64, 512, 1024, 1000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     for u in (4..18).step_by(2) {
         f[u] = f[u - 2].wrapping_mul(1024);
         f[u + 1] = f[u - 1].wrapping_mul(1000);
@@ -122,14 +120,9 @@ fn usage<T>(message: &'static str) -> Result<T> {
 
 /// C's `atoll` on a run of digits: saturates at `i64::MAX`.
 fn atoll(digits: &str) -> u64 {
-    digits.parse::<u64>().map_or(
-        if digits.is_empty() {
-            0
-        } else {
-            i64::MAX as u64
-        },
-        |n| n.min(i64::MAX as u64),
-    )
+    digits
+        .parse::<u64>()
+        .map_or(if digits.is_empty() { 0 } else { i64::MAX as u64 }, |n| n.min(i64::MAX as u64))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -214,10 +207,7 @@ const LONG_OPTIONS: [(&str, char); 7] = [
 /// (`b:s:m:u:n::hV`, long names and unique prefixes, non-options ignored), then checks
 /// them. Errors carry the tool's message.
 pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Command> {
-    let mut o = Options {
-        unit: SECTORS,
-        ..Options::default()
-    };
+    let mut o = Options { unit: SECTORS, ..Options::default() };
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_ref();
@@ -225,12 +215,8 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Command> {
         let (opt, attached): (char, Option<&str>) = if arg == "--" {
             break;
         } else if let Some(long) = arg.strip_prefix("--") {
-            let (name, value) = long
-                .split_once('=')
-                .map_or((long, None), |(n, v)| (n, Some(v)));
-            let mut hits = LONG_OPTIONS
-                .iter()
-                .filter(|(full, _)| full.starts_with(name));
+            let (name, value) = long.split_once('=').map_or((long, None), |(n, v)| (n, Some(v)));
+            let mut hits = LONG_OPTIONS.iter().filter(|(full, _)| full.starts_with(name));
             let exact = LONG_OPTIONS.iter().find(|(full, _)| *full == name);
             match (exact, hits.next(), hits.next()) {
                 (Some(&(_, c)), _, _) | (None, Some(&(_, c)), None) => (c, value),
@@ -281,32 +267,20 @@ pub fn help_text(prog: &str) -> String {
             format!("--block-size BLOCKSIZE[{units}]"),
             "Block size of thin provisioned devices.",
         ),
-        (
-            "-s",
-            format!("--pool-size SIZE[{units}]"),
-            "Size of pool device.",
-        ),
+        ("-s", format!("--pool-size SIZE[{units}]"), "Size of pool device."),
         (
             "-m",
             format!("--max-thins #MAXTHINS[{units}]"),
             "Maximum sum of all thin devices and snapshots.",
         ),
-        (
-            "-u",
-            format!("--unit {{{units}}}"),
-            "Output unit specifier.",
-        ),
+        ("-u", format!("--unit {{{units}}}"), "Output unit specifier."),
         (
             "-n",
             "--numeric-only [short|long]".into(),
             "Output numeric value only (optionally with short/long unit identifier).",
         ),
         ("-h", "--help".into(), "This help."),
-        (
-            "-V",
-            "--version".into(),
-            "Print thin provisioning tools version.",
-        ),
+        ("-V", "--version".into(), "Print thin provisioning tools version."),
     ];
     let mut out =
         format!("Thin Provisioning Metadata Device Size Calculator.\nUsage: {prog} [options]\n");
@@ -342,11 +316,7 @@ pub fn format_number(r: f64) -> String {
     let whole = r.floor();
     if r == whole {
         // An infinite quotient (a unit factor that wrapped to 0) prints as 0 on x86-64.
-        return if r.is_finite() {
-            format!("{}", r as u64)
-        } else {
-            "0".into()
-        };
+        return if r.is_finite() { format!("{}", r as u64) } else { "0".into() };
     }
     if r - whole < 1e-2 {
         c_exp(r)
@@ -392,26 +362,14 @@ mod tests {
         let q = "\"--block-size=64kibibytes --pool-size=1tebibytes --max-thins=1000\"";
         let full =
             |n: &str| format!("thin_metadata_size - {n} estimated metadata area size for {q}\n");
-        assert_eq!(
-            line(&["-b", "64k", "-s", "1t", "-m", "1000"]),
-            full("1073224 sectors")
-        );
+        assert_eq!(line(&["-b", "64k", "-s", "1t", "-m", "1000"]), full("1073224 sectors"));
         assert_eq!(
             line(&["-b", "64k", "-s", "1t", "-m", "1000", "-u", "t"]),
             full("5.00e-04 tebibytes")
         );
-        assert_eq!(
-            line(&["-b", "64k", "-s", "1t", "-m", "1000", "-u", "m", "-n"]),
-            "524.04\n"
-        );
-        assert_eq!(
-            line(&["-b", "64k", "-s", "1t", "-m", "1000", "-u", "z"]),
-            full("0 zebibytes")
-        );
-        assert_eq!(
-            line(&["-b", "64k", "-s", "1t", "-m", "10", "-nshort"]),
-            "1065304s\n"
-        );
+        assert_eq!(line(&["-b", "64k", "-s", "1t", "-m", "1000", "-u", "m", "-n"]), "524.04\n");
+        assert_eq!(line(&["-b", "64k", "-s", "1t", "-m", "1000", "-u", "z"]), full("0 zebibytes"));
+        assert_eq!(line(&["-b", "64k", "-s", "1t", "-m", "10", "-nshort"]), "1065304s\n");
     }
 
     #[test]
@@ -421,21 +379,12 @@ mod tests {
             other => panic!("expected a usage error, got {other:?}"),
         };
         assert_eq!(msg(&["-b", "64k", "-s", "1t"]), "max thins required!");
-        assert_eq!(
-            msg(&["-b", "63k", "-s", "1t", "-m", "1"]),
-            "block size must be 2^^N"
-        );
-        assert_eq!(
-            msg(&["-b", "64k", "-s", "1x", "-m", "1"]),
-            "Invalid unit specifier!"
-        );
+        assert_eq!(msg(&["-b", "63k", "-s", "1t", "-m", "1"]), "block size must be 2^^N");
+        assert_eq!(msg(&["-b", "64k", "-s", "1x", "-m", "1"]), "Invalid unit specifier!");
         assert_eq!(
             msg(&["-b", "64k", "-s", "64k", "-m", "1"]),
             "pool size must be larger than block size"
         );
-        assert_eq!(
-            msg(&["-b", "64k", "-s", "1t", "-m", "1", "-n", "-n"]),
-            "-n already given!"
-        );
+        assert_eq!(msg(&["-b", "64k", "-s", "1t", "-m", "1", "-n", "-n"]), "-n already given!");
     }
 }

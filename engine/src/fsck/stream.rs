@@ -39,11 +39,9 @@ impl MetadataBuilder {
     /// The collected metadata; fails if the stream stopped before `superblock_e`.
     pub fn finish(self) -> Result<Metadata> {
         match (self.superblock, self.done) {
-            (Some(superblock), true) => Ok(Metadata {
-                superblock,
-                defs: self.defs,
-                devices: self.devices,
-            }),
+            (Some(superblock), true) => {
+                Ok(Metadata { superblock, defs: self.defs, devices: self.devices })
+            }
             _ => sequence("end of input", "the superblock was never closed"),
         }
     }
@@ -79,10 +77,7 @@ impl MetadataVisitor for MetadataBuilder {
         if self.defs.iter().any(|d| d.name == name) {
             return Err(Error::DuplicateDef { name: name.into() });
         }
-        self.defs.push(SharedDef {
-            name: name.into(),
-            runs: Vec::new(),
-        });
+        self.defs.push(SharedDef { name: name.into(), runs: Vec::new() });
         self.open = Open::Def;
         Ok(())
     }
@@ -97,10 +92,7 @@ impl MetadataVisitor for MetadataBuilder {
 
     fn device_b(&mut self, device: &Device) -> Result<()> {
         self.in_superblock("device")?;
-        self.devices.push(ThinDevice {
-            details: *device,
-            items: Vec::new(),
-        });
+        self.devices.push(ThinDevice { details: *device, items: Vec::new() });
         self.open = Open::Device;
         Ok(())
     }
@@ -152,10 +144,7 @@ pub struct Coalesce<V> {
 
 impl<V: MetadataVisitor> Coalesce<V> {
     pub fn new(inner: V) -> Self {
-        Coalesce {
-            inner,
-            pending: None,
-        }
+        Coalesce { inner, pending: None }
     }
 
     /// The wrapped visitor.
@@ -231,12 +220,7 @@ pub struct ExpandRefs<V> {
 
 impl<V: MetadataVisitor> ExpandRefs<V> {
     pub fn new(inner: V) -> Self {
-        ExpandRefs {
-            inner,
-            defs: HashMap::new(),
-            nr_def_runs: 0,
-            current: None,
-        }
+        ExpandRefs { inner, defs: HashMap::new(), nr_def_runs: 0, current: None }
     }
 
     /// The wrapped visitor.
@@ -300,10 +284,7 @@ impl<V: MetadataVisitor> MetadataVisitor for ExpandRefs<V> {
         Ok(())
     }
     fn ref_shared(&mut self, name: &str) -> Result<()> {
-        let runs = self
-            .defs
-            .get(name)
-            .ok_or_else(|| Error::UndefinedRef { name: name.into() })?;
+        let runs = self.defs.get(name).ok_or_else(|| Error::UndefinedRef { name: name.into() })?;
         for run in runs {
             self.inner.map(run)?;
         }

@@ -41,26 +41,17 @@ impl Validator {
     }
 
     fn invalid<T>(&self, reason: String) -> Result<T> {
-        Err(Error::Invalid {
-            dev_id: self.device.map(|d| d.dev_id),
-            reason,
-        })
+        Err(Error::Invalid { dev_id: self.device.map(|d| d.dev_id), reason })
     }
 
     fn check_run(&self, run: &Run) -> Result<()> {
         if run.len == 0 {
-            return self.invalid(format!(
-                "run at virtual block {} has length 0",
-                run.origin_begin
-            ));
+            return self.invalid(format!("run at virtual block {} has length 0", run.origin_begin));
         }
         let end_ok = run.origin_begin.checked_add(run.len).is_some();
         let data_end = run.data_begin.checked_add(run.len);
         if !end_ok || data_end.is_none() {
-            return self.invalid(format!(
-                "run at virtual block {} overflows",
-                run.origin_begin
-            ));
+            return self.invalid(format!("run at virtual block {} overflows", run.origin_begin));
         }
         let data_end = data_end.unwrap_or(u64::MAX);
         if data_end > self.sb.nr_data_blocks || data_end > DATA_BLOCK_LIMIT {
@@ -83,9 +74,7 @@ impl Validator {
     /// Accounts `[first, end)` holding `blocks` mapped blocks in the open device.
     fn advance(&mut self, first: u64, end: u64, blocks: u64) -> Result<()> {
         if first < self.next_origin {
-            return self.invalid(format!(
-                "virtual block {first} is out of order or mapped twice"
-            ));
+            return self.invalid(format!("virtual block {first} is out of order or mapped twice"));
         }
         self.next_origin = end;
         self.nr_mapped += blocks;

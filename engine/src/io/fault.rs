@@ -71,12 +71,7 @@ impl FaultyDevice {
                 b
             })
             .collect();
-        FaultyDevice {
-            state: Mutex::new(State {
-                durable,
-                ..State::default()
-            }),
-        }
+        FaultyDevice { state: Mutex::new(State { durable, ..State::default() }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -227,8 +222,7 @@ impl BlockDevice for FaultyDevice {
 
     fn resize(&self, nr_blocks: u64) -> io::Result<()> {
         let mut s = self.lock();
-        s.durable
-            .resize_with(nr_blocks as usize, || Box::new([0u8; META_BLOCK_SIZE]));
+        s.durable.resize_with(nr_blocks as usize, || Box::new([0u8; META_BLOCK_SIZE]));
         s.pending.retain(|(b, _)| *b < nr_blocks);
         Ok(())
     }

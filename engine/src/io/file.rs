@@ -23,28 +23,16 @@ impl FileDevice {
 
     /// Creates (or truncates) a file of `nr_blocks` blocks.
     pub fn create(path: &Path, nr_blocks: u64) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         file.set_len(nr_blocks * META_BLOCK_SIZE as u64)?;
         Self::from_file(file, false)
     }
 
     pub fn from_file(file: File, read_only: bool) -> io::Result<Self> {
         let len = file.metadata()?.len();
-        let len = if len == 0 {
-            block_device_len(&file)?
-        } else {
-            len
-        };
-        Ok(FileDevice {
-            file,
-            nr_blocks: AtomicU64::new(len / META_BLOCK_SIZE as u64),
-            read_only,
-        })
+        let len = if len == 0 { block_device_len(&file)? } else { len };
+        Ok(FileDevice { file, nr_blocks: AtomicU64::new(len / META_BLOCK_SIZE as u64), read_only })
     }
 
     pub fn file(&self) -> &File {
@@ -81,10 +69,7 @@ impl BlockDevice for FileDevice {
 
     fn write_block(&self, block: u64, buf: &Block) -> io::Result<()> {
         if self.read_only {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "device is read-only",
-            ));
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "device is read-only"));
         }
         let off = self.check(block)?;
         self.file.write_all_at(buf, off)
@@ -105,9 +90,7 @@ impl BlockDevice for FileDevice {
             if j == i {
                 self.write_block(start, sorted[i].1)?;
             } else {
-                let off = self
-                    .check(sorted[j].0)
-                    .map(|_| start * META_BLOCK_SIZE as u64)?;
+                let off = self.check(sorted[j].0).map(|_| start * META_BLOCK_SIZE as u64)?;
                 run.clear();
                 for w in &sorted[i..=j] {
                     run.extend_from_slice(w.1);

@@ -12,21 +12,13 @@ pub struct MemDevice {
 
 impl MemDevice {
     pub fn new(nr_blocks: u64) -> Self {
-        let blocks = (0..nr_blocks)
-            .map(|_| Box::new([0u8; META_BLOCK_SIZE]))
-            .collect();
-        MemDevice {
-            blocks: Mutex::new(blocks),
-        }
+        let blocks = (0..nr_blocks).map(|_| Box::new([0u8; META_BLOCK_SIZE])).collect();
+        MemDevice { blocks: Mutex::new(blocks) }
     }
 
     /// A device holding a copy of `image` (length a multiple of 4 KiB).
     pub fn from_image(image: &[u8]) -> Self {
-        assert_eq!(
-            image.len() % META_BLOCK_SIZE,
-            0,
-            "image length must be a multiple of 4 KiB"
-        );
+        assert_eq!(image.len() % META_BLOCK_SIZE, 0, "image length must be a multiple of 4 KiB");
         let blocks = image
             .chunks_exact(META_BLOCK_SIZE)
             .map(|c| {
@@ -35,9 +27,7 @@ impl MemDevice {
                 b
             })
             .collect();
-        MemDevice {
-            blocks: Mutex::new(blocks),
-        }
+        MemDevice { blocks: Mutex::new(blocks) }
     }
 
     /// The whole device as bytes.
@@ -63,9 +53,8 @@ impl BlockDevice for MemDevice {
 
     fn read_block(&self, block: u64, buf: &mut Block) -> io::Result<()> {
         let blocks = self.lock();
-        let b = blocks
-            .get(block as usize)
-            .ok_or_else(|| out_of_range(block, blocks.len() as u64))?;
+        let b =
+            blocks.get(block as usize).ok_or_else(|| out_of_range(block, blocks.len() as u64))?;
         buf.copy_from_slice(&b[..]);
         Ok(())
     }
@@ -73,9 +62,7 @@ impl BlockDevice for MemDevice {
     fn write_block(&self, block: u64, buf: &Block) -> io::Result<()> {
         let mut blocks = self.lock();
         let n = blocks.len() as u64;
-        let b = blocks
-            .get_mut(block as usize)
-            .ok_or_else(|| out_of_range(block, n))?;
+        let b = blocks.get_mut(block as usize).ok_or_else(|| out_of_range(block, n))?;
         b.copy_from_slice(buf);
         Ok(())
     }
@@ -85,8 +72,7 @@ impl BlockDevice for MemDevice {
     }
 
     fn resize(&self, nr_blocks: u64) -> io::Result<()> {
-        self.lock()
-            .resize_with(nr_blocks as usize, || Box::new([0u8; META_BLOCK_SIZE]));
+        self.lock().resize_with(nr_blocks as usize, || Box::new([0u8; META_BLOCK_SIZE]));
         Ok(())
     }
 }

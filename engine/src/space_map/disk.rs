@@ -26,9 +26,7 @@ use std::ops::ControlFlow;
 /// Overflow trees: block number → u32 count.
 pub const REF_COUNT: ValueKind = ValueKind::Plain { size: 4 };
 /// The data space map's index tree: bitmap number → index entry.
-pub const INDEX_ENTRY: ValueKind = ValueKind::Plain {
-    size: INDEX_ENTRY_SIZE,
-};
+pub const INDEX_ENTRY: ValueKind = ValueKind::Plain { size: INDEX_ENTRY_SIZE };
 
 fn load_bitmap<R: ReadBlocks + ?Sized>(r: &mut R, e: &IndexEntry) -> Result<Bitmap> {
     let data = r.read_block(MetaBlock(e.blocknr), BlockKind::Bitmap)?;
@@ -101,16 +99,9 @@ pub fn load(bm: &mut BlockManager, sb: &Superblock) -> Result<(SpaceMap, SpaceMa
     }
     let index = bm.read(m.bitmap_root, BlockKind::Index)?;
     let entries = decode_index_block(&index[..], n);
-    let bitmaps = entries
-        .iter()
-        .map(|e| load_bitmap(bm, e))
-        .collect::<Result<Vec<_>>>()?;
-    let meta = SpaceMap::loaded(
-        METADATA,
-        m.nr_blocks,
-        bitmaps,
-        load_ref_counts(bm, m.ref_count_root)?,
-    );
+    let bitmaps = entries.iter().map(|e| load_bitmap(bm, e)).collect::<Result<Vec<_>>>()?;
+    let meta =
+        SpaceMap::loaded(METADATA, m.nr_blocks, bitmaps, load_ref_counts(bm, m.ref_count_root)?);
 
     let d = sb.data_sm_root;
     let entries = load_data_index(bm, d.bitmap_root)?;
@@ -121,16 +112,8 @@ pub fn load(bm: &mut BlockManager, sb: &Superblock) -> Result<(SpaceMap, SpaceMa
             format!("{} bitmaps for {} data blocks", entries.len(), d.nr_blocks),
         ));
     }
-    let bitmaps = entries
-        .iter()
-        .map(|e| load_bitmap(bm, e))
-        .collect::<Result<Vec<_>>>()?;
-    let data = SpaceMap::loaded(
-        DATA,
-        d.nr_blocks,
-        bitmaps,
-        load_ref_counts(bm, d.ref_count_root)?,
-    );
+    let bitmaps = entries.iter().map(|e| load_bitmap(bm, e)).collect::<Result<Vec<_>>>()?;
+    let data = SpaceMap::loaded(DATA, d.nr_blocks, bitmaps, load_ref_counts(bm, d.ref_count_root)?);
     let blocks = SmBlocks {
         meta_index: m.bitmap_root,
         meta_ref_count_root: m.ref_count_root,
@@ -147,19 +130,13 @@ fn persist_overflow(
     mut root: MetaBlock,
 ) -> Result<MetaBlock> {
     loop {
-        let sm = if data {
-            &mut tm.data_sm
-        } else {
-            &mut tm.meta_sm
-        };
+        let sm = if data { &mut tm.data_sm } else { &mut tm.meta_sm };
         let keys = std::mem::take(&mut sm.overflow_dirty);
         if keys.is_empty() {
             return Ok(root);
         }
-        let changes: Vec<(u64, Option<u32>)> = keys
-            .into_iter()
-            .map(|k| (k, sm.overflow.get(&k).copied()))
-            .collect();
+        let changes: Vec<(u64, Option<u32>)> =
+            keys.into_iter().map(|k| (k, sm.overflow.get(&k).copied())).collect();
         for (k, count) in changes {
             root = match count {
                 Some(c) => btree::insert(tm, root, REF_COUNT, k, &c.to_le_bytes())?.0,
@@ -171,11 +148,7 @@ fn persist_overflow(
 
 /// Moves bitmap `i` to a block of this transaction unless it already is in one.
 fn relocate(tm: &mut TransactionManager, data: bool, i: usize) -> Result<bool> {
-    let bm = if data {
-        &tm.data_sm.bitmaps[i]
-    } else {
-        &tm.meta_sm.bitmaps[i]
-    };
+    let bm = if data { &tm.data_sm.bitmaps[i] } else { &tm.meta_sm.bitmaps[i] };
     if bm.relocated {
         return Ok(false);
     }
@@ -184,27 +157,17 @@ fn relocate(tm: &mut TransactionManager, data: bool, i: usize) -> Result<bool> {
     if old != 0 {
         tm.dec(MetaBlock(old))?;
     }
-    let bm = if data {
-        &mut tm.data_sm.bitmaps[i]
-    } else {
-        &mut tm.meta_sm.bitmaps[i]
-    };
+    let bm = if data { &mut tm.data_sm.bitmaps[i] } else { &mut tm.meta_sm.bitmaps[i] };
     bm.location = new.0;
     bm.relocated = true;
     Ok(true)
 }
 
 fn write_bitmap(tm: &mut TransactionManager, data: bool, i: usize) -> Result<IndexEntry> {
-    let bm = if data {
-        &mut tm.data_sm.bitmaps[i]
-    } else {
-        &mut tm.meta_sm.bitmaps[i]
-    };
+    let bm = if data { &mut tm.data_sm.bitmaps[i] } else { &mut tm.meta_sm.bitmaps[i] };
     bm.dirty = false;
     let (loc, words, entry) = (bm.location, bm.words.clone(), bm.index_entry());
-    let block = tm
-        .block_manager()
-        .zeroed(MetaBlock(loc), BlockKind::Bitmap)?;
+    let block = tm.block_manager().zeroed(MetaBlock(loc), BlockKind::Bitmap)?;
     encode_bitmap(&words, &mut block[..]);
     Ok(entry)
 }
@@ -242,10 +205,7 @@ pub fn persist(tm: &mut TransactionManager) -> Result<(SmRoot, SmRoot)> {
             break;
         }
     }
-    assert!(
-        tm.meta_sm.overflow_dirty.is_empty(),
-        "relocating bitmaps changed an overflow count"
-    );
+    assert!(tm.meta_sm.overflow_dirty.is_empty(), "relocating bitmaps changed an overflow count");
     let mut entries = Vec::with_capacity(tm.meta_sm.bitmaps.len());
     for i in 0..tm.meta_sm.bitmaps.len() {
         entries.push(if tm.meta_sm.bitmaps[i].dirty {
@@ -257,12 +217,7 @@ pub fn persist(tm: &mut TransactionManager) -> Result<(SmRoot, SmRoot)> {
     let index = tm.sm_blocks.meta_index;
     let block = tm.block_manager().zeroed(index, BlockKind::Index)?;
     encode_index_block(&entries, &mut block[..]);
-    for bm in tm
-        .meta_sm
-        .bitmaps
-        .iter_mut()
-        .chain(tm.data_sm.bitmaps.iter_mut())
-    {
+    for bm in tm.meta_sm.bitmaps.iter_mut().chain(tm.data_sm.bitmaps.iter_mut()) {
         bm.relocated = false;
     }
     let (data_root, meta_root) = tm.sm_roots();

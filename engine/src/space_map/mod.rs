@@ -57,12 +57,7 @@ impl Bitmap {
     /// A bitmap loaded from disk; `nr_free` and `none_free_before` are recomputed rather
     /// than trusted (thin_restore 0.9.0 writes a truncated `nr_free`, spec §9.22).
     pub fn loaded(words: Box<[u64; BITMAP_WORDS]>, location: u64) -> Self {
-        let mut b = Bitmap {
-            words,
-            location,
-            dirty: false,
-            ..Self::empty()
-        };
+        let mut b = Bitmap { words, location, dirty: false, ..Self::empty() };
         b.recount();
         b
     }
@@ -70,9 +65,8 @@ impl Bitmap {
     fn recount(&mut self) {
         let free: u32 = self.words.iter().map(|&w| free_mask(w).count_ones()).sum();
         self.nr_free = free;
-        self.none_free_before = self
-            .first_free_from(0)
-            .map_or(ENTRIES_PER_BITMAP as u32, |j| j as u32);
+        self.none_free_before =
+            self.first_free_from(0).map_or(ENTRIES_PER_BITMAP as u32, |j| j as u32);
     }
 
     fn first_free_from(&self, from: usize) -> Option<usize> {
@@ -88,9 +82,7 @@ impl Bitmap {
     }
 
     fn is_freed(&self, j: usize) -> bool {
-        self.freed
-            .as_ref()
-            .is_some_and(|f| f[j / 64] >> (j % 64) & 1 == 1)
+        self.freed.as_ref().is_some_and(|f| f[j / 64] >> (j % 64) & 1 == 1)
     }
 
     pub fn index_entry(&self) -> IndexEntry {
@@ -141,10 +133,7 @@ impl SpaceMap {
         bitmaps: Vec<Bitmap>,
         overflow: BTreeMap<u64, u32>,
     ) -> Self {
-        let nr_allocated = bitmaps
-            .iter()
-            .map(|b| ENTRIES_PER_BITMAP - b.nr_free as u64)
-            .sum();
+        let nr_allocated = bitmaps.iter().map(|b| ENTRIES_PER_BITMAP - b.nr_free as u64).sum();
         SpaceMap {
             space,
             nr_blocks,
@@ -181,10 +170,7 @@ impl SpaceMap {
     }
 
     fn locate(b: u64) -> (usize, usize) {
-        (
-            (b / ENTRIES_PER_BITMAP) as usize,
-            (b % ENTRIES_PER_BITMAP) as usize,
-        )
+        ((b / ENTRIES_PER_BITMAP) as usize, (b % ENTRIES_PER_BITMAP) as usize)
     }
 
     fn check(&self, b: u64) -> Result<()> {
@@ -192,10 +178,7 @@ impl SpaceMap {
             return Err(Error::RefCount {
                 space: self.space,
                 block: b,
-                reason: format!(
-                    "beyond the end of the space map ({} blocks)",
-                    self.nr_blocks
-                ),
+                reason: format!("beyond the end of the space map ({} blocks)", self.nr_blocks),
             });
         }
         Ok(())
@@ -206,15 +189,11 @@ impl SpaceMap {
         self.check(b)?;
         let (bi, j) = Self::locate(b);
         Ok(match get_entry(&self.bitmaps[bi].words, j) {
-            3 => self
-                .overflow
-                .get(&b)
-                .copied()
-                .ok_or_else(|| Error::RefCount {
-                    space: self.space,
-                    block: b,
-                    reason: "count ≥ 3 in the bitmap but no overflow entry".into(),
-                })?,
+            3 => self.overflow.get(&b).copied().ok_or_else(|| Error::RefCount {
+                space: self.space,
+                block: b,
+                reason: "count ≥ 3 in the bitmap but no overflow entry".into(),
+            })?,
             v => v as u32,
         })
     }
@@ -241,9 +220,8 @@ impl SpaceMap {
             bm.nr_free -= 1;
             self.nr_allocated += 1;
             if bm.none_free_before as usize == j {
-                bm.none_free_before = bm
-                    .first_free_from(j)
-                    .map_or(ENTRIES_PER_BITMAP as u32, |f| f as u32);
+                bm.none_free_before =
+                    bm.first_free_from(j).map_or(ENTRIES_PER_BITMAP as u32, |f| f as u32);
             }
             if bm.is_freed(j) {
                 // Re-referenced in the same transaction (e.g. a block freed then counted again).
@@ -314,13 +292,9 @@ impl SpaceMap {
 
     fn no_space(&self) -> Error {
         if self.space == METADATA {
-            Error::MetadataNoSpace {
-                nr_blocks: self.nr_blocks,
-            }
+            Error::MetadataNoSpace { nr_blocks: self.nr_blocks }
         } else {
-            Error::DataNoSpace {
-                nr_blocks: self.nr_blocks,
-            }
+            Error::DataNoSpace { nr_blocks: self.nr_blocks }
         }
     }
 
@@ -432,10 +406,7 @@ mod tests {
         assert_eq!(sm.nr_free(), 0);
         assert_eq!(sm.bitmaps[0].nr_free, 0);
         // The last bitmap's entries past the end stay free in the kernel convention.
-        assert_eq!(
-            sm.bitmaps[2].nr_free as u64,
-            3 * ENTRIES_PER_BITMAP - 33_000
-        );
+        assert_eq!(sm.bitmaps[2].nr_free as u64, 3 * ENTRIES_PER_BITMAP - 33_000);
     }
 
     #[test]

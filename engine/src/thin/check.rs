@@ -48,12 +48,7 @@ impl Report {
     }
 
     fn fatal(&mut self, block: Option<MetaBlock>, device: Option<u64>, message: String) {
-        self.problems.push(Problem {
-            block,
-            device,
-            message,
-            fatal: true,
-        });
+        self.problems.push(Problem { block, device, message, fatal: true });
     }
 }
 
@@ -113,11 +108,7 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: CheckOptions) -> Result<Report> {
     rc.add_tree(&mut bm, top, TOP);
     rc.add_tree(&mut bm, details_root, DETAILS);
     let roots: Vec<(u64, MetaBlock)> = rc.subtree_roots.clone();
-    compare_device_sets(
-        &mut report,
-        &details,
-        &roots.iter().map(|r| r.0).collect::<Vec<_>>(),
-    );
+    compare_device_sets(&mut report, &details, &roots.iter().map(|r| r.0).collect::<Vec<_>>());
     check_mapped_blocks(&mut bm, &mut report, &details, &roots);
     if !opts.metadata_snap {
         if sb.held_root.0 != 0 {
@@ -154,11 +145,7 @@ fn read_details<R: ReadBlocks>(
 fn compare_device_sets(report: &mut Report, details: &BTreeMap<u64, DeviceDetails>, tops: &[u64]) {
     for id in tops {
         if !details.contains_key(id) {
-            report.fatal(
-                None,
-                Some(*id),
-                "in the mapping tree but has no device details".into(),
-            );
+            report.fatal(None, Some(*id), "in the mapping tree but has no device details".into());
         }
     }
     for id in details.keys() {

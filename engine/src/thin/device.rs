@@ -36,15 +36,7 @@ impl ThinMetadata {
 
     /// The root of a device's bottom-level tree.
     pub(crate) fn device_root(&mut self, id: DevId) -> Result<MetaBlock> {
-        btree::lookup_u64(&mut self.tm, self.sb.data_mapping_root, TOP, id.0)?
-            .map(MetaBlock)
-            .ok_or_else(|| {
-                Error::corrupt(
-                    self.sb.data_mapping_root,
-                    "mapping tree",
-                    format!("device {id} has details but no mappings"),
-                )
-            })
+        Ok(self.device(id)?.root)
     }
 
     /// Creates an empty thin device.
@@ -59,13 +51,7 @@ impl ThinMetadata {
             creation_time: self.sb.time,
             snapshotted_time: self.sb.time,
         };
-        self.devices.insert(
-            id,
-            DeviceState {
-                details,
-                dirty: true,
-            },
-        );
+        self.devices.insert(id, DeviceState { details, root, dirty: true });
         Ok(())
     }
 
@@ -92,13 +78,7 @@ impl ThinMetadata {
             creation_time: time,
             snapshotted_time: time,
         };
-        self.devices.insert(
-            id,
-            DeviceState {
-                details,
-                dirty: true,
-            },
-        );
+        self.devices.insert(id, DeviceState { details, root, dirty: true });
         Ok(())
     }
 
@@ -125,10 +105,7 @@ impl ThinMetadata {
     pub fn set_transaction_id(&mut self, old: u64, new: u64) -> Result<()> {
         self.check_writable()?;
         if self.sb.trans_id != old {
-            return Err(Error::TransactionId {
-                expected: old,
-                actual: self.sb.trans_id,
-            });
+            return Err(Error::TransactionId { expected: old, actual: self.sb.trans_id });
         }
         self.sb.trans_id = new;
         Ok(())
@@ -160,13 +137,13 @@ impl ThinMetadata {
         let (top, at) = btree::shadow_path(&mut self.tm, self.sb.data_mapping_root, TOP, id.0)?;
         self.sb.data_mapping_root = top;
         let (leaf, i) = at.ok_or(Error::UnknownDevice(id))?;
-        let old = MetaBlock(node::value_u64(
-            &self.tm.read(leaf, BlockKind::Node)?[..],
-            i,
-        ));
+        let old = MetaBlock(node::value_u64(&self.tm.read(leaf, BlockKind::Node)?[..], i));
         let (new, out) = f(&mut self.tm, old)?;
         if new != old {
             node::set_value_u64(self.tm.get_mut(leaf, BlockKind::Node)?, i, new.0);
+            if let Some(d) = self.devices.get_mut(&id) {
+                d.root = new;
+            }
         }
         Ok(out)
     }

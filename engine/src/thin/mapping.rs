@@ -39,16 +39,14 @@ impl ThinMetadata {
     pub fn lookup(&mut self, dev: DevId, vblock: VirtBlock) -> Result<Option<Mapping>> {
         let stime = self.device(dev)?.details.snapshotted_time;
         let root = self.device_root(dev)?;
-        Ok(
-            btree::lookup_u64(&mut self.tm, root, BOTTOM, vblock.0)?.map(|v| {
-                let bt = BlockTime::unpack(v);
-                Mapping {
-                    data_block: DataBlock(bt.block),
-                    time: bt.time,
-                    maybe_shared: stime > bt.time,
-                }
-            }),
-        )
+        Ok(btree::lookup_u64(&mut self.tm, root, BOTTOM, vblock.0)?.map(|v| {
+            let bt = BlockTime::unpack(v);
+            Mapping {
+                data_block: DataBlock(bt.block),
+                time: bt.time,
+                maybe_shared: stime > bt.time,
+            }
+        }))
     }
 
     /// Maps `vblock` to `data` at the current time. The data block's reference must be the
@@ -63,19 +61,11 @@ impl ThinMetadata {
         self.check_writable()?;
         self.device(dev)?;
         if data.0 >= MAX_DATA_BLOCKS || data.0 >= self.tm.data_sm().nr_blocks() {
-            return Err(Error::Invalid(format!(
-                "data block {data} is beyond the data device"
-            )));
+            return Err(Error::Invalid(format!("data block {data} is beyond the data device")));
         }
-        let v = BlockTime {
-            block: data.0,
-            time: self.sb.time,
-        }
-        .pack()
-        .to_le_bytes();
-        let is_new = self.edit_device(dev, |tm, root| {
-            btree::insert(tm, root, BOTTOM, vblock.0, &v)
-        })?;
+        let v = BlockTime { block: data.0, time: self.sb.time }.pack().to_le_bytes();
+        let is_new =
+            self.edit_device(dev, |tm, root| btree::insert(tm, root, BOTTOM, vblock.0, &v))?;
         if is_new {
             self.device_mut(dev)?.details.mapped_blocks += 1;
         }
@@ -123,7 +113,7 @@ impl ThinMetadata {
         let stime = self.device(dev)?.details.snapshotted_time;
         let root = self.device_root(dev)?;
         btree::walk(&mut self.tm, root, BOTTOM, begin.0, end.0, &mut |k, v| {
-            let bt = BlockTime::unpack(u64::from_le_bytes(v.try_into().expect("8-byte value")));
+            let bt = BlockTime::unpack(crate::format::le_u64(v, 0));
             let m = Mapping {
                 data_block: DataBlock(bt.block),
                 time: bt.time,
@@ -155,11 +145,7 @@ impl ThinMetadata {
             }
             b = MetaBlock(node::value_u64(blk, i));
         }
-        Err(Error::corrupt(
-            b,
-            "btree node",
-            "tree deeper than any valid tree",
-        ))
+        Err(Error::corrupt(b, "btree node", "tree deeper than any valid tree"))
     }
 
     /// The blocks of `[begin, end)` as runs of unmapped / mapped-exclusive / mapped-shared
@@ -176,12 +162,7 @@ impl ThinMetadata {
                 Some(r) if r.mapped == mapped && r.shared == shared && r.begin + r.len == begin => {
                     r.len += len
                 }
-                _ => runs.push(Run {
-                    begin,
-                    len,
-                    mapped,
-                    shared,
-                }),
+                _ => runs.push(Run { begin, len, mapped, shared }),
             }
         };
         let mut entries = Vec::new();
@@ -205,11 +186,7 @@ impl ThinMetadata {
         depth: usize,
     ) -> Result<()> {
         if depth >= MAX_BTREE_DEPTH {
-            return Err(Error::corrupt(
-                b,
-                "btree node",
-                "tree deeper than any valid tree",
-            ));
+            return Err(Error::corrupt(b, "btree node", "tree deeper than any valid tree"));
         }
         let shared = path_shared || self.tm.ref_count(b)? > 1;
         let data = self.tm.read(b, BlockKind::Node)?;
@@ -255,10 +232,6 @@ impl ThinMetadata {
             }
             b = MetaBlock(node::value_u64(blk, n - 1));
         }
-        Err(Error::corrupt(
-            b,
-            "btree node",
-            "tree deeper than any valid tree",
-        ))
+        Err(Error::corrupt(b, "btree node", "tree deeper than any valid tree"))
     }
 }

@@ -25,10 +25,7 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions {
-            read_only: false,
-            cache_bytes: DEFAULT_CACHE_BYTES,
-        }
+        OpenOptions { read_only: false, cache_bytes: DEFAULT_CACHE_BYTES }
     }
 }
 
@@ -36,6 +33,9 @@ impl Default for OpenOptions {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DeviceState {
     pub details: DeviceDetails,
+    /// Root of the device's bottom tree: always the value its top-level leaf holds (updated
+    /// by create, snapshot and every edit), so lookups skip the top-level walk.
+    pub root: MetaBlock,
     /// Changed since the last commit: written into the details tree at commit.
     pub dirty: bool,
 }
@@ -78,17 +78,14 @@ pub(crate) fn read_superblock(dev: &Arc<dyn BlockDevice>) -> Result<Superblock> 
         return Err(Error::BadSuperblock("the metadata device is empty".into()));
     }
     let mut raw = [0u8; crate::limits::META_BLOCK_SIZE];
-    dev.read_block(0, &mut raw)
-        .map_err(|e| Error::io("reading the superblock", e))?;
+    dev.read_block(0, &mut raw).map_err(|e| Error::io("reading the superblock", e))?;
     if raw.iter().all(|&b| b == 0) {
         return Err(Error::BadSuperblock(
             "block 0 is all zeros: the metadata is not formatted".into(),
         ));
     }
     crate::format::checksum::verify(&raw, MetaBlock(0), BlockKind::Superblock).map_err(|e| {
-        Error::BadSuperblock(format!(
-            "not dm-thin metadata, or a damaged superblock: {e}"
-        ))
+        Error::BadSuperblock(format!("not dm-thin metadata, or a damaged superblock: {e}"))
     })?;
     Ok(Superblock::decode(&raw))
 }
@@ -117,12 +114,7 @@ impl ThinMetadata {
             metadata_nr_blocks: nr_meta,
             ..Superblock::default()
         };
-        let mut md = ThinMetadata {
-            tm,
-            sb,
-            devices: BTreeMap::new(),
-            read_only: false,
-        };
+        let mut md = ThinMetadata { tm, sb, devices: BTreeMap::new(), read_only: false };
         md.commit()?;
         Ok(md)
     }
@@ -137,18 +129,13 @@ impl ThinMetadata {
         check_data_block_size(sb.data_block_size_sectors)
             .map_err(|e| Error::BadSuperblock(e.to_string()))?;
         let tm = TransactionManager::open(dev, &sb, opts.cache_bytes)?;
-        let mut md = ThinMetadata {
-            tm,
-            sb,
-            devices: BTreeMap::new(),
-            read_only: opts.read_only,
-        };
+        let mut md = ThinMetadata { tm, sb, devices: BTreeMap::new(), read_only: opts.read_only };
         md.devices = md.load_devices()?;
         Ok(md)
     }
 
     fn load_devices(&mut self) -> Result<BTreeMap<DevId, DeviceState>> {
-        let mut devices = BTreeMap::new();
+        let mut details = BTreeMap::new();
         btree::for_each(
             &mut self.tm,
             self.sb.device_details_root,
@@ -156,31 +143,22 @@ impl ThinMetadata {
             0,
             u64::MAX,
             &mut |k, v| {
-                let details = DeviceDetails::decode(v);
-                devices.insert(
-                    DevId(k),
-                    DeviceState {
-                        details,
-                        dirty: false,
-                    },
-                );
+                details.insert(DevId(k), DeviceDetails::decode(v));
                 Ok(())
             },
         )?;
         // Every device of the mapping tree needs details (and vice versa) to be usable.
-        let mut ids = Vec::new();
-        btree::for_each(
-            &mut self.tm,
-            self.sb.data_mapping_root,
-            TOP,
-            0,
-            u64::MAX,
-            &mut |k, _| {
-                ids.push(DevId(k));
-                Ok(())
-            },
-        )?;
-        if ids.len() != devices.len() || ids.iter().any(|id| !devices.contains_key(id)) {
+        let mut devices = BTreeMap::new();
+        let mut nr_top = 0;
+        btree::for_each(&mut self.tm, self.sb.data_mapping_root, TOP, 0, u64::MAX, &mut |k, v| {
+            nr_top += 1;
+            let root = MetaBlock(crate::format::le_u64(v, 0));
+            if let Some(d) = details.get(&DevId(k)) {
+                devices.insert(DevId(k), DeviceState { details: *d, root, dirty: false });
+            }
+            Ok(())
+        })?;
+        if devices.len() != details.len() || nr_top != details.len() {
             return Err(Error::corrupt(
                 self.sb.device_details_root,
                 "device details",
@@ -204,12 +182,8 @@ impl ThinMetadata {
     /// Returns the data blocks the transaction freed (reusable from now on).
     pub fn commit(&mut self) -> Result<Vec<DataBlock>> {
         self.check_writable()?;
-        let dirty: Vec<(DevId, DeviceDetails)> = self
-            .devices
-            .iter()
-            .filter(|(_, d)| d.dirty)
-            .map(|(id, d)| (*id, d.details))
-            .collect();
+        let dirty: Vec<(DevId, DeviceDetails)> =
+            self.devices.iter().filter(|(_, d)| d.dirty).map(|(id, d)| (*id, d.details)).collect();
         for (id, details) in dirty {
             let root = self.sb.device_details_root;
             self.sb.device_details_root =
@@ -226,13 +200,7 @@ impl ThinMetadata {
     pub fn abort(&mut self) -> Result<()> {
         let dev = self.tm.block_manager().device().clone();
         let cache = crate::limits::DEFAULT_CACHE_BYTES;
-        *self = Self::open(
-            dev,
-            OpenOptions {
-                read_only: self.read_only,
-                cache_bytes: cache,
-            },
-        )?;
+        *self = Self::open(dev, OpenOptions { read_only: self.read_only, cache_bytes: cache })?;
         Ok(())
     }
 

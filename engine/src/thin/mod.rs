@@ -36,9 +36,7 @@ use crate::btree::ValueKind;
 use crate::format::thin::DEVICE_DETAILS_SIZE;
 
 /// The details tree's values.
-pub const DETAILS: ValueKind = ValueKind::Plain {
-    size: DEVICE_DETAILS_SIZE,
-};
+pub const DETAILS: ValueKind = ValueKind::Plain { size: DEVICE_DETAILS_SIZE };
 /// The top-level mapping tree's values.
 pub const TOP: ValueKind = ValueKind::SubtreeRoot;
 /// The bottom-level mapping trees' values.

@@ -74,17 +74,10 @@ impl ThinMetadata {
     /// The devices of a held snapshot with their details.
     pub fn snapshot_devices(&mut self, h: &HeldSnapshot) -> Result<BTreeMap<DevId, DeviceDetails>> {
         let mut out = BTreeMap::new();
-        btree::for_each(
-            &mut self.tm,
-            h.device_details_root,
-            DETAILS,
-            0,
-            u64::MAX,
-            &mut |k, v| {
-                out.insert(DevId(k), DeviceDetails::decode(v));
-                Ok(())
-            },
-        )?;
+        btree::for_each(&mut self.tm, h.device_details_root, DETAILS, 0, u64::MAX, &mut |k, v| {
+            out.insert(DevId(k), DeviceDetails::decode(v));
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -99,7 +92,7 @@ impl ThinMetadata {
             .ok_or(Error::UnknownDevice(dev))?;
         let mut out = Vec::new();
         btree::for_each(&mut self.tm, root, BOTTOM, 0, u64::MAX, &mut |k, v| {
-            let bt = BlockTime::unpack(u64::from_le_bytes(v.try_into().expect("8-byte value")));
+            let bt = BlockTime::unpack(crate::format::le_u64(v, 0));
             out.push((VirtBlock(k), DataBlock(bt.block), bt.time));
             Ok(())
         })?;

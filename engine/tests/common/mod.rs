@@ -41,16 +41,10 @@ impl Rng {
 /// The seeds a model test runs: `THINLY_SEED=N` replays one; otherwise `count` seeds
 /// starting from a fixed base (or `THINLY_SEED_BASE`).
 pub fn seeds(count: u64) -> Vec<u64> {
-    if let Some(s) = std::env::var("THINLY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(s) = std::env::var("THINLY_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![s];
     }
-    let base = std::env::var("THINLY_SEED_BASE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let base = std::env::var("THINLY_SEED_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     (base..base + count).collect()
 }
 
@@ -84,13 +78,7 @@ impl Store {
         let mut tm = TransactionManager::format(dev.clone(), nr_data_blocks, CACHE_BYTES)?;
         let top = btree::empty_tree(&mut tm, ValueKind::SubtreeRoot)?;
         let details = btree::empty_tree(&mut tm, DETAILS)?;
-        let mut s = Store {
-            dev,
-            tm,
-            top,
-            details,
-            time: 0,
-        };
+        let mut s = Store { dev, tm, top, details, time: 0 };
         s.commit()?;
         Ok(s)
     }
@@ -150,10 +138,7 @@ impl Store {
         let (top, at) = btree::shadow_path(&mut self.tm, self.top, ValueKind::SubtreeRoot, id)?;
         self.top = top;
         let (leaf, i) = at.expect("edit_subtree of a missing subtree");
-        let old = MetaBlock(node::value_u64(
-            &self.tm.read(leaf, BlockKind::Node)?[..],
-            i,
-        ));
+        let old = MetaBlock(node::value_u64(&self.tm.read(leaf, BlockKind::Node)?[..], i));
         let (new, out) = f(&mut self.tm, old)?;
         if new != old {
             node::set_value_u64(self.tm.get_mut(leaf, BlockKind::Node)?, i, new.0);
@@ -175,12 +160,7 @@ pub fn assert_clean(dev: &Arc<dyn BlockDevice>) {
         problems.is_empty(),
         "recount found {} problems:\n{}",
         problems.len(),
-        problems
-            .iter()
-            .take(20)
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        problems.iter().take(20).map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -190,11 +170,7 @@ pub const NR_DATA_BLOCKS: u64 = 1 << 20;
 
 pub fn insert_mapping(s: &mut Store, id: u64, key: u64) -> u64 {
     let block = s.tm.data_sm_mut().alloc().unwrap();
-    let v = BlockTime {
-        block,
-        time: s.time,
-    }
-    .pack();
+    let v = BlockTime { block, time: s.time }.pack();
     s.edit_subtree(id, |tm, root| {
         btree::insert(tm, root, ValueKind::BlockTime, key, &v.to_le_bytes())
     })
@@ -203,29 +179,16 @@ pub fn insert_mapping(s: &mut Store, id: u64, key: u64) -> u64 {
 }
 
 pub fn remove_mapping(s: &mut Store, id: u64, key: u64) -> bool {
-    s.edit_subtree(id, |tm, root| {
-        btree::remove(tm, root, ValueKind::BlockTime, key)
-    })
-    .unwrap()
+    s.edit_subtree(id, |tm, root| btree::remove(tm, root, ValueKind::BlockTime, key)).unwrap()
 }
 
 pub fn read_tree(s: &mut Store, id: u64, begin: u64, end: u64) -> BTreeMap<u64, u64> {
     let root = s.subtree(id).unwrap().unwrap();
     let mut out = BTreeMap::new();
-    btree::walk(
-        &mut s.tm,
-        root,
-        ValueKind::BlockTime,
-        begin,
-        end,
-        &mut |k, v| {
-            out.insert(
-                k,
-                BlockTime::unpack(u64::from_le_bytes(v.try_into().unwrap())).block,
-            );
-            Ok(ControlFlow::Continue(()))
-        },
-    )
+    btree::walk(&mut s.tm, root, ValueKind::BlockTime, begin, end, &mut |k, v| {
+        out.insert(k, BlockTime::unpack(u64::from_le_bytes(v.try_into().unwrap())).block);
+        Ok(ControlFlow::Continue(()))
+    })
     .unwrap()
     .continue_value()
     .expect("walk ran to the end");
@@ -242,27 +205,16 @@ pub fn new_tree(s: &mut Store, model: &mut Model, next_id: &mut u64) {
 pub fn verify_all(s: &mut Store, model: &Model) {
     let ids: Vec<u64> = {
         let mut ids = Vec::new();
-        btree::walk(
-            &mut s.tm,
-            s.top,
-            ValueKind::SubtreeRoot,
-            0,
-            u64::MAX,
-            &mut |k, _| {
-                ids.push(k);
-                Ok(ControlFlow::Continue(()))
-            },
-        )
+        btree::walk(&mut s.tm, s.top, ValueKind::SubtreeRoot, 0, u64::MAX, &mut |k, _| {
+            ids.push(k);
+            Ok(ControlFlow::Continue(()))
+        })
         .unwrap()
         .continue_value()
         .expect("walk ran to the end");
         ids
     };
-    assert_eq!(
-        ids,
-        model.keys().copied().collect::<Vec<_>>(),
-        "set of trees"
-    );
+    assert_eq!(ids, model.keys().copied().collect::<Vec<_>>(), "set of trees");
     for (id, m) in model {
         assert_eq!(&read_tree(s, *id, 0, u64::MAX), m, "contents of tree {id}");
     }
@@ -271,21 +223,12 @@ pub fn verify_all(s: &mut Store, model: &Model) {
 /// Everything the store holds, as a model.
 pub fn read_all(s: &mut Store) -> Model {
     let mut ids = Vec::new();
-    btree::walk(
-        &mut s.tm,
-        s.top,
-        ValueKind::SubtreeRoot,
-        0,
-        u64::MAX,
-        &mut |k, _| {
-            ids.push(k);
-            Ok(ControlFlow::Continue(()))
-        },
-    )
+    btree::walk(&mut s.tm, s.top, ValueKind::SubtreeRoot, 0, u64::MAX, &mut |k, _| {
+        ids.push(k);
+        Ok(ControlFlow::Continue(()))
+    })
     .unwrap();
-    ids.into_iter()
-        .map(|id| (id, read_tree(s, id, 0, u64::MAX)))
-        .collect()
+    ids.into_iter().map(|id| (id, read_tree(s, id, 0, u64::MAX))).collect()
 }
 
 /// The path of a real tool, or `None` (loudly) when it is missing outside CI.
@@ -326,10 +269,7 @@ fn xml_attrs(line: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut rest = line;
     while let Some(eq) = rest.find("=\"") {
-        let name = rest[..eq]
-            .rsplit(|c: char| c.is_whitespace() || c == '<')
-            .next()
-            .unwrap_or("");
+        let name = rest[..eq].rsplit(|c: char| c.is_whitespace() || c == '<').next().unwrap_or("");
         let after = &rest[eq + 2..];
         let end = after.find('"').expect("closing quote");
         out.insert(name.to_string(), after[..end].to_string());
@@ -362,15 +302,12 @@ pub fn parse_dump(text: &str) -> Dump {
             );
         } else if line.starts_with("<single_mapping") {
             let d = dump.devices.get_mut(&cur.unwrap()).unwrap();
-            d.mappings
-                .insert(num("origin_block"), (num("data_block"), num("time") as u32));
+            d.mappings.insert(num("origin_block"), (num("data_block"), num("time") as u32));
         } else if line.starts_with("<range_mapping") {
             let d = dump.devices.get_mut(&cur.unwrap()).unwrap();
             for i in 0..num("length") {
-                d.mappings.insert(
-                    num("origin_begin") + i,
-                    (num("data_begin") + i, num("time") as u32),
-                );
+                d.mappings
+                    .insert(num("origin_begin") + i, (num("data_begin") + i, num("time") as u32));
             }
         }
     }
@@ -379,10 +316,7 @@ pub fn parse_dump(text: &str) -> Dump {
 
 /// Runs a real tool; returns (exit code, stdout, stderr).
 pub fn run_tool(tool: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(tool)
-        .args(args)
-        .output()
-        .expect("running a real tool");
+    let out = std::process::Command::new(tool).args(args).output().expect("running a real tool");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

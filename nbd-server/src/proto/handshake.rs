@@ -39,20 +39,13 @@ impl BlockSizes {
     pub fn for_export(export: &dyn Export) -> Self {
         let min = export.min_block_size();
         let min_ok = min.is_power_of_two() && min <= 65536;
-        let minimum = if min_ok && export.size_bytes().is_multiple_of(u64::from(min)) {
-            min
-        } else {
-            1
-        };
+        let minimum =
+            if min_ok && export.size_bytes().is_multiple_of(u64::from(min)) { min } else { 1 };
         let pref = export.preferred_block_size();
         let pref = if pref.is_power_of_two() { pref } else { 4096 };
         let preferred = pref.max(minimum).max(512);
         let maximum = MAX_PAYLOAD_BYTES as u32;
-        Self {
-            minimum,
-            preferred: preferred.min(maximum),
-            maximum,
-        }
+        Self { minimum, preferred: preferred.min(maximum), maximum }
     }
 }
 
@@ -201,20 +194,11 @@ impl Handshake {
         let mut used = 0;
         while used < input.len() && self.status() == Status::NeedInput {
             let avail = &input[used..];
-            if let State::Skip {
-                option,
-                remaining,
-                reply,
-            } = self.state
-            {
+            if let State::Skip { option, remaining, reply } = self.state {
                 let n = avail.len().min(remaining as usize);
                 used += n;
                 let remaining = remaining - n as u32;
-                self.state = State::Skip {
-                    option,
-                    remaining,
-                    reply,
-                };
+                self.state = State::Skip { option, remaining, reply };
                 if remaining == 0 {
                     self.finish_skip(option, reply)?;
                 }
@@ -273,11 +257,7 @@ impl Handshake {
             return Err(ProtocolError::TooManyOptions(MAX_OPTIONS_PER_CONNECTION));
         }
         if len > MAX_OPTION_BYTES {
-            return Err(ProtocolError::OptionTooLong {
-                option,
-                len,
-                max: MAX_OPTION_BYTES,
-            });
+            return Err(ProtocolError::OptionTooLong { option, len, max: MAX_OPTION_BYTES });
         }
         let known = matches!(
             option,
@@ -301,11 +281,7 @@ impl Handshake {
         };
         match skip_reply {
             Some(reply) if len > 0 => {
-                self.state = State::Skip {
-                    option,
-                    remaining: len,
-                    reply,
-                };
+                self.state = State::Skip { option, remaining: len, reply };
                 Ok(())
             }
             Some(reply) => self.finish_skip(option, reply),
@@ -393,19 +369,11 @@ impl Handshake {
         let lossy = || String::from_utf8_lossy(data).into_owned();
         if self.mode == HeaderMode::Extended {
             let reason = "EXPORT_NAME is forbidden after EXTENDED_HEADERS";
-            return Err(ProtocolError::ExportNameFailed {
-                name: lossy(),
-                reason,
-            });
+            return Err(ProtocolError::ExportNameFailed { name: lossy(), reason });
         }
         let name = match std::str::from_utf8(data) {
             Ok(name) if name.len() <= MAX_STRING_BYTES => name,
-            _ => {
-                return Err(ProtocolError::ExportNameFailed {
-                    name: lossy(),
-                    reason: "bad name",
-                })
-            }
+            _ => return Err(ProtocolError::ExportNameFailed { name: lossy(), reason: "bad name" }),
         };
         let Some(export) = self.registry.open(name) else {
             return Err(ProtocolError::ExportNameFailed {
@@ -465,12 +433,7 @@ impl Handshake {
             self.reply(option, REP_INFO, &info);
         }
         if req.info_types.contains(&INFO_DESCRIPTION) {
-            let desc = self
-                .registry
-                .list()
-                .into_iter()
-                .find(|(n, _)| n == req.name)
-                .map(|e| e.1);
+            let desc = self.registry.list().into_iter().find(|(n, _)| n == req.name).map(|e| e.1);
             if let Some(desc) = desc.filter(|d| !d.is_empty()) {
                 let mut info = INFO_DESCRIPTION.to_be_bytes().to_vec();
                 info.extend_from_slice(truncate_str(&desc, MAX_STRING_BYTES).as_bytes());
@@ -518,11 +481,7 @@ impl Handshake {
             // Each SET replaces the selection, even when it fails (§4.4.6).
             self.meta = None;
             if self.mode == HeaderMode::Compact {
-                self.reply_error(
-                    option,
-                    REP_ERR_INVALID,
-                    "negotiate structured replies first",
-                );
+                self.reply_error(option, REP_ERR_INVALID, "negotiate structured replies first");
                 return;
             }
         }
@@ -539,17 +498,11 @@ impl Handshake {
             return;
         }
         let mut found: Vec<MetaContext> = if set {
-            req.queries
-                .iter()
-                .filter_map(|q| MetaContext::set_match(q))
-                .collect()
+            req.queries.iter().filter_map(|q| MetaContext::set_match(q)).collect()
         } else if req.queries.is_empty() {
             MetaContext::ALL.to_vec()
         } else {
-            req.queries
-                .iter()
-                .flat_map(|q| MetaContext::list_matches(q))
-                .collect()
+            req.queries.iter().flat_map(|q| MetaContext::list_matches(q)).collect()
         };
         found.sort();
         found.dedup();

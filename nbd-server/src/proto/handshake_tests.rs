@@ -5,11 +5,7 @@ use crate::mem_export::MemExport;
 fn registry() -> Arc<dyn ExportRegistry> {
     let t = ExportTable::new();
     t.insert("disk", "a test disk", Arc::new(MemExport::new(1 << 20)));
-    t.insert(
-        "ro",
-        "",
-        Arc::new(MemExport::new(1 << 20).with_read_only(true)),
-    );
+    t.insert("ro", "", Arc::new(MemExport::new(1 << 20).with_read_only(true)));
     Arc::new(t)
 }
 
@@ -75,10 +71,7 @@ fn send(hs: &mut Handshake, bytes: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
 #[test]
 fn unknown_client_flags_are_a_hard_disconnect() {
     let mut hs = Handshake::new(registry());
-    assert_eq!(
-        hs.receive(&4u32.to_be_bytes()),
-        Err(ProtocolError::BadClientFlags(4))
-    );
+    assert_eq!(hs.receive(&4u32.to_be_bytes()), Err(ProtocolError::BadClientFlags(4)));
     assert_eq!(hs.status(), Status::Closed);
 }
 
@@ -99,42 +92,25 @@ fn go_sends_export_info_block_size_and_ack_then_finishes() {
     let mut hs = started();
     let r = send(
         &mut hs,
-        &opt(
-            OPT_GO,
-            &info_data("disk", &[INFO_BLOCK_SIZE, INFO_NAME, INFO_DESCRIPTION]),
-        ),
+        &opt(OPT_GO, &info_data("disk", &[INFO_BLOCK_SIZE, INFO_NAME, INFO_DESCRIPTION])),
     );
     let types: Vec<u32> = r.iter().map(|r| r.1).collect();
     assert_eq!(types, vec![REP_INFO, REP_INFO, REP_INFO, REP_INFO, REP_ACK]);
     assert_eq!(&r[0].2[..2], &INFO_EXPORT.to_be_bytes());
     assert_eq!(&r[0].2[2..10], &(1u64 << 20).to_be_bytes());
-    assert_eq!(
-        &r[0].2[10..],
-        &0x0d6du16.to_be_bytes(),
-        "no DF without structured replies"
-    );
+    assert_eq!(&r[0].2[10..], &0x0d6du16.to_be_bytes(), "no DF without structured replies");
     assert_eq!(&r[2].2[2..], b"a test disk");
     assert_eq!(hs.status(), Status::Finished);
     let n = hs.into_negotiated().unwrap();
     assert!(n.block_size_acked);
-    assert_eq!(
-        n.block_sizes,
-        BlockSizes {
-            minimum: 512,
-            preferred: 4096,
-            maximum: 32 << 20
-        }
-    );
+    assert_eq!(n.block_sizes, BlockSizes { minimum: 512, preferred: 4096, maximum: 32 << 20 });
 }
 
 #[test]
 fn go_for_an_unknown_export_is_err_unknown_and_negotiation_goes_on() {
     let mut hs = started();
     let r = send(&mut hs, &opt(OPT_GO, &info_data("nope", &[])));
-    assert_eq!(
-        r,
-        vec![(OPT_GO, REP_ERR_UNKNOWN, b"no such export".to_vec())]
-    );
+    assert_eq!(r, vec![(OPT_GO, REP_ERR_UNKNOWN, b"no such export".to_vec())]);
     assert_eq!(hs.status(), Status::NeedInput);
 }
 
@@ -171,19 +147,10 @@ fn export_name_for_an_unknown_export_is_a_hard_disconnect() {
 fn structured_reply_twice_is_err_invalid_and_after_extended_is_ext_header_reqd() {
     let mut hs = started();
     assert_eq!(send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]))[0].1, REP_ACK);
-    assert_eq!(
-        send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]))[0].1,
-        REP_ERR_INVALID
-    );
+    assert_eq!(send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]))[0].1, REP_ERR_INVALID);
     assert_eq!(send(&mut hs, &opt(OPT_EXTENDED_HEADERS, &[]))[0].1, REP_ACK);
-    assert_eq!(
-        send(&mut hs, &opt(OPT_EXTENDED_HEADERS, &[]))[0].1,
-        REP_ERR_INVALID
-    );
-    assert_eq!(
-        send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]))[0].1,
-        REP_ERR_EXT_HEADER_REQD
-    );
+    assert_eq!(send(&mut hs, &opt(OPT_EXTENDED_HEADERS, &[]))[0].1, REP_ERR_INVALID);
+    assert_eq!(send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]))[0].1, REP_ERR_EXT_HEADER_REQD);
     assert!(hs.receive(&opt(OPT_EXPORT_NAME, b"disk")).is_err());
 }
 
@@ -196,13 +163,7 @@ fn starttls_is_refused_by_policy() {
 #[test]
 fn set_meta_context_needs_structured_replies() {
     let mut hs = started();
-    let r = send(
-        &mut hs,
-        &opt(
-            OPT_SET_META_CONTEXT,
-            &meta_data("disk", &["base:allocation"]),
-        ),
-    );
+    let r = send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("disk", &["base:allocation"])));
     assert_eq!(r[0].1, REP_ERR_INVALID);
 }
 
@@ -210,12 +171,7 @@ fn set_meta_context_needs_structured_replies() {
 fn set_meta_context_selects_contexts_bound_to_the_export_named_in_go() {
     let mut hs = started();
     send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]));
-    let q = [
-        "base:allocation",
-        "qemu:allocation-depth",
-        "x-unknown:thing",
-        "base:",
-    ];
+    let q = ["base:allocation", "qemu:allocation-depth", "x-unknown:thing", "base:"];
     let r = send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("disk", &q)));
     assert_eq!(r.len(), 3);
     assert_eq!(r[0].1, REP_META_CONTEXT);
@@ -224,10 +180,7 @@ fn set_meta_context_selects_contexts_bound_to_the_export_named_in_go() {
     assert_eq!(&r[1].2[4..], b"qemu:allocation-depth");
     send(&mut hs, &opt(OPT_GO, &info_data("disk", &[])));
     let n = hs.into_negotiated().unwrap();
-    assert_eq!(
-        n.contexts,
-        vec![MetaContext::BaseAllocation, MetaContext::AllocationDepth]
-    );
+    assert_eq!(n.contexts, vec![MetaContext::BaseAllocation, MetaContext::AllocationDepth]);
     assert_eq!(n.mode, HeaderMode::Structured);
     assert_eq!(n.transmission_flags, 0x0ded);
     assert!(!n.block_size_acked);
@@ -237,13 +190,7 @@ fn set_meta_context_selects_contexts_bound_to_the_export_named_in_go() {
 fn contexts_set_for_another_export_are_dropped_at_go() {
     let mut hs = started();
     send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]));
-    send(
-        &mut hs,
-        &opt(
-            OPT_SET_META_CONTEXT,
-            &meta_data("disk", &["base:allocation"]),
-        ),
-    );
+    send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("disk", &["base:allocation"])));
     send(&mut hs, &opt(OPT_GO, &info_data("ro", &[])));
     let n = hs.into_negotiated().unwrap();
     assert!(n.contexts.is_empty());
@@ -254,18 +201,10 @@ fn contexts_set_for_another_export_are_dropped_at_go() {
 #[test]
 fn list_meta_context_with_no_query_returns_every_context_with_id_zero() {
     let mut hs = started();
-    let r = send(
-        &mut hs,
-        &opt(OPT_LIST_META_CONTEXT, &meta_data("disk", &[])),
-    );
+    let r = send(&mut hs, &opt(OPT_LIST_META_CONTEXT, &meta_data("disk", &[])));
     assert_eq!(r.len(), 3);
-    assert!(r[..2]
-        .iter()
-        .all(|r| r.1 == REP_META_CONTEXT && r.2[..4] == [0; 4]));
-    let r = send(
-        &mut hs,
-        &opt(OPT_LIST_META_CONTEXT, &meta_data("disk", &["qemu:"])),
-    );
+    assert!(r[..2].iter().all(|r| r.1 == REP_META_CONTEXT && r.2[..4] == [0; 4]));
+    let r = send(&mut hs, &opt(OPT_LIST_META_CONTEXT, &meta_data("disk", &["qemu:"])));
     assert_eq!(&r[0].2[4..], b"qemu:allocation-depth");
 }
 
@@ -283,10 +222,7 @@ fn oversized_option_length_is_a_hard_disconnect() {
     let mut bytes = IHAVEOPT.to_be_bytes().to_vec();
     bytes.extend_from_slice(&OPT_GO.to_be_bytes());
     bytes.extend_from_slice(&(MAX_OPTION_BYTES + 1).to_be_bytes());
-    assert!(matches!(
-        hs.receive(&bytes),
-        Err(ProtocolError::OptionTooLong { .. })
-    ));
+    assert!(matches!(hs.receive(&bytes), Err(ProtocolError::OptionTooLong { .. })));
 }
 
 #[test]
@@ -308,10 +244,7 @@ fn options_other_than_export_name_need_fixed_newstyle() {
 fn shutting_down_answers_err_shutdown() {
     let mut hs = started();
     hs.set_shutting_down();
-    assert_eq!(
-        send(&mut hs, &opt(OPT_GO, &info_data("disk", &[])))[0].1,
-        REP_ERR_SHUTDOWN
-    );
+    assert_eq!(send(&mut hs, &opt(OPT_GO, &info_data("disk", &[])))[0].1, REP_ERR_SHUTDOWN);
 }
 
 #[test]
@@ -340,8 +273,5 @@ fn too_many_options_is_a_hard_disconnect() {
     for _ in 0..MAX_OPTIONS_PER_CONNECTION {
         hs.receive(&one).unwrap();
     }
-    assert!(matches!(
-        hs.receive(&one),
-        Err(ProtocolError::TooManyOptions(_))
-    ));
+    assert!(matches!(hs.receive(&one), Err(ProtocolError::TooManyOptions(_))));
 }

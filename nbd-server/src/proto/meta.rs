@@ -56,19 +56,10 @@ mod tests {
 
     #[test]
     fn empty_leaf_is_a_wildcard_in_list_and_selects_nothing_in_set() {
-        assert_eq!(
-            MetaContext::list_matches("base:"),
-            vec![MetaContext::BaseAllocation]
-        );
-        assert_eq!(
-            MetaContext::list_matches("qemu:"),
-            vec![MetaContext::AllocationDepth]
-        );
+        assert_eq!(MetaContext::list_matches("base:"), vec![MetaContext::BaseAllocation]);
+        assert_eq!(MetaContext::list_matches("qemu:"), vec![MetaContext::AllocationDepth]);
         assert_eq!(MetaContext::set_match("base:"), None);
-        assert_eq!(
-            MetaContext::set_match("base:allocation"),
-            Some(MetaContext::BaseAllocation)
-        );
+        assert_eq!(MetaContext::set_match("base:allocation"), Some(MetaContext::BaseAllocation));
     }
 
     #[test]

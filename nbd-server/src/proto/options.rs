@@ -77,13 +77,7 @@ mod tests {
     fn info_request_parses_name_and_types() {
         let bytes = info_bytes("disk", &[3, 1]);
         let req = parse_info_request(&bytes);
-        assert_eq!(
-            req,
-            Some(InfoRequest {
-                name: "disk",
-                info_types: vec![3, 1]
-            })
-        );
+        assert_eq!(req, Some(InfoRequest { name: "disk", info_types: vec![3, 1] }));
     }
 
     #[test]
@@ -103,13 +97,7 @@ mod tests {
         v.extend_from_slice(&15u32.to_be_bytes());
         v.extend_from_slice(b"base:allocation");
         let req = parse_meta_request(&v);
-        assert_eq!(
-            req,
-            Some(MetaRequest {
-                name: "",
-                queries: vec!["base:allocation"]
-            })
-        );
+        assert_eq!(req, Some(MetaRequest { name: "", queries: vec!["base:allocation"] }));
         assert_eq!(parse_meta_request(&v[..v.len() - 1]), None);
         let mut huge_q = 0u32.to_be_bytes().to_vec();
         huge_q.extend_from_slice(&u32::MAX.to_be_bytes());

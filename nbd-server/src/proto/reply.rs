@@ -126,16 +126,8 @@ pub fn block_status(
 mod tests {
     use super::*;
 
-    const STRUCT: ReplyTo = ReplyTo {
-        mode: HeaderMode::Structured,
-        cookie: 7,
-        offset: 4096,
-    };
-    const EXT: ReplyTo = ReplyTo {
-        mode: HeaderMode::Extended,
-        cookie: 7,
-        offset: 4096,
-    };
+    const STRUCT: ReplyTo = ReplyTo { mode: HeaderMode::Structured, cookie: 7, offset: 4096 };
+    const EXT: ReplyTo = ReplyTo { mode: HeaderMode::Extended, cookie: 7, offset: 4096 };
 
     #[test]
     fn simple_reply_is_sixteen_bytes() {

@@ -54,16 +54,10 @@ impl RequestHeader {
     pub fn decode(mode: HeaderMode, buf: &[u8]) -> Result<Self, ProtocolError> {
         let need = mode.request_header_len();
         if buf.len() < need {
-            return Err(ProtocolError::Truncated {
-                need,
-                got: buf.len(),
-            });
+            return Err(ProtocolError::Truncated { need, got: buf.len() });
         }
         let mut c = Cursor::new(&buf[..need]);
-        let truncated = ProtocolError::Truncated {
-            need,
-            got: buf.len(),
-        };
+        let truncated = ProtocolError::Truncated { need, got: buf.len() };
         let magic = c.u32().ok_or(truncated.clone())?;
         let expected = match mode {
             HeaderMode::Extended => EXTENDED_REQUEST_MAGIC,
@@ -81,13 +75,7 @@ impl RequestHeader {
             _ => c.u32().map(u64::from),
         }
         .ok_or(truncated)?;
-        Ok(Self {
-            flags,
-            command,
-            cookie,
-            offset,
-            length,
-        })
+        Ok(Self { flags, command, cookie, offset, length })
     }
 
     /// Bytes of payload that follow this header on the wire (§10 step 2): `length`
@@ -107,15 +95,10 @@ impl RequestHeader {
     pub fn checked_payload_len(&self, mode: HeaderMode) -> Result<usize, ProtocolError> {
         let len = self.payload_len(mode);
         if len > MAX_PAYLOAD_BYTES {
-            return Err(ProtocolError::PayloadTooLong {
-                len,
-                max: MAX_PAYLOAD_BYTES,
-            });
+            return Err(ProtocolError::PayloadTooLong { len, max: MAX_PAYLOAD_BYTES });
         }
-        usize::try_from(len).map_err(|_| ProtocolError::PayloadTooLong {
-            len,
-            max: MAX_PAYLOAD_BYTES,
-        })
+        usize::try_from(len)
+            .map_err(|_| ProtocolError::PayloadTooLong { len, max: MAX_PAYLOAD_BYTES })
     }
 
     /// Encodes the header as a client would (tests, fuzzing). In compact modes the
@@ -141,22 +124,12 @@ mod tests {
     use super::*;
 
     fn header(command: u16, flags: u16, length: u64) -> RequestHeader {
-        RequestHeader {
-            flags,
-            command,
-            cookie: 0xdead_beef_0102_0304,
-            offset: 4096,
-            length,
-        }
+        RequestHeader { flags, command, cookie: 0xdead_beef_0102_0304, offset: 4096, length }
     }
 
     #[test]
     fn compact_and_extended_headers_round_trip() {
-        for mode in [
-            HeaderMode::Compact,
-            HeaderMode::Structured,
-            HeaderMode::Extended,
-        ] {
+        for mode in [HeaderMode::Compact, HeaderMode::Structured, HeaderMode::Extended] {
             let h = header(CMD_WRITE, CMD_FLAG_FUA, 65536);
             let mut buf = Vec::new();
             h.encode(mode, &mut buf);
@@ -183,22 +156,10 @@ mod tests {
 
     #[test]
     fn only_write_has_a_payload_in_compact_mode() {
-        assert_eq!(
-            header(CMD_WRITE, 0, 100).payload_len(HeaderMode::Compact),
-            100
-        );
-        assert_eq!(
-            header(CMD_READ, 0, 100).payload_len(HeaderMode::Structured),
-            0
-        );
-        assert_eq!(
-            header(CMD_WRITE, 0, 100).payload_len(HeaderMode::Extended),
-            100
-        );
-        assert_eq!(
-            header(CMD_READ, 0, 100).payload_len(HeaderMode::Extended),
-            0
-        );
+        assert_eq!(header(CMD_WRITE, 0, 100).payload_len(HeaderMode::Compact), 100);
+        assert_eq!(header(CMD_READ, 0, 100).payload_len(HeaderMode::Structured), 0);
+        assert_eq!(header(CMD_WRITE, 0, 100).payload_len(HeaderMode::Extended), 100);
+        assert_eq!(header(CMD_READ, 0, 100).payload_len(HeaderMode::Extended), 0);
         let h = header(CMD_BLOCK_STATUS, CMD_FLAG_PAYLOAD_LEN, 12);
         assert_eq!(h.payload_len(HeaderMode::Extended), 12);
     }
@@ -208,9 +169,6 @@ mod tests {
         let h = header(CMD_WRITE, 0, MAX_PAYLOAD_BYTES + 1);
         assert!(h.checked_payload_len(HeaderMode::Compact).is_err());
         let h = header(CMD_WRITE, 0, MAX_PAYLOAD_BYTES);
-        assert_eq!(
-            h.checked_payload_len(HeaderMode::Compact),
-            Ok(MAX_PAYLOAD_BYTES as usize)
-        );
+        assert_eq!(h.checked_payload_len(HeaderMode::Compact), Ok(MAX_PAYLOAD_BYTES as usize));
     }
 }

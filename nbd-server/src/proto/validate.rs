@@ -56,33 +56,15 @@ pub enum Command {
     /// Prefetch hint.
     Cache { offset: u64, len: u64 },
     /// Make the range read as zeroes.
-    WriteZeroes {
-        offset: u64,
-        len: u64,
-        may_trim: bool,
-        fast_only: bool,
-        fua: bool,
-    },
+    WriteZeroes { offset: u64, len: u64, may_trim: bool, fast_only: bool, fua: bool },
     /// Report status for each selected context.
-    BlockStatus {
-        offset: u64,
-        len: u64,
-        req_one: bool,
-    },
+    BlockStatus { offset: u64, len: u64, req_one: bool },
 }
 
 /// Flags each command may carry (FUA is allowed everywhere once advertised, §7.2).
 fn allowed_flags(command: u16, s: &Session) -> u16 {
-    let fua = if s.advertised(FLAG_SEND_FUA) {
-        CMD_FLAG_FUA
-    } else {
-        0
-    };
-    let ext = if s.mode == HeaderMode::Extended {
-        CMD_FLAG_PAYLOAD_LEN
-    } else {
-        0
-    };
+    let fua = if s.advertised(FLAG_SEND_FUA) { CMD_FLAG_FUA } else { 0 };
+    let ext = if s.mode == HeaderMode::Extended { CMD_FLAG_PAYLOAD_LEN } else { 0 };
     fua | match command {
         CMD_READ if s.advertised(FLAG_SEND_DF) => CMD_FLAG_DF,
         CMD_WRITE => ext,
@@ -127,22 +109,12 @@ pub fn validate(h: &RequestHeader, s: &Session) -> Result<Command, NbdErrno> {
     let fua = h.flags & CMD_FLAG_FUA != 0;
     let (offset, len) = (h.offset, h.length);
     if h.command == CMD_FLUSH {
-        return if offset == 0 && len == 0 {
-            Ok(Command::Flush)
-        } else {
-            Err(Inval)
-        };
+        return if offset == 0 && len == 0 { Ok(Command::Flush) } else { Err(Inval) };
     }
     // 4. Range (3, read-only, was done above).
-    let in_range = offset
-        .checked_add(len)
-        .is_some_and(|end| end <= s.size_bytes);
+    let in_range = offset.checked_add(len).is_some_and(|end| end <= s.size_bytes);
     if !in_range {
-        return Err(if matches!(h.command, CMD_WRITE | CMD_WRITE_ZEROES) {
-            NoSpc
-        } else {
-            Inval
-        });
+        return Err(if matches!(h.command, CMD_WRITE | CMD_WRITE_ZEROES) { NoSpc } else { Inval });
     }
     // 5. Alignment, only if the client promised it (else the export copes, §5).
     if let Some(min) = s.enforced_min_block {
@@ -177,11 +149,7 @@ pub fn validate(h: &RequestHeader, s: &Session) -> Result<Command, NbdErrno> {
             if s.contexts.is_empty() || len == 0 {
                 return Err(Inval);
             }
-            Ok(Command::BlockStatus {
-                offset,
-                len,
-                req_one: h.flags & CMD_FLAG_REQ_ONE != 0,
-            })
+            Ok(Command::BlockStatus { offset, len, req_one: h.flags & CMD_FLAG_REQ_ONE != 0 })
         }
     }
 }
@@ -203,71 +171,33 @@ mod tests {
     const RW: u16 = 0x0ded;
 
     fn req(command: u16, flags: u16, offset: u64, length: u64) -> RequestHeader {
-        RequestHeader {
-            flags,
-            command,
-            cookie: 1,
-            offset,
-            length,
-        }
+        RequestHeader { flags, command, cookie: 1, offset, length }
     }
 
     #[test]
     fn reads_and_writes_inside_the_export_are_accepted() {
         let s = session(HeaderMode::Structured, RW);
         let r = validate(&req(CMD_READ, CMD_FLAG_DF, 0, 4096), &s);
-        assert_eq!(
-            r,
-            Ok(Command::Read {
-                offset: 0,
-                len: 4096,
-                df: true
-            })
-        );
+        assert_eq!(r, Ok(Command::Read { offset: 0, len: 4096, df: true }));
         let w = validate(&req(CMD_WRITE, CMD_FLAG_FUA, 512, 512), &s);
-        assert_eq!(
-            w,
-            Ok(Command::Write {
-                offset: 512,
-                len: 512,
-                fua: true
-            })
-        );
+        assert_eq!(w, Ok(Command::Write { offset: 512, len: 512, fua: true }));
     }
 
     #[test]
     fn out_of_range_writes_are_enospc_and_reads_einval() {
         let s = session(HeaderMode::Structured, RW);
-        assert_eq!(
-            validate(&req(CMD_WRITE, 0, 1 << 20, 512), &s),
-            Err(NbdErrno::NoSpc)
-        );
-        assert_eq!(
-            validate(&req(CMD_WRITE_ZEROES, 0, u64::MAX, 512), &s),
-            Err(NbdErrno::NoSpc)
-        );
-        assert_eq!(
-            validate(&req(CMD_READ, 0, (1 << 20) - 512, 1024), &s),
-            Err(NbdErrno::Inval)
-        );
-        assert_eq!(
-            validate(&req(CMD_TRIM, 0, u64::MAX - 1, 2), &s),
-            Err(NbdErrno::Inval)
-        );
+        assert_eq!(validate(&req(CMD_WRITE, 0, 1 << 20, 512), &s), Err(NbdErrno::NoSpc));
+        assert_eq!(validate(&req(CMD_WRITE_ZEROES, 0, u64::MAX, 512), &s), Err(NbdErrno::NoSpc));
+        assert_eq!(validate(&req(CMD_READ, 0, (1 << 20) - 512, 1024), &s), Err(NbdErrno::Inval));
+        assert_eq!(validate(&req(CMD_TRIM, 0, u64::MAX - 1, 2), &s), Err(NbdErrno::Inval));
     }
 
     #[test]
     fn unknown_commands_and_flags_are_einval() {
         let s = session(HeaderMode::Structured, RW);
         assert_eq!(validate(&req(99, 0, 0, 0), &s), Err(NbdErrno::Inval));
-        assert_eq!(
-            validate(&req(CMD_RESIZE, 0, 0, 0), &s),
-            Err(NbdErrno::Inval)
-        );
-        assert_eq!(
-            validate(&req(CMD_READ, CMD_FLAG_NO_HOLE, 0, 512), &s),
-            Err(NbdErrno::Inval)
-        );
+        assert_eq!(validate(&req(CMD_RESIZE, 0, 0, 0), &s), Err(NbdErrno::Inval));
+        assert_eq!(validate(&req(CMD_READ, CMD_FLAG_NO_HOLE, 0, 512), &s), Err(NbdErrno::Inval));
         assert_eq!(
             validate(&req(CMD_WRITE, CMD_FLAG_PAYLOAD_LEN, 0, 512), &s),
             Err(NbdErrno::Inval)
@@ -278,10 +208,7 @@ mod tests {
     #[test]
     fn df_is_refused_when_not_advertised() {
         let s = session(HeaderMode::Compact, RW & !FLAG_SEND_DF);
-        assert_eq!(
-            validate(&req(CMD_READ, CMD_FLAG_DF, 0, 512), &s),
-            Err(NbdErrno::Inval)
-        );
+        assert_eq!(validate(&req(CMD_READ, CMD_FLAG_DF, 0, 512), &s), Err(NbdErrno::Inval));
     }
 
     #[test]
@@ -297,10 +224,7 @@ mod tests {
     #[test]
     fn misaligned_requests_fail_only_when_the_client_promised_alignment() {
         let mut s = session(HeaderMode::Structured, RW);
-        assert_eq!(
-            validate(&req(CMD_READ, 0, 1, 512), &s),
-            Err(NbdErrno::Inval)
-        );
+        assert_eq!(validate(&req(CMD_READ, 0, 1, 512), &s), Err(NbdErrno::Inval));
         s.enforced_min_block = None;
         assert!(validate(&req(CMD_READ, 0, 1, 512), &s).is_ok());
     }
@@ -308,16 +232,10 @@ mod tests {
     #[test]
     fn block_status_needs_a_context_and_a_length() {
         let mut s = session(HeaderMode::Structured, RW);
-        assert_eq!(
-            validate(&req(CMD_BLOCK_STATUS, 0, 0, 0), &s),
-            Err(NbdErrno::Inval)
-        );
+        assert_eq!(validate(&req(CMD_BLOCK_STATUS, 0, 0, 0), &s), Err(NbdErrno::Inval));
         assert!(validate(&req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 0, 512), &s).is_ok());
         s.contexts.clear();
-        assert_eq!(
-            validate(&req(CMD_BLOCK_STATUS, 0, 0, 512), &s),
-            Err(NbdErrno::Inval)
-        );
+        assert_eq!(validate(&req(CMD_BLOCK_STATUS, 0, 0, 512), &s), Err(NbdErrno::Inval));
     }
 
     #[test]
@@ -334,11 +252,7 @@ mod tests {
         let s = session(HeaderMode::Compact, RW & !FLAG_SEND_DF);
         assert_eq!(
             validate(&req(CMD_READ, 0, 0, 0), &s),
-            Ok(Command::Read {
-                offset: 0,
-                len: 0,
-                df: false
-            })
+            Ok(Command::Read { offset: 0, len: 0, df: false })
         );
     }
 }

@@ -24,12 +24,7 @@ impl Budget {
     /// A budget of `max_bytes` and `max_requests` (both ≥ 1).
     pub fn new(max_bytes: u64, max_requests: usize) -> Self {
         assert!(max_bytes > 0 && max_requests > 0);
-        Self {
-            max_bytes,
-            max_requests,
-            used: Mutex::new(Used::default()),
-            freed: Condvar::new(),
-        }
+        Self { max_bytes, max_requests, used: Mutex::new(Used::default()), freed: Condvar::new() }
     }
 
     /// The cost actually charged for a request of `cost` bytes.
@@ -53,10 +48,7 @@ impl Budget {
     /// Returns what `acquire` took.
     pub fn release(&self, charged: u64) {
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        assert!(
-            used.bytes >= charged && used.requests > 0,
-            "budget released twice"
-        );
+        assert!(used.bytes >= charged && used.requests > 0, "budget released twice");
         used.bytes -= charged;
         used.requests -= 1;
         self.freed.notify_all();

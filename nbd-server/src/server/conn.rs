@@ -108,9 +108,8 @@ fn handshake(stream: &Stream, shared: &Shared) -> io::Result<Option<(Negotiated,
         if n == 0 {
             return Ok(None);
         }
-        let used = hs
-            .receive(&buf[..n])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let used =
+            hs.receive(&buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if hs.status() == Status::Finished {
             let out = hs.take_output();
             wr.write_all(&out)?;
@@ -154,14 +153,7 @@ fn worker(conn: &Conn, rx: &Mutex<Receiver<Job>>) {
         let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok(job) = job else { return };
         out.clear();
-        execute(
-            conn.export.as_ref(),
-            &conn.session,
-            job.to,
-            job.command,
-            &job.payload,
-            &mut out,
-        );
+        execute(conn.export.as_ref(), &conn.session, job.to, job.command, &job.payload, &mut out);
         drop(job.payload);
         conn.send(&out);
         conn.budget.release(job.charged);
@@ -213,32 +205,17 @@ fn read_requests<R: BufRead>(reader: &mut R, conn: &Conn, tx: Sender<Job>) {
             Ok(n) => n,
             Err(e) => break End::Error(e.to_string()),
         };
-        let reply_len = if header.command == CMD_READ {
-            header.length
-        } else {
-            0
-        };
-        let charged = conn
-            .budget
-            .acquire((payload_len as u64).saturating_add(reply_len));
+        let reply_len = if header.command == CMD_READ { header.length } else { 0 };
+        let charged = conn.budget.acquire((payload_len as u64).saturating_add(reply_len));
         let mut payload = vec![0u8; payload_len];
         if let Err(e) = reader.read_exact(&mut payload) {
             conn.budget.release(charged);
             break End::Error(format!("truncated payload: {e}"));
         }
-        let to = ReplyTo {
-            mode,
-            cookie: header.cookie,
-            offset: header.offset,
-        };
+        let to = ReplyTo { mode, cookie: header.cookie, offset: header.offset };
         match validate(&header, &conn.session) {
             Ok(command) => {
-                if let Err(mpsc::SendError(job)) = tx.send(Job {
-                    to,
-                    command,
-                    payload,
-                    charged,
-                }) {
+                if let Err(mpsc::SendError(job)) = tx.send(Job { to, command, payload, charged }) {
                     conn.budget.release(job.charged);
                     break End::Broken;
                 }
@@ -261,8 +238,5 @@ fn read_requests<R: BufRead>(reader: &mut R, conn: &Conn, tx: Sender<Job>) {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }

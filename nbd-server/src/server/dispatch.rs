@@ -19,11 +19,9 @@ pub fn execute(
 ) {
     let result = match cmd {
         Command::Read { offset, len, df } => return read(export, to, offset, len, df, out),
-        Command::BlockStatus {
-            offset,
-            len,
-            req_one,
-        } => return block_status(export, session, to, offset, len, req_one, out),
+        Command::BlockStatus { offset, len, req_one } => {
+            return block_status(export, session, to, offset, len, req_one, out)
+        }
         Command::Write { offset, len, fua } => {
             debug_assert_eq!(payload.len() as u64, len);
             if len == 0 {
@@ -37,21 +35,9 @@ pub fn execute(
         Command::WriteZeroes { len: 0, .. } => Ok(()),
         Command::Trim { offset, len, fua } => export.trim(offset, len, fua),
         Command::Cache { offset, len } => export.cache(offset, len),
-        Command::WriteZeroes {
-            offset,
-            len,
-            may_trim,
-            fast_only,
-            fua,
-        } => export.write_zeroes(
-            offset,
-            len,
-            ZeroFlags {
-                may_trim,
-                fast_only,
-                fua,
-            },
-        ),
+        Command::WriteZeroes { offset, len, may_trim, fast_only, fua } => {
+            export.write_zeroes(offset, len, ZeroFlags { may_trim, fast_only, fua })
+        }
     };
     match result {
         Ok(()) => reply::ok(out, to),
@@ -81,22 +67,14 @@ fn read_pieces(export: &dyn Export, offset: u64, len: u64) -> Vec<Piece> {
         let hole = ext.flags & STATE_ZERO != 0;
         match pieces.last_mut() {
             Some(p) if p.hole == hole => p.len += n,
-            _ => pieces.push(Piece {
-                offset: pos,
-                len: n,
-                hole,
-            }),
+            _ => pieces.push(Piece { offset: pos, len: n, hole }),
         }
         pos += n;
     }
     if pos < end {
         match pieces.last_mut() {
             Some(p) if !p.hole => p.len += end - pos,
-            _ => pieces.push(Piece {
-                offset: pos,
-                len: end - pos,
-                hole: false,
-            }),
+            _ => pieces.push(Piece { offset: pos, len: end - pos, hole: false }),
         }
     }
     pieces
@@ -119,11 +97,7 @@ fn read(export: &dyn Export, to: ReplyTo, offset: u64, len: u64, df: bool, out: 
         return reply::ok(out, to);
     }
     let pieces = if df {
-        vec![Piece {
-            offset,
-            len,
-            hole: false,
-        }]
+        vec![Piece { offset, len, hole: false }]
     } else {
         read_pieces(export, offset, len)
     };
@@ -194,9 +168,7 @@ fn block_status(
     for (i, ctx) in session.contexts.iter().enumerate() {
         let runs = match ctx {
             MetaContext::BaseAllocation => export.block_status(offset, query).map(|v| {
-                v.into_iter()
-                    .map(|Extent { length, flags }| (length, flags))
-                    .collect::<Vec<_>>()
+                v.into_iter().map(|Extent { length, flags }| (length, flags)).collect::<Vec<_>>()
             }),
             MetaContext::AllocationDepth => export.allocation_depth(offset, query),
         };
@@ -246,45 +218,23 @@ mod tests {
     fn structured_read_of_a_sparse_range_sends_holes_and_data() {
         let m = MemExport::new(1 << 20);
         m.write(8192, &[7u8; 4096], false).unwrap();
-        let to = ReplyTo {
-            mode: HeaderMode::Structured,
-            cookie: 1,
-            offset: 0,
-        };
+        let to = ReplyTo { mode: HeaderMode::Structured, cookie: 1, offset: 0 };
         let mut out = Vec::new();
-        let cmd = Command::Read {
-            offset: 0,
-            len: 16384,
-            df: false,
-        };
+        let cmd = Command::Read { offset: 0, len: 16384, df: false };
         execute(&m, &session(HeaderMode::Structured), to, cmd, &[], &mut out);
         let d = (REPLY_TYPE_OFFSET_DATA, 0);
         let h = (REPLY_TYPE_OFFSET_HOLE, 0);
-        assert_eq!(
-            chunk_types(&out),
-            vec![h, d, (REPLY_TYPE_OFFSET_HOLE, REPLY_FLAG_DONE)]
-        );
+        assert_eq!(chunk_types(&out), vec![h, d, (REPLY_TYPE_OFFSET_HOLE, REPLY_FLAG_DONE)]);
     }
 
     #[test]
     fn df_read_is_one_data_chunk() {
         let m = MemExport::new(1 << 20);
-        let to = ReplyTo {
-            mode: HeaderMode::Structured,
-            cookie: 1,
-            offset: 0,
-        };
+        let to = ReplyTo { mode: HeaderMode::Structured, cookie: 1, offset: 0 };
         let mut out = Vec::new();
-        let cmd = Command::Read {
-            offset: 0,
-            len: 16384,
-            df: true,
-        };
+        let cmd = Command::Read { offset: 0, len: 16384, df: true };
         execute(&m, &session(HeaderMode::Structured), to, cmd, &[], &mut out);
-        assert_eq!(
-            chunk_types(&out),
-            vec![(REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE)]
-        );
+        assert_eq!(chunk_types(&out), vec![(REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE)]);
         assert_eq!(out.len(), 20 + 8 + 16384);
     }
 
@@ -292,35 +242,21 @@ mod tests {
     fn block_status_answers_one_chunk_per_context_with_done_last() {
         let m = MemExport::new(1 << 20);
         m.write(0, &[1u8; 4096], false).unwrap();
-        let to = ReplyTo {
-            mode: HeaderMode::Structured,
-            cookie: 1,
-            offset: 0,
-        };
+        let to = ReplyTo { mode: HeaderMode::Structured, cookie: 1, offset: 0 };
         let mut out = Vec::new();
-        let cmd = Command::BlockStatus {
-            offset: 0,
-            len: 1 << 20,
-            req_one: false,
-        };
+        let cmd = Command::BlockStatus { offset: 0, len: 1 << 20, req_one: false };
         execute(&m, &session(HeaderMode::Structured), to, cmd, &[], &mut out);
         let types = chunk_types(&out);
         assert_eq!(
             types,
-            vec![
-                (REPLY_TYPE_BLOCK_STATUS, 0),
-                (REPLY_TYPE_BLOCK_STATUS, REPLY_FLAG_DONE)
-            ]
+            vec![(REPLY_TYPE_BLOCK_STATUS, 0), (REPLY_TYPE_BLOCK_STATUS, REPLY_FLAG_DONE)]
         );
     }
 
     #[test]
     fn extents_are_clipped_merged_and_req_one_keeps_the_first() {
         let runs = vec![(100, 3), (0, 0), (50, 3), (200, 0)];
-        assert_eq!(
-            shape_extents(runs.clone(), 300, false),
-            vec![(150, 3), (150, 0)]
-        );
+        assert_eq!(shape_extents(runs.clone(), 300, false), vec![(150, 3), (150, 0)]);
         assert_eq!(shape_extents(runs, 300, true), vec![(150, 3)]);
         assert_eq!(shape_extents(Vec::new(), 300, true), vec![(300, 0)]);
     }
@@ -328,25 +264,10 @@ mod tests {
     #[test]
     fn export_errors_become_nbd_error_replies() {
         let m = MemExport::new(1 << 20).with_capacity_bytes(0);
-        let to = ReplyTo {
-            mode: HeaderMode::Compact,
-            cookie: 9,
-            offset: 0,
-        };
+        let to = ReplyTo { mode: HeaderMode::Compact, cookie: 9, offset: 0 };
         let mut out = Vec::new();
-        let cmd = Command::Write {
-            offset: 0,
-            len: 4,
-            fua: false,
-        };
-        execute(
-            &m,
-            &session(HeaderMode::Compact),
-            to,
-            cmd,
-            &[1, 2, 3, 4],
-            &mut out,
-        );
+        let cmd = Command::Write { offset: 0, len: 4, fua: false };
+        execute(&m, &session(HeaderMode::Compact), to, cmd, &[1, 2, 3, 4], &mut out);
         assert_eq!(&out[4..8], &28u32.to_be_bytes());
     }
 }

@@ -96,10 +96,7 @@ impl Server {
             live: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
         };
-        Self {
-            shared: Arc::new(shared),
-            listeners: Vec::new(),
-        }
+        Self { shared: Arc::new(shared), listeners: Vec::new() }
     }
 
     /// Listens on a TCP address (port 0 picks one); returns the bound address.
@@ -122,10 +119,7 @@ impl Server {
     /// Starts accepting connections on a background thread.
     pub fn start(self) -> io::Result<ServerHandle> {
         if self.listeners.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "server has no listener",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "server has no listener"));
         }
         let shared = Arc::clone(&self.shared);
         let listeners = self.listeners;
@@ -139,11 +133,7 @@ impl Server {
         let accept = std::thread::Builder::new()
             .name("nbd-accept".into())
             .spawn(move || accept_loop(&shared, &listeners))?;
-        Ok(ServerHandle {
-            shared: self.shared,
-            accept: Some(accept),
-            unix_paths: paths,
-        })
+        Ok(ServerHandle { shared: self.shared, accept: Some(accept), unix_paths: paths })
     }
 }
 
@@ -157,11 +147,7 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Connections alive now.
     pub fn nr_connections(&self) -> usize {
-        self.shared
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Graceful shutdown: stop accepting, let in-flight requests finish and be
@@ -177,22 +163,11 @@ impl ServerHandle {
                 warn!("accept thread panicked");
             }
         }
-        for s in self
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        for s in self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
             let _ = s.shutdown(Shutdown::Read);
         }
-        let threads = std::mem::take(
-            &mut *self
-                .shared
-                .threads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let threads =
+            std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             if t.join().is_err() {
                 warn!("connection thread panicked");
@@ -264,10 +239,7 @@ fn accept_one(l: &Listener) -> Option<Stream> {
 fn spawn_connection(shared: &Arc<Shared>, stream: Stream) {
     let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
     if live.len() >= shared.config.max_connections {
-        warn!(
-            limit = shared.config.max_connections,
-            "too many connections; refusing one"
-        );
+        warn!(limit = shared.config.max_connections, "too many connections; refusing one");
         return;
     }
     let Ok(handle) = stream.try_clone() else {
@@ -277,28 +249,15 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream) {
     live.insert(id, handle);
     drop(live);
     let sh = Arc::clone(shared);
-    let spawned = std::thread::Builder::new()
-        .name(format!("nbd-conn-{id}"))
-        .spawn(move || {
-            conn::serve(stream, &sh);
-            sh.live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-        });
+    let spawned = std::thread::Builder::new().name(format!("nbd-conn-{id}")).spawn(move || {
+        conn::serve(stream, &sh);
+        sh.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    });
     match spawned {
-        Ok(t) => shared
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(t),
+        Ok(t) => shared.threads.lock().unwrap_or_else(|e| e.into_inner()).push(t),
         Err(e) => {
             warn!(error = %e, "cannot spawn a connection thread");
-            shared
-                .live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            shared.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         }
     }
 }

@@ -51,10 +51,9 @@ impl Stream {
     /// A printable peer name for logs.
     pub fn peer(&self) -> String {
         match self {
-            Stream::Tcp(s) => s
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "tcp:?".into()),
+            Stream::Tcp(s) => {
+                s.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "tcp:?".into())
+            }
             Stream::Unix(_) => "unix".into(),
         }
     }

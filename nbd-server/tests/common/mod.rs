@@ -76,15 +76,7 @@ impl TestServer {
         server.listen_unix(&socket).expect("listen unix");
         let tcp = server.listen_tcp("127.0.0.1:0").expect("listen tcp");
         let handle = Some(server.start().expect("start server"));
-        Self {
-            dir,
-            socket,
-            tcp,
-            mem,
-            ro,
-            table,
-            handle,
-        }
+        Self { dir, socket, tcp, mem, ro, table, handle }
     }
 
     pub fn uri(&self, export: &str) -> String {
@@ -147,20 +139,13 @@ pub fn run(program: &Path, args: &[&str]) -> Output {
 
 pub fn run_ok(program: &Path, args: &[&str]) -> String {
     let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{} {:?} failed",
-        program.display(),
-        args
-    );
+    assert!(out.status.success(), "{} {:?} failed", program.display(), args);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Deterministic test data: a byte pattern that depends on the offset and a seed.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i / 512) as u8).wrapping_mul(31).wrapping_add(seed) ^ (i as u8))
-        .collect()
+    (0..len).map(|i| ((i / 512) as u8).wrapping_mul(31).wrapping_add(seed) ^ (i as u8)).collect()
 }
 
 // ---- raw client --------------------------------------------------------------
@@ -247,11 +232,7 @@ impl Raw {
         d.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
         self.option(OPT_GO, &d);
         let r = self.option_replies();
-        assert_eq!(
-            r.last().map(|r| r.1),
-            Some(REP_ACK),
-            "GO {name} failed: {r:?}"
-        );
+        assert_eq!(r.last().map(|r| r.1), Some(REP_ACK), "GO {name} failed: {r:?}");
     }
 
     /// Greeting, optional STRUCTURED_REPLY + SET base:allocation, GO.

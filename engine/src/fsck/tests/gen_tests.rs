@@ -15,23 +15,11 @@ fn generated_pools_are_valid_and_share_data_blocks_between_snapshots() {
         let md = generate(&GenConfig::small(seed)).expect("gen");
         md.validate().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         for dev in &md.devices {
-            let latest = dev
-                .items
-                .iter()
-                .filter_map(|i| i.run())
-                .map(|r| r.time)
-                .max();
+            let latest = dev.items.iter().filter_map(|i| i.run()).map(|r| r.time).max();
             assert!(latest.unwrap_or(0) <= dev.details.snap_time, "seed {seed}");
         }
-        let nr_snaps = md
-            .devices
-            .iter()
-            .filter(|d| d.details.creation_time > 0)
-            .count();
-        assert_eq!(
-            md.superblock.time as usize, nr_snaps,
-            "sb time counts snapshots"
-        );
+        let nr_snaps = md.devices.iter().filter(|d| d.details.creation_time > 0).count();
+        assert_eq!(md.superblock.time as usize, nr_snaps, "sb time counts snapshots");
         let data = |i: usize| -> std::collections::HashSet<u64> {
             md.devices[i]
                 .items

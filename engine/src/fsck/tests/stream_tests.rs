@@ -3,12 +3,7 @@ use crate::fsck::human::to_human_string;
 use crate::fsck::ir::{Device, Item, Metadata, Run, SharedDef, Superblock, ThinDevice};
 
 fn run(origin_begin: u64, data_begin: u64, len: u64, time: u32) -> Run {
-    Run {
-        origin_begin,
-        data_begin,
-        len,
-        time,
-    }
+    Run { origin_begin, data_begin, len, time }
 }
 
 fn pool(items: Vec<Item>, mapped_blocks: u64) -> Metadata {
@@ -21,17 +16,9 @@ fn pool(items: Vec<Item>, mapped_blocks: u64) -> Metadata {
             version: Some(2),
             ..Superblock::default()
         },
-        defs: vec![SharedDef {
-            name: "s".into(),
-            runs: vec![run(10, 110, 5, 0)],
-        }],
+        defs: vec![SharedDef { name: "s".into(), runs: vec![run(10, 110, 5, 0)] }],
         devices: vec![ThinDevice {
-            details: Device {
-                dev_id: 7,
-                mapped_blocks,
-                snap_time: 2,
-                ..Device::default()
-            },
+            details: Device { dev_id: 7, mapped_blocks, snap_time: 2, ..Device::default() },
             items,
         }],
     }
@@ -50,43 +37,25 @@ fn normalising_expands_refs_sorts_and_coalesces_across_the_splice() {
     md.validate().expect_err("items out of order");
     let n = md.normalised().expect("normalise");
     assert!(n.defs.is_empty());
-    assert_eq!(
-        n.devices[0].items,
-        vec![Item::from_run(&run(0, 100, 16, 0))]
-    );
+    assert_eq!(n.devices[0].items, vec![Item::from_run(&run(0, 100, 16, 0))]);
     n.validate().expect("valid once normalised");
 }
 
 #[test]
 fn validation_catches_wrong_mapped_blocks_late_times_and_data_beyond_the_pool() {
     let wrong_count = pool(vec![Item::from_run(&run(0, 0, 3, 0))], 4);
-    assert!(matches!(
-        wrong_count.validate(),
-        Err(Error::Invalid {
-            dev_id: Some(7),
-            ..
-        })
-    ));
+    assert!(matches!(wrong_count.validate(), Err(Error::Invalid { dev_id: Some(7), .. })));
     let late = pool(vec![Item::from_run(&run(0, 0, 3, 3))], 3);
     assert!(late.validate().is_err());
     let beyond = pool(vec![Item::from_run(&run(0, 999, 2, 0))], 2);
     assert!(beyond.validate().is_err());
-    let fine = pool(
-        vec![Item::from_run(&run(0, 998, 2, 0)), Item::Ref("s".into())],
-        7,
-    );
+    let fine = pool(vec![Item::from_run(&run(0, 998, 2, 0)), Item::Ref("s".into())], 7);
     fine.validate().expect("valid");
 }
 
 #[test]
 fn human_readable_output_matches_the_tools_layout() {
-    let md = pool(
-        vec![
-            Item::from_run(&run(0, 100, 5, 0)),
-            Item::from_run(&run(5, 500, 1, 1)),
-        ],
-        6,
-    );
+    let md = pool(vec![Item::from_run(&run(0, 100, 5, 0)), Item::from_run(&run(5, 500, 1, 1))], 6);
     assert_eq!(
         to_human_string(&md).expect("write"),
         "begin superblock: \"\", 2, 0, 0, 2, 128, 1000\n\

@@ -15,19 +15,12 @@ use crate::fsck::xml::{dump_writer, parse_xml, to_xml_string, Dialect};
 use super::{have_tool, samples_dir};
 
 fn run(tool: &str, args: &[&str]) -> Output {
-    Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"))
+    Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("running {tool}: {e}"))
 }
 
 fn stdout_of(tool: &str, args: &[&str]) -> String {
     let out = run(tool, args);
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
@@ -39,19 +32,13 @@ fn sample_images(dir: &Path) -> Vec<PathBuf> {
     let mut images = Vec::new();
     for entry in std::fs::read_dir(&samples).expect("read samples") {
         let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         if !(name.ends_with(".bin.gz") || name.ends_with(".meta.gz")) {
             continue;
         }
         let mut bytes = Vec::new();
         let file = std::fs::File::open(&path).expect("open sample");
-        flate2::read::GzDecoder::new(file)
-            .read_to_end(&mut bytes)
-            .expect("gunzip");
+        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes).expect("gunzip");
         let out = dir.join(name.trim_end_matches(".gz"));
         std::fs::write(&out, bytes).expect("write image");
         images.push(out);
@@ -71,24 +58,13 @@ fn thin_dump_of_every_sample_image_equals_our_rewrite_of_it() {
         let path = image.to_str().expect("path");
         let real = stdout_of("thin_dump", &[path]);
         let md = parse_xml(real.as_bytes()).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(
-            to_xml_string(&md, Dialect::V09).expect("write"),
-            real,
-            "{path}"
-        );
+        assert_eq!(to_xml_string(&md, Dialect::V09).expect("write"), real, "{path}");
         let human = stdout_of("thin_dump", &["-f", "human_readable", path]);
         assert_eq!(to_human_string(&md).expect("human"), human, "{path}");
         // Our own rewrite feeds the real restore back to the same dump.
-        assert_eq!(
-            md.normalised().expect("normalise"),
-            md,
-            "{path}: dumps are normal"
-        );
+        assert_eq!(md.normalised().expect("normalise"), md, "{path}: dumps are normal");
     }
-    assert!(
-        images.len() >= 5 || samples_dir().is_none(),
-        "expected the sample images"
-    );
+    assert!(images.len() >= 5 || samples_dir().is_none(), "expected the sample images");
 }
 
 #[test]
@@ -107,13 +83,7 @@ fn thin_metadata_size_output_matches_the_installed_binary() {
         &["-b", "2m", "-s", "200t", "-m", "1000", "-u", "g"],
         &["-u", "m", "-b", "128", "-s", "1t", "-m", "10"],
         &["-b", "64k", "-s", "1t", "-m", "1k"],
-        &[
-            "-b64k",
-            "--pool-size=1t",
-            "--max-thins",
-            "10",
-            "--numeric-only=long",
-        ],
+        &["-b64k", "--pool-size=1t", "--max-thins", "10", "--numeric-only=long"],
         &["-b", "64kib", "-s", "1tebi", "-m", "10", "-u", "mega"],
         &["-b", "64k", "-s", "5000000", "-m", "3", "-u", "k"],
         &["-b", "1s", "-s", "3s", "-m", "1", "-u", "b"],
@@ -121,18 +91,11 @@ fn thin_metadata_size_output_matches_the_installed_binary() {
         &["--block=256k", "--pool=3t", "--max=7", "-nshort", "-u", "K"],
     ];
     let units = "bskKmMgGtTpPeEzZyY";
-    let mut all: Vec<Vec<String>> = cases
-        .iter()
-        .map(|c| c.iter().map(|s| s.to_string()).collect())
-        .collect();
+    let mut all: Vec<Vec<String>> =
+        cases.iter().map(|c| c.iter().map(|s| s.to_string()).collect()).collect();
     for u in units.chars() {
         let args = ["-b", "64k", "-s", "1t", "-m", "1000", "-u"];
-        all.push(
-            args.iter()
-                .map(|s| s.to_string())
-                .chain([u.to_string()])
-                .collect(),
-        );
+        all.push(args.iter().map(|s| s.to_string()).chain([u.to_string()]).collect());
     }
     for args in &all {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -146,14 +109,8 @@ fn thin_metadata_size_output_matches_the_installed_binary() {
             other => panic!("{argv:?}: {other:?}"),
         }
     }
-    assert_eq!(
-        help_text("thin_metadata_size"),
-        stdout_of("thin_metadata_size", &["-h"])
-    );
-    assert_eq!(
-        parse_args(&["-b", "1", "-h"]).expect("help"),
-        SizeCommand::Help
-    );
+    assert_eq!(help_text("thin_metadata_size"), stdout_of("thin_metadata_size", &["-h"]));
+    assert_eq!(parse_args(&["-b", "1", "-h"]).expect("help"), SizeCommand::Help);
     for bad in [
         &["-b", "64k", "-s", "1t"][..],
         &["-b", "63k", "-s", "1t", "-m", "1"],
@@ -191,26 +148,13 @@ fn restore_check_dump(cfg: &GenConfig) {
     // Size: twice the 0.9 estimate for the mappings as restored (no sharing), ≥ 8 MiB.
     let blocks = estimate_blocks_v09(stats.nr_mappings() * 128, 128, nr_devices) * 2;
     let bytes = (blocks * 4096).max(8 << 20);
-    std::fs::File::create(&meta_path)
-        .and_then(|f| f.set_len(bytes))
-        .expect("size META");
+    std::fs::File::create(&meta_path).and_then(|f| f.set_len(bytes)).expect("size META");
 
-    let (xml, meta) = (
-        xml_path.to_str().expect("path"),
-        meta_path.to_str().expect("path"),
-    );
+    let (xml, meta) = (xml_path.to_str().expect("path"), meta_path.to_str().expect("path"));
     let restore = run("thin_restore", &["-i", xml, "-o", meta]);
-    assert!(
-        restore.status.success(),
-        "thin_restore: {}",
-        String::from_utf8_lossy(&restore.stderr)
-    );
+    assert!(restore.status.success(), "thin_restore: {}", String::from_utf8_lossy(&restore.stderr));
     let check = run("thin_check", &[meta]);
-    assert!(
-        check.status.success(),
-        "thin_check: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert!(check.status.success(), "thin_check: {}", String::from_utf8_lossy(&check.stderr));
     let dumped = run("thin_dump", &[meta]);
     assert!(dumped.status.success());
     let ours = std::fs::read(&xml_path).expect("read XML");
@@ -218,10 +162,7 @@ fn restore_check_dump(cfg: &GenConfig) {
         let name = format!("gen-{}-{}.xml", cfg.chain_depth, cfg.seed);
         std::fs::write(Path::new(&keep).join(name), &ours).expect("keep XML");
     }
-    assert!(
-        dumped.stdout == ours,
-        "thin_dump differs from our XML for {cfg:?}"
-    );
+    assert!(dumped.stdout == ours, "thin_dump differs from our XML for {cfg:?}");
 }
 
 #[test]

@@ -16,11 +16,7 @@ fn sample_dumps_written_back_are_byte_identical() {
         };
         let md = parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         md.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            to_xml_string(&md, Dialect::V09).expect("write"),
-            text,
-            "{name}"
-        );
+        assert_eq!(to_xml_string(&md, Dialect::V09).expect("write"), text, "{name}");
     }
 }
 
@@ -104,12 +100,7 @@ fn reader_accepts_prolog_comments_bom_quotes_entities_and_explicit_end_tags() {
     assert_eq!(md.superblock.uuid, "a&bA");
     assert_eq!(
         md.devices[0].items[0].run(),
-        Some(Run {
-            origin_begin: 5,
-            data_begin: 2,
-            len: 1,
-            time: 0
-        })
+        Some(Run { origin_begin: 5, data_begin: 2, len: 1, time: 0 })
     );
 }
 
@@ -175,9 +166,7 @@ fn truncated_and_corrupted_dumps_never_panic() {
     for _ in 0..2000 {
         let mut copy = bytes.to_vec();
         for _ in 0..3 {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let at = (state >> 33) as usize % copy.len();
             copy[at] = (state >> 13) as u8;
         }

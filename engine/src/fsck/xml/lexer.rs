@@ -89,16 +89,11 @@ impl<R: Read> Lexer<R> {
 
     /// Attributes of the last start tag returned, values entity-decoded.
     pub(crate) fn attrs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.attrs
-            .iter()
-            .map(|(k, v)| (&self.scratch[k.clone()], &self.scratch[v.clone()]))
+        self.attrs.iter().map(|(k, v)| (&self.scratch[k.clone()], &self.scratch[v.clone()]))
     }
 
     fn syntax<T>(&self, reason: impl Into<String>) -> Result<T> {
-        Err(Error::Syntax {
-            line: self.line,
-            reason: reason.into(),
-        })
+        Err(Error::Syntax { line: self.line, reason: reason.into() })
     }
 
     fn peek(&mut self) -> Result<Option<u8>> {
@@ -254,11 +249,7 @@ impl<R: Read> Lexer<R> {
         if element {
             self.name.clear();
         }
-        let target = if element {
-            &mut self.name
-        } else {
-            &mut self.scratch
-        };
+        let target = if element { &mut self.name } else { &mut self.scratch };
         let start = target.len();
         target.push(first);
         while let Some(b) = self.peek()? {
@@ -266,11 +257,7 @@ impl<R: Read> Lexer<R> {
                 break;
             }
             self.bump()?;
-            let target = if element {
-                &mut self.name
-            } else {
-                &mut self.scratch
-            };
+            let target = if element { &mut self.name } else { &mut self.scratch };
             if target.len() - start >= MAX_NAME_BYTES {
                 return Err(Error::Limit {
                     line: self.line,
@@ -372,8 +359,7 @@ impl<R: Read> Lexer<R> {
             }
         };
         let mut utf8 = [0u8; 4];
-        self.scratch
-            .extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
+        self.scratch.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
         Ok(())
     }
 

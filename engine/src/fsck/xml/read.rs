@@ -87,10 +87,7 @@ pub fn read_xml<R: Read, V: MetadataVisitor>(input: R, visitor: &mut V) -> Resul
 fn at_line(line: u64, e: Error) -> Error {
     match e.line() {
         Some(_) => e,
-        None => Error::AtLine {
-            line,
-            source: Box::new(e),
-        },
+        None => Error::AtLine { line, source: Box::new(e) },
     }
 }
 
@@ -101,13 +98,8 @@ fn start<R: Read, V: MetadataVisitor>(
     visitor: &mut V,
 ) -> Result<Open> {
     let line = lex.tag_line();
-    let misplaced = |element: &str, place| {
-        Err(Error::Misplaced {
-            line,
-            element: element.into(),
-            place,
-        })
-    };
+    let misplaced =
+        |element: &str, place| Err(Error::Misplaced { line, element: element.into(), place });
     let name = lex.name();
     match (name, parent) {
         (_, Some(Open::Leaf(leaf))) => {
@@ -126,10 +118,9 @@ fn start<R: Read, V: MetadataVisitor>(
             visitor.def_shared_b(&parse_name(lex, "def")?)?;
             Ok(Open::Def)
         }
-        (b"device" | b"def", _) => misplaced(
-            if name == b"def" { "def" } else { "device" },
-            "outside <superblock>",
-        ),
+        (b"device" | b"def", _) => {
+            misplaced(if name == b"def" { "def" } else { "device" }, "outside <superblock>")
+        }
         (b"single_mapping", Some(Open::Device | Open::Def)) => {
             visitor.map(&parse_single(lex)?)?;
             Ok(Open::Leaf("single_mapping"))
@@ -138,19 +129,15 @@ fn start<R: Read, V: MetadataVisitor>(
             visitor.map(&parse_range(lex)?)?;
             Ok(Open::Leaf("range_mapping"))
         }
-        (b"single_mapping" | b"range_mapping", _) => misplaced(
-            &name.escape_ascii().to_string(),
-            "outside a <device> or <def>",
-        ),
+        (b"single_mapping" | b"range_mapping", _) => {
+            misplaced(&name.escape_ascii().to_string(), "outside a <device> or <def>")
+        }
         (b"ref", Some(Open::Device)) => {
             visitor.ref_shared(&parse_name(lex, "ref")?)?;
             Ok(Open::Leaf("ref"))
         }
         (b"ref", _) => misplaced("ref", "outside a <device>"),
-        _ => Err(Error::UnknownElement {
-            line,
-            element: name.escape_ascii().to_string(),
-        }),
+        _ => Err(Error::UnknownElement { line, element: name.escape_ascii().to_string() }),
     }
 }
 
@@ -185,19 +172,11 @@ fn attributes<'a, R: Read, const N: usize>(
     for (key, value) in lex.attrs() {
         let Some(i) = names.iter().position(|n| n.as_bytes() == key) else {
             let attribute = key.escape_ascii().to_string();
-            return Err(Error::UnknownAttribute {
-                line,
-                element,
-                attribute,
-            });
+            return Err(Error::UnknownAttribute { line, element, attribute });
         };
         if found[i].replace(value).is_some() {
             let attribute = names[i];
-            return Err(Error::DuplicateAttribute {
-                line,
-                element,
-                attribute,
-            });
+            return Err(Error::DuplicateAttribute { line, element, attribute });
         }
     }
     Ok(found)
@@ -209,11 +188,7 @@ fn required<'a>(
     attribute: &'static str,
     value: Option<&'a [u8]>,
 ) -> Result<&'a [u8]> {
-    value.ok_or(Error::MissingAttribute {
-        line,
-        element,
-        attribute,
-    })
+    value.ok_or(Error::MissingAttribute { line, element, attribute })
 }
 
 /// A decimal number (digits only, as both dumpers print) that fits `T`.
@@ -272,11 +247,7 @@ fn parse_superblock<R: Read>(lex: &Lexer<R>) -> Result<Superblock> {
     Ok(Superblock {
         uuid: text(line, "uuid", required(line, E, "uuid", uuid)?)?,
         time: number(line, "time", required(line, E, "time", time)?)?,
-        transaction: number(
-            line,
-            "transaction",
-            required(line, E, "transaction", transaction)?,
-        )?,
+        transaction: number(line, "transaction", required(line, E, "transaction", transaction)?)?,
         flags: opt_number(line, "flags", flags)?,
         version: opt_number(line, "version", version)?,
         data_block_size: number(
@@ -299,13 +270,7 @@ fn parse_device<R: Read>(lex: &Lexer<R>) -> Result<Device> {
     let [dev_id, mapped_blocks, transaction, creation_time, snap_time] = attributes(
         lex,
         E,
-        [
-            "dev_id",
-            "mapped_blocks",
-            "transaction",
-            "creation_time",
-            "snap_time",
-        ],
+        ["dev_id", "mapped_blocks", "transaction", "creation_time", "snap_time"],
     )?;
     Ok(Device {
         dev_id: number(line, "dev_id", required(line, E, "dev_id", dev_id)?)?,
@@ -314,21 +279,13 @@ fn parse_device<R: Read>(lex: &Lexer<R>) -> Result<Device> {
             "mapped_blocks",
             required(line, E, "mapped_blocks", mapped_blocks)?,
         )?,
-        transaction: number(
-            line,
-            "transaction",
-            required(line, E, "transaction", transaction)?,
-        )?,
+        transaction: number(line, "transaction", required(line, E, "transaction", transaction)?)?,
         creation_time: number(
             line,
             "creation_time",
             required(line, E, "creation_time", creation_time)?,
         )?,
-        snap_time: number(
-            line,
-            "snap_time",
-            required(line, E, "snap_time", snap_time)?,
-        )?,
+        snap_time: number(line, "snap_time", required(line, E, "snap_time", snap_time)?)?,
     })
 }
 
@@ -337,11 +294,7 @@ fn parse_single<R: Read>(lex: &Lexer<R>) -> Result<Run> {
     let line = lex.tag_line();
     let [origin, data, time] = attributes(lex, E, ["origin_block", "data_block", "time"])?;
     Ok(Run {
-        origin_begin: number(
-            line,
-            "origin_block",
-            required(line, E, "origin_block", origin)?,
-        )?,
+        origin_begin: number(line, "origin_block", required(line, E, "origin_block", origin)?)?,
         data_begin: number(line, "data_block", required(line, E, "data_block", data)?)?,
         len: 1,
         time: number(line, "time", required(line, E, "time", time)?)?,
@@ -364,11 +317,7 @@ fn parse_range<R: Read>(lex: &Lexer<R>) -> Result<Run> {
         });
     }
     Ok(Run {
-        origin_begin: number(
-            line,
-            "origin_begin",
-            required(line, E, "origin_begin", origin)?,
-        )?,
+        origin_begin: number(line, "origin_begin", required(line, E, "origin_begin", origin)?)?,
         data_begin: number(line, "data_begin", required(line, E, "data_begin", data)?)?,
         len,
         time: number(line, "time", required(line, E, "time", time)?)?,

@@ -37,10 +37,7 @@ pub struct XmlWriter<W: Write> {
 /// refs expanded (0.9 only) and runs coalesced.
 pub fn dump_writer<W: Write>(out: W, dialect: Dialect) -> DumpWriter<W> {
     let expand = dialect == Dialect::V09;
-    DumpWriter {
-        inner: ExpandRefs::new(Coalesce::new(XmlWriter::new(out, dialect))),
-        expand,
-    }
+    DumpWriter { inner: ExpandRefs::new(Coalesce::new(XmlWriter::new(out, dialect))), expand }
 }
 
 /// See [`dump_writer`].
@@ -121,12 +118,7 @@ fn escape_into(line: &mut Vec<u8>, s: &str) {
 impl<W: Write> XmlWriter<W> {
     /// A writer to `out`; give it a buffered writer for large dumps.
     pub fn new(out: W, dialect: Dialect) -> Self {
-        XmlWriter {
-            out,
-            dialect,
-            depth: 0,
-            line: Vec::with_capacity(256),
-        }
+        XmlWriter { out, dialect, depth: 0, line: Vec::with_capacity(256) }
     }
 
     /// The underlying output.
@@ -146,9 +138,7 @@ impl<W: Write> XmlWriter<W> {
 
     fn end_line(&mut self) -> Result<()> {
         self.line.push(b'\n');
-        self.out
-            .write_all(&self.line)
-            .map_err(Error::io("writing XML"))
+        self.out.write_all(&self.line).map_err(Error::io("writing XML"))
     }
 
     fn close(&mut self, element: &str) -> Result<()> {
@@ -162,8 +152,7 @@ impl<W: Write> XmlWriter<W> {
         self.begin_line();
         let _ = write!(self.line, "<{element} name=\"");
         escape_into(&mut self.line, name);
-        self.line
-            .extend_from_slice(if empty { b"\"/>" } else { b"\">" });
+        self.line.extend_from_slice(if empty { b"\"/>" } else { b"\">" });
         if !empty {
             self.depth += 1;
         }

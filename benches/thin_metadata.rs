@@ -65,8 +65,11 @@ fn create_snap(c: &mut Criterion) {
         ("origin_1m_mappings", 0, 1_000_000),
         ("small_pool_depth_1", 1, ORIGIN_BLOCKS),
     ] {
-        let (mut md, tip) =
-            if name.starts_with("small") { chain_only(depth, blocks) } else { chain(depth, blocks) };
+        let (mut md, tip) = if name.starts_with("small") {
+            chain_only(depth, blocks)
+        } else {
+            chain(depth, blocks)
+        };
         let mut next = 1_000_000u64;
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use thinly_engine::btree::{self, ValueKind};
 use thinly_engine::format::thin::BlockTime;

@@ -63,7 +63,9 @@ pub struct ThinMetadata {
 }
 
 fn check_data_block_size(sectors: u32) -> Result<()> {
-    if !(MIN_DATA_BLOCK_SECTORS..=MAX_DATA_BLOCK_SECTORS).contains(&sectors) || sectors % 128 != 0 {
+    if !(MIN_DATA_BLOCK_SECTORS..=MAX_DATA_BLOCK_SECTORS).contains(&sectors)
+        || !sectors.is_multiple_of(128)
+    {
         return Err(Error::Invalid(format!(
             "data block size {sectors} sectors: must be a multiple of 128 between \
              {MIN_DATA_BLOCK_SECTORS} and {MAX_DATA_BLOCK_SECTORS}"

@@ -223,9 +223,9 @@ pub fn verify_all(s: &mut Store, model: &Model) {
 /// Everything the store holds, as a model.
 pub fn read_all(s: &mut Store) -> Model {
     let mut ids = Vec::new();
-    btree::walk(&mut s.tm, s.top, ValueKind::SubtreeRoot, 0, u64::MAX, &mut |k, _| {
+    btree::for_each(&mut s.tm, s.top, ValueKind::SubtreeRoot, 0, u64::MAX, &mut |k, _| {
         ids.push(k);
-        Ok(ControlFlow::Continue(()))
+        Ok(())
     })
     .unwrap();
     ids.into_iter().map(|id| (id, read_tree(s, id, 0, u64::MAX))).collect()

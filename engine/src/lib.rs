@@ -12,6 +12,7 @@ pub mod format;
 pub mod fsck;
 pub mod io;
 pub mod limits;
+pub mod pool;
 pub mod recount;
 pub mod space_map;
 pub mod thin;

@@ -5,10 +5,12 @@
 //! that tests use to simulate power cuts and I/O errors. Devices are shared between threads
 //! (`&self` everywhere); ordering between concurrent writers is the caller's business.
 
+mod data;
 mod fault;
 mod file;
 mod mem;
 
+pub use data::{DataDevice, FaultyData, FileData, IoMode, MemData};
 pub use fault::{CrashPlan, FaultyDevice};
 pub use file::FileDevice;
 pub use mem::MemDevice;

@@ -41,7 +41,7 @@ impl ThinMetadata {
 
     /// Creates an empty thin device.
     pub fn create_thin(&mut self, id: DevId) -> Result<()> {
-        self.check_writable()?;
+        self.begin_change()?;
         self.check_new_id(id)?;
         let root = btree::empty_tree(&mut self.tm, BOTTOM)?;
         self.insert_top(id, root)?;
@@ -57,7 +57,7 @@ impl ThinMetadata {
 
     /// Creates `id` as a snapshot of `origin`: O(1), sharing the origin's whole bottom tree.
     pub fn create_snap(&mut self, id: DevId, origin: DevId) -> Result<()> {
-        self.check_writable()?;
+        self.begin_change()?;
         self.check_new_id(id)?;
         let origin_details = self.device(origin)?.details;
         if self.sb.time >= MAX_TIME {
@@ -91,7 +91,7 @@ impl ThinMetadata {
 
     /// Deletes a device, freeing the metadata and data blocks no other device references.
     pub fn delete(&mut self, id: DevId) -> Result<()> {
-        self.check_writable()?;
+        self.begin_change()?;
         self.device(id)?;
         let top = self.sb.data_mapping_root;
         self.sb.data_mapping_root = btree::remove(&mut self.tm, top, TOP, id.0)?.0;
@@ -103,7 +103,7 @@ impl ThinMetadata {
 
     /// Sets the userspace transaction id to `new` if it is `old` now.
     pub fn set_transaction_id(&mut self, old: u64, new: u64) -> Result<()> {
-        self.check_writable()?;
+        self.begin_change()?;
         if self.sb.trans_id != old {
             return Err(Error::TransactionId { expected: old, actual: self.sb.trans_id });
         }

@@ -58,7 +58,7 @@ impl ThinMetadata {
         vblock: VirtBlock,
         data: DataBlock,
     ) -> Result<bool> {
-        self.check_writable()?;
+        self.begin_change()?;
         self.device(dev)?;
         if data.0 >= MAX_DATA_BLOCKS || data.0 >= self.tm.data_sm().nr_blocks() {
             return Err(Error::Invalid(format!("data block {data} is beyond the data device")));
@@ -74,7 +74,7 @@ impl ThinMetadata {
 
     /// Unmaps `vblock`; its data block loses a reference. Returns whether it was mapped.
     pub fn remove_mapping(&mut self, dev: DevId, vblock: VirtBlock) -> Result<bool> {
-        self.check_writable()?;
+        self.begin_change()?;
         self.device(dev)?;
         let found = self.edit_device(dev, |tm, root| btree::remove(tm, root, BOTTOM, vblock.0))?;
         if found {

@@ -60,6 +60,8 @@ pub struct ThinMetadata {
     pub(crate) sb: Superblock,
     pub(crate) devices: BTreeMap<DevId, DeviceState>,
     pub(crate) read_only: bool,
+    /// Something changed since the last commit.
+    pub(crate) changed: bool,
 }
 
 fn check_data_block_size(sectors: u32) -> Result<()> {
@@ -116,7 +118,8 @@ impl ThinMetadata {
             metadata_nr_blocks: nr_meta,
             ..Superblock::default()
         };
-        let mut md = ThinMetadata { tm, sb, devices: BTreeMap::new(), read_only: false };
+        let mut md =
+            ThinMetadata { tm, sb, devices: BTreeMap::new(), read_only: false, changed: true };
         md.commit()?;
         Ok(md)
     }
@@ -131,7 +134,13 @@ impl ThinMetadata {
         check_data_block_size(sb.data_block_size_sectors)
             .map_err(|e| Error::BadSuperblock(e.to_string()))?;
         let tm = TransactionManager::open(dev, &sb, opts.cache_bytes)?;
-        let mut md = ThinMetadata { tm, sb, devices: BTreeMap::new(), read_only: opts.read_only };
+        let mut md = ThinMetadata {
+            tm,
+            sb,
+            devices: BTreeMap::new(),
+            read_only: opts.read_only,
+            changed: false,
+        };
         md.devices = md.load_devices()?;
         Ok(md)
     }
@@ -170,6 +179,18 @@ impl ThinMetadata {
         Ok(devices)
     }
 
+    /// Every change starts here: refused when read-only or poisoned; remembered otherwise.
+    pub(crate) fn begin_change(&mut self) -> Result<()> {
+        self.check_writable()?;
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Has anything changed since the last commit?
+    pub fn has_changes(&self) -> bool {
+        self.changed
+    }
+
     pub(crate) fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
@@ -195,6 +216,7 @@ impl ThinMetadata {
         for d in self.devices.values_mut() {
             d.dirty = false;
         }
+        self.changed = false;
         Ok(freed.into_iter().map(DataBlock).collect())
     }
 
@@ -261,8 +283,14 @@ impl ThinMetadata {
 
     /// Allocates a data block (count 1) for a new mapping.
     pub fn alloc_data_block(&mut self) -> Result<DataBlock> {
-        self.check_writable()?;
+        self.begin_change()?;
         self.tm.data_sm_mut().alloc().map(DataBlock)
+    }
+
+    /// Gives back a data block from `alloc_data_block` that was never mapped.
+    pub fn release_data_block(&mut self, b: DataBlock) -> Result<()> {
+        self.begin_change()?;
+        self.tm.data_sm_mut().dec(b.0).map(drop)
     }
 
     /// Reference count of a data block (number of distinct leaves mapping it).
@@ -272,13 +300,13 @@ impl ThinMetadata {
 
     /// Grows the data space map to `nr_blocks` (spec §6.8); refuses to shrink.
     pub fn resize_data(&mut self, nr_blocks: u64) -> Result<()> {
-        self.check_writable()?;
+        self.begin_change()?;
         self.tm.extend_data(nr_blocks)
     }
 
     /// Grows the metadata space map to the device's current size (the caller grew it).
     pub fn resize_metadata(&mut self) -> Result<()> {
-        self.check_writable()?;
+        self.begin_change()?;
         let n = self.tm.block_manager().nr_blocks();
         self.tm.extend_metadata(n)
     }

@@ -25,7 +25,7 @@ impl ThinMetadata {
     /// Commits, then takes a metadata snapshot of that commit, and commits again so the
     /// snapshot is durable. Only one can be held.
     pub fn reserve_metadata_snap(&mut self) -> Result<MetaBlock> {
-        self.check_writable()?;
+        self.begin_change()?;
         if self.sb.held_root.0 != 0 {
             return Err(Error::MetadataSnapExists(self.sb.held_root));
         }
@@ -45,7 +45,7 @@ impl ThinMetadata {
 
     /// Drops the held metadata snapshot, freeing what only it referenced.
     pub fn release_metadata_snap(&mut self) -> Result<()> {
-        self.check_writable()?;
+        self.begin_change()?;
         let h = self.held_snapshot()?.ok_or(Error::NoMetadataSnap)?;
         btree::delete_tree(&mut self.tm, h.data_mapping_root, TOP)?;
         btree::delete_tree(&mut self.tm, h.device_details_root, DETAILS)?;

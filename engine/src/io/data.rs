@@ -1,0 +1,379 @@
+//! The data device: byte ranges of a (sparse) file. Data block N lives at byte
+//! N × data_block_size. Holes read as zeros, which is what makes a freshly allocated or a
+//! hole-punched block read as zeros without a zeroing write.
+//!
+//! `FileData` does its I/O with pread/pwrite, or with io_uring when the kernel offers it:
+//! one submission carries every block of a multi-block request (the blocks of a 1 MiB
+//! request are usually scattered over the data file), and each thread has its own ring so
+//! no lock is shared. `MemData` and `FaultyData` are for tests.
+
+use nix::fcntl::{fallocate, FallocateFlags};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Byte-addressed storage for data blocks.
+pub trait DataDevice: Send + Sync {
+    fn len_bytes(&self) -> u64;
+
+    fn set_len(&self, len: u64) -> io::Result<()>;
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Reads several ranges; implementations may issue them together.
+    fn read_many(&self, ops: &mut [(u64, &mut [u8])]) -> io::Result<()> {
+        for (off, buf) in ops.iter_mut() {
+            self.read_at(*off, buf)?;
+        }
+        Ok(())
+    }
+
+    /// Writes several ranges; implementations may issue them together.
+    fn write_many(&self, ops: &[(u64, &[u8])]) -> io::Result<()> {
+        for (off, data) in ops {
+            self.write_at(*off, data)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `len` bytes from `src` to `dst` (the copy-on-write of a whole data block).
+    fn copy(&self, src: u64, dst: u64, len: u64) -> io::Result<()> {
+        let mut buf = vec![0u8; len as usize];
+        self.read_at(src, &mut buf)?;
+        self.write_at(dst, &buf)
+    }
+
+    /// Deallocates a range: it reads as zeros afterwards.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Makes every completed write durable.
+    fn sync(&self) -> io::Result<()>;
+
+    /// "io_uring" or "pread/pwrite": which path this device uses.
+    fn io_path(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// How `FileData` does its reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// io_uring if the kernel offers it, else pread/pwrite.
+    #[default]
+    Auto,
+    Uring,
+    Posix,
+}
+
+/// Entries of each thread's ring: enough for a 32 MiB request in 64 KiB blocks.
+const RING_ENTRIES: u32 = 512;
+
+thread_local! {
+    static RING: RefCell<Option<io_uring::IoUring>> = const { RefCell::new(None) };
+}
+
+pub struct FileData {
+    file: File,
+    uring: bool,
+}
+
+impl FileData {
+    pub fn open(path: &Path, mode: IoMode) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Self::from_file(file, mode)
+    }
+
+    pub fn create(path: &Path, len: u64, mode: IoMode) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        file.set_len(len)?;
+        Self::from_file(file, mode)
+    }
+
+    pub fn from_file(file: File, mode: IoMode) -> io::Result<Self> {
+        let uring = match mode {
+            IoMode::Posix => false,
+            IoMode::Uring => {
+                io_uring::IoUring::new(RING_ENTRIES)?;
+                true
+            }
+            IoMode::Auto => io_uring::IoUring::new(RING_ENTRIES).is_ok(),
+        };
+        Ok(FileData { file, uring })
+    }
+
+    /// Runs `ops` through this thread's ring: all submitted at once, all awaited.
+    /// Short transfers are finished with pread/pwrite.
+    fn uring_batch(&self, ops: &mut [(u64, *mut u8, usize)], write: bool) -> io::Result<()> {
+        use io_uring::{opcode, types};
+        let fd = types::Fd(self.file.as_raw_fd());
+        RING.with(|cell| -> io::Result<()> {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(io_uring::IoUring::new(RING_ENTRIES)?);
+            }
+            let ring = slot.as_mut().expect("ring just created");
+            let nr_ops = ops.len();
+            for chunk_start in (0..nr_ops).step_by(RING_ENTRIES as usize) {
+                let chunk =
+                    &mut ops[chunk_start..(chunk_start + RING_ENTRIES as usize).min(nr_ops)];
+                for (i, (off, ptr, len)) in chunk.iter().enumerate() {
+                    let e = if write {
+                        opcode::Write::new(fd, *ptr as *const u8, *len as u32).offset(*off).build()
+                    } else {
+                        opcode::Read::new(fd, *ptr, *len as u32).offset(*off).build()
+                    }
+                    .user_data(i as u64);
+                    // SAFETY: each buffer is borrowed by `ops` for this whole call and we wait
+                    // for every completion below before returning, so the kernel never sees a
+                    // buffer that is freed or reused while the operation is in flight.
+                    unsafe { ring.submission().push(&e) }
+                        .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+                }
+                ring.submit_and_wait(chunk.len())?;
+                let mut done = vec![0i32; chunk.len()];
+                let mut seen = 0;
+                while seen < chunk.len() {
+                    for cqe in ring.completion() {
+                        done[cqe.user_data() as usize] = cqe.result();
+                        seen += 1;
+                    }
+                    if seen < chunk.len() {
+                        ring.submit_and_wait(chunk.len() - seen)?;
+                    }
+                }
+                for (i, res) in done.into_iter().enumerate() {
+                    let (off, ptr, len) = chunk[i];
+                    if res < 0 {
+                        return Err(io::Error::from_raw_os_error(-res));
+                    }
+                    let n = res as usize;
+                    if n < len {
+                        // SAFETY: `ptr..ptr+len` is the caller's live buffer (see above).
+                        let rest = unsafe { std::slice::from_raw_parts_mut(ptr.add(n), len - n) };
+                        if write {
+                            self.file.write_all_at(rest, off + n as u64)?;
+                        } else {
+                            self.file.read_exact_at(rest, off + n as u64)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl DataDevice for FileData {
+    fn len_bytes(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn read_many(&self, ops: &mut [(u64, &mut [u8])]) -> io::Result<()> {
+        if !self.uring || ops.len() < 2 {
+            for (off, buf) in ops.iter_mut() {
+                self.file.read_exact_at(buf, *off)?;
+            }
+            return Ok(());
+        }
+        let mut raw: Vec<(u64, *mut u8, usize)> =
+            ops.iter_mut().map(|(o, b)| (*o, b.as_mut_ptr(), b.len())).collect();
+        self.uring_batch(&mut raw, false)
+    }
+
+    fn write_many(&self, ops: &[(u64, &[u8])]) -> io::Result<()> {
+        if !self.uring || ops.len() < 2 {
+            for (off, data) in ops {
+                self.file.write_all_at(data, *off)?;
+            }
+            return Ok(());
+        }
+        // The ring only reads these buffers; the cast to *mut is for the shared helper.
+        let mut raw: Vec<(u64, *mut u8, usize)> =
+            ops.iter().map(|(o, d)| (*o, d.as_ptr() as *mut u8, d.len())).collect();
+        self.uring_batch(&mut raw, true)
+    }
+
+    fn copy(&self, src: u64, dst: u64, len: u64) -> io::Result<()> {
+        let (mut s, mut d, mut left) = (src as i64, dst as i64, len as usize);
+        while left > 0 {
+            let fd = self.file.as_fd();
+            match nix::fcntl::copy_file_range(fd, Some(&mut s), fd, Some(&mut d), left) {
+                Ok(0) => break,
+                Ok(n) => left -= n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        if left > 0 {
+            // copy_file_range refused (or hit EOF): finish with an ordinary copy.
+            let done = len - left as u64;
+            let mut buf = vec![0u8; left];
+            self.file.read_exact_at(&mut buf, src + done)?;
+            self.file.write_all_at(&buf, dst + done)?;
+        }
+        Ok(())
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(self.file.as_raw_fd(), flags, offset as i64, len as i64) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EOPNOTSUPP) => {
+                // A file system without holes: write the zeros instead.
+                let zeros = vec![0u8; len.min(1 << 20) as usize];
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(zeros.len() as u64) as usize;
+                    self.file.write_all_at(&zeros[..n], offset + done)?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn io_path(&self) -> &'static str {
+        if self.uring {
+            "io_uring"
+        } else {
+            "pread/pwrite"
+        }
+    }
+}
+
+const PAGE: u64 = 4096;
+
+/// Sparse pages in memory.
+#[derive(Default, Clone)]
+struct Pages {
+    pages: HashMap<u64, Box<[u8; PAGE as usize]>>,
+    len: u64,
+}
+
+impl Pages {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"));
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let (p, o) = (pos / PAGE, (pos % PAGE) as usize);
+            let n = (PAGE as usize - o).min(buf.len() - done);
+            match self.pages.get(&p) {
+                Some(page) => buf[done..done + n].copy_from_slice(&page[o..o + n]),
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let (p, o) = (pos / PAGE, (pos % PAGE) as usize);
+            let n = (PAGE as usize - o).min(data.len() - done);
+            let page = self.pages.entry(p).or_insert_with(|| Box::new([0; PAGE as usize]));
+            page[o..o + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        self.len = self.len.max(offset + data.len() as u64);
+    }
+
+    fn punch(&mut self, offset: u64, len: u64) {
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let (p, o) = (pos / PAGE, pos % PAGE);
+            let n = (PAGE - o).min(end - pos);
+            if o == 0 && n == PAGE {
+                self.pages.remove(&p);
+            } else if let Some(page) = self.pages.get_mut(&p) {
+                page[o as usize..(o + n) as usize].fill(0);
+            }
+            pos += n;
+        }
+    }
+
+    fn set_len(&mut self, len: u64) {
+        if len < self.len {
+            self.punch(len, self.len - len);
+            self.pages.retain(|p, _| p * PAGE < len);
+        }
+        self.len = len;
+    }
+}
+
+/// A data device in memory.
+#[derive(Default)]
+pub struct MemData {
+    pages: Mutex<Pages>,
+}
+
+impl MemData {
+    pub fn new(len: u64) -> Self {
+        MemData { pages: Mutex::new(Pages { pages: HashMap::new(), len }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pages> {
+        self.pages.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes actually stored (not holes), to check that freed blocks were punched.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.lock().pages.len() as u64 * PAGE
+    }
+}
+
+impl DataDevice for MemData {
+    fn len_bytes(&self) -> u64 {
+        self.lock().len
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.lock().set_len(len);
+        Ok(())
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.lock().read(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.lock().write(offset, data);
+        Ok(())
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.lock().punch(offset, len);
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+mod faulty;
+pub use faulty::FaultyData;

@@ -1,0 +1,248 @@
+//! Commits, data-block allocation (out-of-space policies, the low water mark), failure, and
+//! the commit timer.
+
+use super::{Inner, Meta, Mode, OutOfSpacePolicy, PoolError, PoolEvent, Result};
+use crate::units::DataBlock;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
+
+type Guard<'a> = MutexGuard<'a, Meta>;
+
+impl Inner {
+    /// Commits whatever changed since the last commit: waits for in-flight provisioning
+    /// (so no allocated block is committed without its mapping), syncs the data file,
+    /// commits the metadata, then hole-punches the blocks the transaction freed.
+    pub(super) fn commit_locked<'a>(&'a self, mut meta: Guard<'a>) -> (Guard<'a>, Result<()>) {
+        meta.commit_waiting = true;
+        while meta.provisioning > 0 {
+            meta = self.provisioned.wait(meta).unwrap_or_else(|e| e.into_inner());
+        }
+        meta.commit_waiting = false;
+        let writes = self.data_writes.load(Ordering::SeqCst);
+        let r = self.commit_now(&mut meta, writes);
+        self.provisioned.notify_all();
+        match &r {
+            Ok(()) => {
+                self.check_low_water_mark(&mut meta);
+                self.space.notify_all();
+            }
+            Err(e) => self.fail(&mut meta, &format!("commit failed: {e}")),
+        }
+        (meta, r)
+    }
+
+    fn commit_now(&self, meta: &mut Meta, writes: u64) -> Result<()> {
+        if !meta.md.has_changes() && writes == meta.committed_writes {
+            return Ok(());
+        }
+        if let Mode::ReadOnly(reason) = &meta.mode {
+            return Err(PoolError::ReadOnly(reason.clone()));
+        }
+        self.data.sync()?;
+        let freed = meta.md.commit()?;
+        meta.committed_writes = writes;
+        self.punch_freed(freed);
+        Ok(())
+    }
+
+    /// Deallocates freed data blocks in the data file, a run at a time. Nothing can reuse
+    /// them before we return: the metadata lock is held.
+    fn punch_freed(&self, mut freed: Vec<DataBlock>) {
+        freed.sort_unstable();
+        let bs = self.block_size;
+        let mut i = 0;
+        while i < freed.len() {
+            let mut j = i;
+            while j + 1 < freed.len() && freed[j + 1].0 == freed[j].0 + 1 {
+                j += 1;
+            }
+            let (start, n) = (freed[i].0, (j - i + 1) as u64);
+            if let Err(e) = self.data.punch_hole(start * bs, n * bs) {
+                tracing::warn!(pool = %self.label, start, n, "hole-punching freed blocks failed: {e}");
+            }
+            i = j + 1;
+        }
+    }
+
+    /// Stops writes: the open transaction is dropped (as the kernel aborts it), metadata
+    /// failures set needs_check, and subscribers hear of it.
+    pub(super) fn fail(&self, meta: &mut Meta, reason: &str) {
+        if matches!(meta.mode, Mode::ReadOnly(_)) {
+            return;
+        }
+        tracing::error!(pool = %self.label, "pool turns read-only: {reason}");
+        meta.mode = Mode::ReadOnly(reason.to_string());
+        meta.provisioning = 0;
+        if meta.md.abort().is_ok() {
+            if let Err(e) = meta.md.set_needs_check() {
+                tracing::error!(pool = %self.label, "could not set needs_check: {e}");
+            }
+        }
+        self.provisioned.notify_all();
+        self.space.notify_all();
+        self.emit(PoolEvent::ReadOnly { reason: reason.to_string() });
+    }
+
+    /// A metadata operation failed: the transaction may be half-done, so the pool fails.
+    pub(super) fn metadata_failed(&self, meta: &mut Meta, e: crate::Error) -> PoolError {
+        let out_of_space = matches!(e, crate::Error::MetadataNoSpace { .. });
+        let what = if out_of_space { "out of metadata space" } else { "metadata operation failed" };
+        self.fail(meta, &format!("{what}: {e}"));
+        if out_of_space {
+            PoolError::NoSpace("out of metadata space".into())
+        } else {
+            PoolError::Metadata(e)
+        }
+    }
+
+    pub(super) fn check_writable(&self, meta: &Meta) -> Result<()> {
+        match &meta.mode {
+            Mode::ReadOnly(reason) => Err(PoolError::ReadOnly(reason.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Allocates a data block for a write, following the out-of-space policy. The caller
+    /// must end the provisioning with `end_provision`.
+    pub(super) fn alloc_block<'a>(&'a self, mut meta: Guard<'a>) -> (Guard<'a>, Result<DataBlock>) {
+        let deadline = match meta.config.settings.out_of_space {
+            OutOfSpacePolicy::Queue { timeout_ms } => {
+                Some(Instant::now() + Duration::from_millis(timeout_ms))
+            }
+            OutOfSpacePolicy::Error => None,
+        };
+        loop {
+            if let Err(e) = self.check_writable(&meta) {
+                return (meta, Err(e));
+            }
+            while meta.commit_waiting {
+                meta = self.provisioned.wait(meta).unwrap_or_else(|e| e.into_inner());
+            }
+            if meta.md.nr_allocatable_data_blocks() > 0 {
+                let r = match meta.md.alloc_data_block() {
+                    Ok(b) => {
+                        meta.provisioning += 1;
+                        if meta.mode == Mode::OutOfDataSpace {
+                            meta.mode = Mode::Write;
+                        }
+                        self.check_low_water_mark(&mut meta);
+                        Ok(b)
+                    }
+                    Err(e) => Err(self.metadata_failed(&mut meta, e)),
+                };
+                return (meta, r);
+            }
+            if meta.md.nr_free_data_blocks() > 0 {
+                // Blocks freed in this transaction become usable once it commits.
+                let (m, r) = self.commit_locked(meta);
+                meta = m;
+                if let Err(e) = r {
+                    return (meta, Err(e));
+                }
+                continue;
+            }
+            if self.auto_extend(&mut meta) {
+                continue;
+            }
+            if meta.mode == Mode::Write {
+                meta.mode = Mode::OutOfDataSpace;
+                self.emit(PoolEvent::OutOfDataSpace);
+            }
+            let now = Instant::now();
+            match deadline {
+                Some(d) if now < d => {
+                    meta =
+                        self.space.wait_timeout(meta, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                _ => return (meta, Err(PoolError::NoSpace("no free data block".into()))),
+            }
+        }
+    }
+
+    /// Ends a provisioning started by `alloc_block`; `unused` gives the block back.
+    pub(super) fn end_provision(&self, meta: &mut Meta, unused: Option<DataBlock>) {
+        meta.provisioning = meta.provisioning.saturating_sub(1);
+        if let (Some(b), Mode::Write | Mode::OutOfDataSpace) = (unused, &meta.mode) {
+            if let Err(e) = meta.md.release_data_block(b) {
+                let _ = self.metadata_failed(meta, e);
+            }
+        }
+        self.provisioned.notify_all();
+    }
+
+    /// Raises the low-water-mark event once per crossing; re-arms above the mark.
+    pub(super) fn check_low_water_mark(&self, meta: &mut Meta) {
+        let free = meta.md.nr_free_data_blocks();
+        let mark = meta.config.settings.low_water_mark_blocks;
+        if free > mark {
+            meta.lwm_armed = true;
+        } else if meta.lwm_armed {
+            meta.lwm_armed = false;
+            self.emit(PoolEvent::LowWaterMark {
+                free_blocks: free,
+                total_blocks: meta.md.nr_data_blocks(),
+                block_size_bytes: self.block_size,
+            });
+            self.auto_extend(meta);
+        }
+    }
+
+    /// Grows the data device by the configured percentage (up to the maximum), if any.
+    fn auto_extend(&self, meta: &mut Meta) -> bool {
+        let Some(ae) = meta.config.settings.auto_extend else { return false };
+        let total = meta.md.nr_data_blocks();
+        let max_blocks = ae.max_bytes / self.block_size;
+        let grow = (total * ae.percent as u64 / 100).max(1);
+        let target = (total + grow).min(max_blocks);
+        if target <= total {
+            return false;
+        }
+        match self.extend_locked(meta, target) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(pool = %self.label, "auto-extend failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Grows the data device and the data space map to `nr_blocks` (uncommitted).
+    pub(super) fn extend_locked(&self, meta: &mut Meta, nr_blocks: u64) -> Result<()> {
+        self.check_writable(meta)?;
+        if nr_blocks < meta.md.nr_data_blocks() {
+            return Err(PoolError::Invalid("the data device cannot shrink".into()));
+        }
+        self.data.set_len(nr_blocks * self.block_size)?;
+        if let Err(e) = meta.md.resize_data(nr_blocks) {
+            return Err(self.metadata_failed(meta, e));
+        }
+        self.emit(PoolEvent::Extended { total_blocks: nr_blocks });
+        let free = meta.md.nr_free_data_blocks();
+        if free > meta.config.settings.low_water_mark_blocks {
+            meta.lwm_armed = true;
+        }
+        self.space.notify_all();
+        Ok(())
+    }
+}
+
+/// Commits every `interval` while the pool lives.
+pub(super) fn spawn_timer(
+    inner: &Arc<Inner>,
+    interval: Duration,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let weak = Arc::downgrade(inner);
+    std::thread::Builder::new().name("thinly-commit".into()).spawn(move || loop {
+        std::thread::park_timeout(interval);
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let meta = inner.meta();
+        let (_meta, r) = inner.commit_locked(meta);
+        if let Err(e) = r {
+            tracing::debug!(pool = %inner.label, "timed commit: {e}");
+        }
+    })
+}

@@ -1,0 +1,210 @@
+//! The pool: thin volumes that read and write bytes.
+//!
+//! A pool is a metadata device (dm-thin format), a data device (data block N at byte
+//! N × block size) and `pool.json`. `Pool` owns them; `Volume` handles do I/O from many
+//! threads at once. The life of a write (ARCHITECTURE.md): split at block boundaries; per
+//! block, take the block's cell exclusively, look the block up, then write in place
+//! (mapped, not shared), copy-on-write (mapped, shared: a new block, the old one copied
+//! with copy_file_range unless the write covers it), or provision (a new block; the rest of
+//! it reads as zeros); the new mapping joins the open transaction.
+//!
+//! Locks, always taken in this order: a volume's gate (shared by I/O, exclusive for
+//! snapshot, delete and resize of that volume) → block cells (ascending) → the metadata
+//! mutex (held briefly; during a commit also across the data-file sync).
+//!
+//! Durability (the contract with clients): a commit syncs the data file, then commits the
+//! metadata. Commits happen on flush, on FUA writes, on every management operation and on a
+//! timer. A data block allocated for a write is counted in the metadata only together with
+//! its mapping: a commit waits for in-flight provisioning, so a crash never leaks it. Blocks
+//! freed by a transaction are hole-punched after it commits, before anyone can reuse them.
+
+mod commit;
+pub mod config;
+mod manage;
+mod prison;
+mod volume;
+
+pub use config::{AutoExtend, OutOfSpacePolicy, PoolConfig, PoolSettings, VolumeConfig};
+pub use manage::{PoolOptions, PoolStatus, VolumeInfo, VolumeStatus};
+pub use volume::{Extent, Volume};
+
+use crate::io::{BlockDevice, DataDevice};
+use crate::thin::ThinMetadata;
+use config::ConfigStore;
+use prison::Prison;
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+/// Errors of the pool's data path and management.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// No data block free (after the out-of-space policy gave up), or metadata full.
+    #[error("no space left in the pool: {0}")]
+    NoSpace(String),
+    /// The pool or the volume does not take writes.
+    #[error("read-only: {0}")]
+    ReadOnly(String),
+    /// A request outside the volume, a bad name or size.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("no volume named {0:?}")]
+    NoVolume(String),
+    #[error("a volume named {0:?} exists already")]
+    VolumeExists(String),
+    /// The pool is opened by another process.
+    #[error("pool {0} is in use by another process")]
+    Busy(String),
+    #[error("data device: {0}")]
+    Io(#[from] io::Error),
+    #[error("metadata: {0}")]
+    Metadata(#[from] crate::Error),
+}
+
+pub type Result<T, E = PoolError> = std::result::Result<T, E>;
+
+impl PoolError {
+    /// The errno a block-device client sees (the one errno mapping of the pool).
+    pub fn errno(&self) -> i32 {
+        match self {
+            PoolError::NoSpace(_) => nix::libc::ENOSPC,
+            PoolError::ReadOnly(_) => nix::libc::EPERM,
+            PoolError::Invalid(_) => nix::libc::EINVAL,
+            PoolError::NoVolume(_) => nix::libc::ENOENT,
+            PoolError::VolumeExists(_) => nix::libc::EEXIST,
+            PoolError::Busy(_) => nix::libc::EBUSY,
+            PoolError::Io(e) => e.raw_os_error().unwrap_or(nix::libc::EIO),
+            PoolError::Metadata(crate::Error::MetadataNoSpace { .. }) => nix::libc::ENOSPC,
+            PoolError::Metadata(_) => nix::libc::EIO,
+        }
+    }
+}
+
+impl From<PoolError> for io::Error {
+    fn from(e: PoolError) -> Self {
+        io::Error::from_raw_os_error(e.errno())
+    }
+}
+
+/// Something subscribers hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEvent {
+    /// Free data blocks fell to the low water mark (raised once per crossing).
+    LowWaterMark { free_blocks: u64, total_blocks: u64, block_size_bytes: u64 },
+    /// A write found no free data block.
+    OutOfDataSpace,
+    /// The data file grew (auto-extend or `extend`).
+    Extended { total_blocks: u64 },
+    /// The pool stopped taking writes.
+    ReadOnly { reason: String },
+}
+
+/// The kernel's pool modes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Write,
+    OutOfDataSpace,
+    ReadOnly(String),
+}
+
+/// Everything behind the metadata mutex.
+struct Meta {
+    md: ThinMetadata,
+    config: PoolConfig,
+    mode: Mode,
+    /// The low-water-mark event may fire (re-armed when free space rises above the mark).
+    lwm_armed: bool,
+    /// Data blocks allocated whose mapping is not inserted yet.
+    provisioning: u64,
+    /// A commit waits for provisioning to drain; new allocations wait for it.
+    commit_waiting: bool,
+    /// `Inner::data_writes` as of the last commit.
+    committed_writes: u64,
+}
+
+pub(crate) struct VolumeState {
+    name: String,
+    dev: u64,
+    size_bytes: AtomicU64,
+    read_only: bool,
+    /// Shared by I/O; exclusive for snapshot, delete, resize.
+    gate: RwLock<()>,
+    deleted: AtomicBool,
+}
+
+struct Inner {
+    label: String,
+    meta: Mutex<Meta>,
+    /// Signalled when provisioning drains and when a commit ends.
+    provisioned: Condvar,
+    /// Signalled when data space may have appeared (commit freed blocks, extend).
+    space: Condvar,
+    data: Arc<dyn DataDevice>,
+    metadata_dev: Arc<dyn BlockDevice>,
+    config_store: Box<dyn ConfigStore>,
+    block_size: u64,
+    prison: Prison,
+    volumes: RwLock<BTreeMap<String, Arc<VolumeState>>>,
+    /// Completed data writes (a commit covers those counted before its data sync).
+    data_writes: AtomicU64,
+    subscribers: Mutex<Vec<mpsc::Sender<PoolEvent>>>,
+    stopping: AtomicBool,
+    /// The commit timer's thread, woken to stop.
+    timer: Mutex<Option<std::thread::Thread>>,
+    /// Held for the pool's lifetime: the exclusive lock on the metadata file.
+    _lock: Option<manage::PoolLock>,
+}
+
+/// A thin pool. Cheap to clone; the last clone closes it (committing).
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another thread leaves the metadata as it was at a commit boundary or
+    // mid-transaction; the transaction manager rejects use after a failed commit.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn meta(&self) -> MutexGuard<'_, Meta> {
+        lock(&self.meta)
+    }
+
+    fn emit(&self, event: PoolEvent) {
+        tracing::info!(pool = %self.label, ?event, "pool event");
+        lock(&self.subscribers).retain(|s| s.send(event.clone()).is_ok());
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: commit what is left (a clean close already did).
+    fn drop(&mut self) {
+        let meta = self.meta();
+        let (_meta, r) = self.commit_locked(meta);
+        if let Err(e) = r {
+            tracing::warn!(pool = %self.label, "final commit failed: {e}");
+        }
+    }
+}
+
+impl Pool {
+    /// Subscribes to pool events (low water mark, out of space, extend, read-only).
+    pub fn subscribe(&self) -> mpsc::Receiver<PoolEvent> {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.inner.subscribers).push(tx);
+        rx
+    }
+
+    pub fn data_block_size_bytes(&self) -> u64 {
+        self.inner.block_size
+    }
+
+    /// Which data I/O path is in use ("io_uring" or "pread/pwrite").
+    pub fn data_io_path(&self) -> &'static str {
+        self.inner.data.io_path()
+    }
+}

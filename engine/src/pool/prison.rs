@@ -1,0 +1,129 @@
+//! Block-level locks (dm-thin's bio prison): provisioning, copy-on-write and discard of a
+//! virtual block are exclusive; reads share. A read holds its blocks' cells across the data
+//! I/O, which is what guarantees that the data block it looked up cannot be freed and
+//! reused under it (freeing needs the mapping to change, which needs the cell exclusively).
+//!
+//! Callers that hold several cells take them in ascending (device, block) order.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// Shards of the lock table: enough that independent blocks rarely meet on one mutex.
+const SHARDS: usize = 64;
+
+#[derive(Default)]
+struct Cell {
+    readers: u32,
+    writer: bool,
+}
+
+#[derive(Default)]
+struct Shard {
+    cells: Mutex<HashMap<(u64, u64), Cell>>,
+    released: Condvar,
+}
+
+pub struct Prison {
+    shards: Vec<Shard>,
+}
+
+/// A held cell; released on drop.
+pub struct CellGuard<'a> {
+    prison: &'a Prison,
+    key: (u64, u64),
+    exclusive: bool,
+}
+
+impl Default for Prison {
+    fn default() -> Self {
+        Prison { shards: (0..SHARDS).map(|_| Shard::default()).collect() }
+    }
+}
+
+impl Prison {
+    fn shard(&self, key: (u64, u64)) -> &Shard {
+        let h =
+            key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ key.1.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        &self.shards[(h >> 40) as usize % SHARDS]
+    }
+
+    fn cells(shard: &Shard) -> MutexGuard<'_, HashMap<(u64, u64), Cell>> {
+        shard.cells.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Locks block `block` of device `dev`, waiting for conflicting holders.
+    pub fn lock(&self, dev: u64, block: u64, exclusive: bool) -> CellGuard<'_> {
+        let key = (dev, block);
+        let shard = self.shard(key);
+        let mut cells = Self::cells(shard);
+        loop {
+            let cell = cells.entry(key).or_default();
+            let free = if exclusive { !cell.writer && cell.readers == 0 } else { !cell.writer };
+            if free {
+                if exclusive {
+                    cell.writer = true;
+                } else {
+                    cell.readers += 1;
+                }
+                return CellGuard { prison: self, key, exclusive };
+            }
+            cells = shard.released.wait(cells).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Cells in use (for tests).
+    #[cfg(test)]
+    pub fn nr_held(&self) -> usize {
+        self.shards.iter().map(|s| Self::cells(s).len()).sum()
+    }
+}
+
+impl Drop for CellGuard<'_> {
+    fn drop(&mut self) {
+        let shard = self.prison.shard(self.key);
+        let mut cells = Prison::cells(shard);
+        if let Some(cell) = cells.get_mut(&self.key) {
+            if self.exclusive {
+                cell.writer = false;
+            } else {
+                cell.readers -= 1;
+            }
+            if !cell.writer && cell.readers == 0 {
+                cells.remove(&self.key);
+            }
+        }
+        drop(cells);
+        shard.released.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn readers_share_and_a_writer_waits_for_them() {
+        let p = Arc::new(Prison::default());
+        let r1 = p.lock(1, 5, false);
+        let r2 = p.lock(1, 5, false);
+        let done = Arc::new(AtomicBool::new(false));
+        let t = {
+            let (p, done) = (p.clone(), done.clone());
+            std::thread::spawn(move || {
+                let _w = p.lock(1, 5, true);
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        // Other blocks are independent.
+        drop(p.lock(1, 6, true));
+        drop(p.lock(2, 5, true));
+        assert!(!done.load(Ordering::SeqCst));
+        drop(r1);
+        drop(r2);
+        t.join().unwrap();
+        assert!(done.load(Ordering::SeqCst));
+        assert_eq!(p.nr_held(), 0);
+    }
+}

@@ -1,0 +1,337 @@
+//! The data path of one volume: read, write (+FUA), write_zeroes, discard, flush and
+//! block_status over byte ranges of any alignment.
+
+use super::{Inner, PoolError, Result, VolumeState};
+use crate::units::{DataBlock, DevId, VirtBlock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A run of bytes of a volume in one state (block_status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len_bytes: u64,
+    /// Backed by a data block (else it reads as zeros).
+    pub mapped: bool,
+    /// Mapped and shared with another device (a snapshot or origin).
+    pub shared: bool,
+}
+
+/// A handle on one volume; cheap to clone, usable from many threads.
+#[derive(Clone)]
+pub struct Volume {
+    pub(super) inner: Arc<Inner>,
+    pub(super) state: Arc<VolumeState>,
+}
+
+/// One block's share of a request.
+struct Piece {
+    vblock: u64,
+    /// Offset within the block, and length.
+    offset: u64,
+    len: u64,
+}
+
+/// What a write puts into a block.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Bytes(&'a [u8]),
+    Zeros,
+}
+
+fn pieces(block_size: u64, offset: u64, len: u64) -> impl Iterator<Item = Piece> {
+    let end = offset + len;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let (vblock, off) = (pos / block_size, pos % block_size);
+        let n = (block_size - off).min(end - pos);
+        pos += n;
+        Some(Piece { vblock, offset: off, len: n })
+    })
+}
+
+impl Volume {
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    pub fn dev_id(&self) -> DevId {
+        DevId(self.state.dev)
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.state.size_bytes.load(Ordering::SeqCst)
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.state.read_only
+    }
+
+    pub fn block_size_bytes(&self) -> u64 {
+        self.inner.block_size
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if self.state.deleted.load(Ordering::SeqCst) {
+            return Err(PoolError::NoVolume(self.state.name.clone()));
+        }
+        let size = self.size_bytes();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(PoolError::Invalid(format!(
+                "{len} bytes at {offset} run past the end of volume {} ({size} bytes)",
+                self.state.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        if self.state.read_only {
+            return Err(PoolError::ReadOnly(format!("volume {} is read-only", self.state.name)));
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset`. Unmapped blocks read as zeros without touching
+    /// the data file; mapped ones are read together (one io_uring submission).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.check_range(offset, buf.len() as u64)?;
+        let inner = &self.inner;
+        let bs = inner.block_size;
+        let parts: Vec<Piece> = pieces(bs, offset, buf.len() as u64).collect();
+        let _cells: Vec<_> =
+            parts.iter().map(|p| inner.prison.lock(self.state.dev, p.vblock, false)).collect();
+        let mut targets = Vec::with_capacity(parts.len());
+        {
+            let mut meta = inner.meta();
+            for p in &parts {
+                let m = meta.md.lookup(DevId(self.state.dev), VirtBlock(p.vblock));
+                targets.push(m.map_err(|e| inner.metadata_failed(&mut meta, e))?);
+            }
+        }
+        let mut ops: Vec<(u64, &mut [u8])> = Vec::new();
+        let mut rest = buf;
+        for (p, target) in parts.iter().zip(targets) {
+            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(p.len as usize);
+            rest = tail;
+            match target {
+                Some(m) => ops.push((m.data_block.0 * bs + p.offset, chunk)),
+                None => chunk.fill(0),
+            }
+        }
+        inner.data.read_many(&mut ops)?;
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`; with `fua`, the write is durable when this returns.
+    pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.check_write(offset, data.len() as u64)?;
+        let mut done = 0usize;
+        for p in pieces(self.inner.block_size, offset, data.len() as u64) {
+            let bytes = &data[done..done + p.len as usize];
+            done += p.len as usize;
+            self.write_piece(&p, Payload::Bytes(bytes))?;
+        }
+        self.finish_write(fua)
+    }
+
+    /// Writes zeros: whole blocks are unmapped when `may_trim` (they read as zeros), else
+    /// provisioned as zeros; partial blocks are zero-filled where mapped.
+    pub fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fua: bool) -> Result<()> {
+        let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.check_write(offset, len)?;
+        let bs = self.inner.block_size;
+        for p in pieces(bs, offset, len) {
+            if p.len == bs && may_trim {
+                self.unmap_block(p.vblock)?;
+            } else if p.len == bs || self.is_mapped(p.vblock)? {
+                self.write_piece(&p, Payload::Zeros)?;
+            }
+        }
+        self.finish_write(fua)
+    }
+
+    /// Discards (unmaps) every whole block in the range; partial blocks are left as they are
+    /// (a discard is advisory). Freed data blocks are hole-punched after the next commit.
+    pub fn discard(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.check_write(offset, len)?;
+        let bs = self.inner.block_size;
+        let first = offset.div_ceil(bs);
+        let end = (offset + len) / bs;
+        if first < end {
+            for vblock in self.mapped_blocks(first, end)? {
+                self.unmap_block(vblock)?;
+            }
+        }
+        self.finish_write(fua)
+    }
+
+    /// Makes every completed write durable (a commit).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// The range as runs of mapped (exclusive or shared) and unmapped bytes.
+    pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bs = self.inner.block_size;
+        let (first, end) = (offset / bs, (offset + len).div_ceil(bs));
+        let runs = {
+            let mut meta = self.inner.meta();
+            let r = meta.md.runs(DevId(self.state.dev), VirtBlock(first), VirtBlock(end));
+            r.map_err(|e| self.inner.metadata_failed(&mut meta, e))?
+        };
+        let mut out: Vec<Extent> = Vec::with_capacity(runs.len());
+        for r in runs {
+            let start = (r.begin * bs).max(offset);
+            let stop = ((r.begin + r.len) * bs).min(offset + len);
+            if stop > start {
+                out.push(Extent { len_bytes: stop - start, mapped: r.mapped, shared: r.shared });
+            }
+        }
+        Ok(out)
+    }
+
+    fn finish_write(&self, fua: bool) -> Result<()> {
+        if fua {
+            self.inner.flush()?;
+        }
+        Ok(())
+    }
+
+    fn is_mapped(&self, vblock: u64) -> Result<bool> {
+        let mut meta = self.inner.meta();
+        let r = meta.md.lookup(DevId(self.state.dev), VirtBlock(vblock));
+        Ok(r.map_err(|e| self.inner.metadata_failed(&mut meta, e))?.is_some())
+    }
+
+    fn mapped_blocks(&self, first: u64, end: u64) -> Result<Vec<u64>> {
+        let mut meta = self.inner.meta();
+        let mut out = Vec::new();
+        let r = meta.md.for_each_mapping(
+            DevId(self.state.dev),
+            VirtBlock(first),
+            VirtBlock(end),
+            &mut |v, _| {
+                out.push(v.0);
+                Ok(std::ops::ControlFlow::Continue(()))
+            },
+        );
+        r.map_err(|e| self.inner.metadata_failed(&mut meta, e))?;
+        Ok(out)
+    }
+
+    fn unmap_block(&self, vblock: u64) -> Result<()> {
+        let inner = &self.inner;
+        let _cell = inner.prison.lock(self.state.dev, vblock, true);
+        let mut meta = inner.meta();
+        inner.check_writable(&meta)?;
+        let r = meta.md.remove_mapping(DevId(self.state.dev), VirtBlock(vblock));
+        r.map_err(|e| inner.metadata_failed(&mut meta, e))?;
+        Ok(())
+    }
+
+    /// One block of a write: in place, copy-on-write or provisioning (ARCHITECTURE.md).
+    fn write_piece(&self, p: &Piece, payload: Payload) -> Result<()> {
+        let inner = &self.inner;
+        let bs = inner.block_size;
+        let dev = DevId(self.state.dev);
+        let _cell = inner.prison.lock(self.state.dev, p.vblock, true);
+        let (target, copy_from, zeroing) = {
+            let mut meta = inner.meta();
+            inner.check_writable(&meta)?;
+            let existing = meta
+                .md
+                .lookup(dev, VirtBlock(p.vblock))
+                .map_err(|e| inner.metadata_failed(&mut meta, e))?;
+            match existing {
+                Some(m) if !m.maybe_shared => {
+                    drop(meta);
+                    self.write_bytes(m.data_block.0 * bs + p.offset, p.len, payload)?;
+                    inner.data_writes.fetch_add(1, Ordering::SeqCst);
+                    return Ok(());
+                }
+                _ => {
+                    let zeroing = meta.config.settings.zeroing;
+                    let (m, b) = inner.alloc_block(meta);
+                    drop(m);
+                    (b?, existing.map(|m| m.data_block), zeroing)
+                }
+            }
+        };
+        let whole = p.len == bs;
+        let io = (|| -> Result<()> {
+            match copy_from {
+                Some(src) if !whole => inner.data.copy(src.0 * bs, target.0 * bs, bs)?,
+                None if !whole && zeroing => inner.data.punch_hole(target.0 * bs, bs)?,
+                _ => {}
+            }
+            self.write_bytes(target.0 * bs + p.offset, p.len, payload)
+        })();
+        let mut meta = inner.meta();
+        if let Err(e) = io {
+            inner.end_provision(&mut meta, Some(target));
+            return Err(e);
+        }
+        let r = match inner.check_writable(&meta) {
+            Ok(()) => meta.md.insert_mapping(dev, VirtBlock(p.vblock), target).map(drop),
+            Err(e) => {
+                inner.end_provision(&mut meta, None);
+                return Err(e);
+            }
+        };
+        inner.end_provision(&mut meta, None);
+        r.map_err(|e| inner.metadata_failed(&mut meta, e))?;
+        inner.data_writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Zeros block `vblock` from `from` to its end if it is mapped (the caller holds the
+    /// volume's gate exclusively; the range may lie past the volume's end).
+    pub(super) fn zero_block_tail(&self, vblock: u64, from: u64) -> Result<()> {
+        if self.is_mapped(vblock)? {
+            let len = self.inner.block_size - from;
+            self.write_piece(&Piece { vblock, offset: from, len }, Payload::Zeros)?;
+        }
+        Ok(())
+    }
+
+    fn write_bytes(&self, at: u64, len: u64, payload: Payload) -> Result<()> {
+        match payload {
+            Payload::Bytes(b) => self.inner.data.write_at(at, b)?,
+            Payload::Zeros if len == self.inner.block_size => {
+                self.inner.data.punch_hole(at, len)?
+            }
+            Payload::Zeros => self.inner.data.write_at(at, &vec![0u8; len as usize])?,
+        }
+        Ok(())
+    }
+}
+
+/// The data block size must make whole-block arithmetic safe for a request of any size.
+const _: () = assert!(crate::limits::MAX_DATA_BLOCK_SECTORS as u64 * 512 <= 1 << 30);
+
+impl Inner {
+    pub(super) fn flush(&self) -> Result<()> {
+        let meta = self.meta();
+        let (_meta, r) = self.commit_locked(meta);
+        r
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Volume>();
+    let _ = DataBlock(0);
+}

@@ -10,17 +10,38 @@ use std::time::{Duration, Instant};
 type Guard<'a> = MutexGuard<'a, Meta>;
 
 impl Inner {
-    /// Commits whatever changed since the last commit: waits for in-flight provisioning
-    /// (so no allocated block is committed without its mapping), syncs the data file,
-    /// commits the metadata, then hole-punches the blocks the transaction freed.
+    /// Commits whatever changed since the last commit. One commit runs at a time; callers
+    /// that arrive during one wait for it and then commit only what it did not cover (group
+    /// commit). Steps: stop new allocations and wait for in-flight provisioning (so no
+    /// allocated block is committed without its mapping); sync the data file with the
+    /// metadata lock released, so reads and in-place writes go on; commit the metadata;
+    /// hole-punch the blocks the transaction freed.
     pub(super) fn commit_locked<'a>(&'a self, mut meta: Guard<'a>) -> (Guard<'a>, Result<()>) {
+        while meta.committing {
+            meta = self.provisioned.wait(meta).unwrap_or_else(|e| e.into_inner());
+        }
+        meta.committing = true;
         meta.commit_waiting = true;
         while meta.provisioning > 0 {
             meta = self.provisioned.wait(meta).unwrap_or_else(|e| e.into_inner());
         }
-        meta.commit_waiting = false;
         let writes = self.data_writes.load(Ordering::SeqCst);
-        let r = self.commit_now(&mut meta, writes);
+        let needed = meta.md.has_changes() || writes != meta.committed_writes;
+        let mut r = match (&meta.mode, needed) {
+            (_, false) => Ok(()),
+            (Mode::ReadOnly(reason), true) => Err(PoolError::ReadOnly(reason.clone())),
+            _ => {
+                drop(meta);
+                let synced = self.data.sync();
+                meta = self.meta();
+                synced.map_err(PoolError::from)
+            }
+        };
+        if needed && r.is_ok() {
+            r = self.commit_metadata(&mut meta, writes);
+        }
+        meta.committing = false;
+        meta.commit_waiting = false;
         self.provisioned.notify_all();
         match &r {
             Ok(()) => {
@@ -32,36 +53,39 @@ impl Inner {
         (meta, r)
     }
 
-    fn commit_now(&self, meta: &mut Meta, writes: u64) -> Result<()> {
-        if !meta.md.has_changes() && writes == meta.committed_writes {
-            return Ok(());
-        }
+    fn commit_metadata(&self, meta: &mut Meta, writes: u64) -> Result<()> {
         if let Mode::ReadOnly(reason) = &meta.mode {
+            // The pool failed while the data was syncing.
             return Err(PoolError::ReadOnly(reason.clone()));
         }
-        self.data.sync()?;
         let freed = meta.md.commit()?;
         meta.committed_writes = writes;
-        self.punch_freed(freed);
+        self.punch_freed(meta, freed);
         Ok(())
     }
 
     /// Deallocates freed data blocks in the data file, a run at a time. Nothing can reuse
     /// them before we return: the metadata lock is held.
-    fn punch_freed(&self, mut freed: Vec<DataBlock>) {
+    fn punch_freed(&self, meta: &mut Meta, mut freed: Vec<DataBlock>) {
         freed.sort_unstable();
-        let bs = self.block_size;
         let mut i = 0;
         while i < freed.len() {
             let mut j = i;
             while j + 1 < freed.len() && freed[j + 1].0 == freed[j].0 + 1 {
                 j += 1;
             }
-            let (start, n) = (freed[i].0, (j - i + 1) as u64);
-            if let Err(e) = self.data.punch_hole(start * bs, n * bs) {
-                tracing::warn!(pool = %self.label, start, n, "hole-punching freed blocks failed: {e}");
-            }
+            self.punch_run(meta, freed[i].0, (j - i + 1) as u64);
             i = j + 1;
+        }
+    }
+
+    /// Punches `n` free blocks from `start`; a failure is remembered so the blocks are
+    /// zeroed before reuse.
+    pub(super) fn punch_run(&self, meta: &mut Meta, start: u64, n: u64) {
+        let bs = self.block_size;
+        if let Err(e) = self.data.punch_hole(start * bs, n * bs) {
+            tracing::warn!(pool = %self.label, start, n, "hole-punching free blocks failed: {e}");
+            meta.unzeroed.extend(start..start + n);
         }
     }
 
@@ -168,7 +192,9 @@ impl Inner {
                 let _ = self.metadata_failed(meta, e);
             }
         }
-        self.provisioned.notify_all();
+        if meta.commit_waiting && meta.provisioning == 0 {
+            self.provisioned.notify_all();
+        }
     }
 
     /// Raises the low-water-mark event once per crossing; re-arms above the mark.

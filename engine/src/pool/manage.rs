@@ -240,6 +240,7 @@ impl Pool {
             .collect();
         let free = md.nr_free_data_blocks();
         let lwm_armed = free > config.settings.low_water_mark_blocks;
+        let zero_free = config.settings.zeroing;
         let inner = Arc::new(Inner {
             label: label.to_string(),
             meta: Mutex::new(Meta {
@@ -249,7 +250,9 @@ impl Pool {
                 lwm_armed,
                 provisioning: 0,
                 commit_waiting: false,
+                committing: false,
                 committed_writes: 0,
+                unzeroed: Default::default(),
             }),
             provisioned: Condvar::new(),
             space: Condvar::new(),
@@ -265,6 +268,14 @@ impl Pool {
             timer: Mutex::new(None),
             _lock: lock,
         });
+        if zero_free {
+            // Free blocks may hold old data (a crash lost the transaction that wrote them,
+            // or another tool wrote the pool): make every one a hole.
+            let mut meta = inner.meta();
+            for (start, n) in meta.md.free_data_runs() {
+                inner.punch_run(&mut meta, start.0, n);
+            }
+        }
         if !interval.is_zero() {
             let handle = spawn_timer(&inner, interval)?;
             *lock_mutex(&inner.timer) = Some(handle.thread().clone());

@@ -15,8 +15,12 @@
 //! Durability (the contract with clients): a commit syncs the data file, then commits the
 //! metadata. Commits happen on flush, on FUA writes, on every management operation and on a
 //! timer. A data block allocated for a write is counted in the metadata only together with
-//! its mapping: a commit waits for in-flight provisioning, so a crash never leaks it. Blocks
-//! freed by a transaction are hole-punched after it commits, before anyone can reuse them.
+//! its mapping: a commit waits for in-flight provisioning, so a crash never leaks it.
+//!
+//! Zeroing: every free data block is a hole. Open punches every free run (which also clears
+//! blocks written by a transaction a crash lost); each commit punches the blocks it freed
+//! before anyone can reuse them. So a partially written new block reads zeros elsewhere
+//! with no zeroing write.
 
 mod commit;
 pub mod config;
@@ -120,8 +124,14 @@ struct Meta {
     provisioning: u64,
     /// A commit waits for provisioning to drain; new allocations wait for it.
     commit_waiting: bool,
+    /// A commit is running (possibly with the lock released for the data sync).
+    committing: bool,
     /// `Inner::data_writes` as of the last commit.
     committed_writes: u64,
+    /// Free blocks whose hole-punch failed: zeroed before reuse. Every other free block is
+    /// a hole (punched at open and after the commit that frees it), so a new block reads as
+    /// zeros without a zeroing write.
+    unzeroed: std::collections::BTreeSet<u64>,
 }
 
 pub(crate) struct VolumeState {

@@ -5,7 +5,7 @@
 //!
 //! Callers that hold several cells take them in ascending (device, block) order.
 
-use std::collections::HashMap;
+use crate::block_manager::BlockMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Shards of the lock table: enough that independent blocks rarely meet on one mutex.
@@ -15,12 +15,21 @@ const SHARDS: usize = 64;
 struct Cell {
     readers: u32,
     writer: bool,
+    /// Threads waiting for this cell: a release wakes them only when there are some
+    /// (a futex wake is a system call even with nobody to wake).
+    waiters: u32,
 }
 
 #[derive(Default)]
 struct Shard {
-    cells: Mutex<HashMap<(u64, u64), Cell>>,
+    cells: Mutex<BlockMap<Cell>>,
     released: Condvar,
+}
+
+/// Device ids are 24 bits and block numbers 40: one u64 names a cell.
+fn cell_key(dev: u64, block: u64) -> u64 {
+    debug_assert!(dev < 1 << 24 && block < 1 << 40);
+    dev << 40 | block
 }
 
 pub struct Prison {
@@ -30,7 +39,7 @@ pub struct Prison {
 /// A held cell; released on drop.
 pub struct CellGuard<'a> {
     prison: &'a Prison,
-    key: (u64, u64),
+    key: u64,
     exclusive: bool,
 }
 
@@ -41,23 +50,26 @@ impl Default for Prison {
 }
 
 impl Prison {
-    fn shard(&self, key: (u64, u64)) -> &Shard {
-        let h =
-            key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ key.1.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        &self.shards[(h >> 40) as usize % SHARDS]
+    fn shard(&self, key: u64) -> &Shard {
+        let h = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        &self.shards[(h >> 58) as usize % SHARDS]
     }
 
-    fn cells(shard: &Shard) -> MutexGuard<'_, HashMap<(u64, u64), Cell>> {
+    fn cells(shard: &Shard) -> MutexGuard<'_, BlockMap<Cell>> {
         shard.cells.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Locks block `block` of device `dev`, waiting for conflicting holders.
     pub fn lock(&self, dev: u64, block: u64, exclusive: bool) -> CellGuard<'_> {
-        let key = (dev, block);
+        let key = cell_key(dev, block);
         let shard = self.shard(key);
         let mut cells = Self::cells(shard);
+        let mut waited = false;
         loop {
             let cell = cells.entry(key).or_default();
+            if waited {
+                cell.waiters -= 1;
+            }
             let free = if exclusive { !cell.writer && cell.readers == 0 } else { !cell.writer };
             if free {
                 if exclusive {
@@ -67,6 +79,8 @@ impl Prison {
                 }
                 return CellGuard { prison: self, key, exclusive };
             }
+            cell.waiters += 1;
+            waited = true;
             cells = shard.released.wait(cells).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -82,18 +96,22 @@ impl Drop for CellGuard<'_> {
     fn drop(&mut self) {
         let shard = self.prison.shard(self.key);
         let mut cells = Prison::cells(shard);
+        let mut wake = false;
         if let Some(cell) = cells.get_mut(&self.key) {
             if self.exclusive {
                 cell.writer = false;
             } else {
                 cell.readers -= 1;
             }
-            if !cell.writer && cell.readers == 0 {
+            wake = cell.waiters > 0;
+            if !cell.writer && cell.readers == 0 && cell.waiters == 0 {
                 cells.remove(&self.key);
             }
         }
         drop(cells);
-        shard.released.notify_all();
+        if wake {
+            shard.released.notify_all();
+        }
     }
 }
 

@@ -247,7 +247,7 @@ impl Volume {
         let bs = inner.block_size;
         let dev = DevId(self.state.dev);
         let _cell = inner.prison.lock(self.state.dev, p.vblock, true);
-        let (target, copy_from, zeroing) = {
+        let (target, copy_from, unzeroed) = {
             let mut meta = inner.meta();
             inner.check_writable(&meta)?;
             let existing = meta
@@ -262,10 +262,11 @@ impl Volume {
                     return Ok(());
                 }
                 _ => {
-                    let zeroing = meta.config.settings.zeroing;
-                    let (m, b) = inner.alloc_block(meta);
+                    let (mut m, b) = inner.alloc_block(meta);
+                    let b = b?;
+                    let unzeroed = m.unzeroed.remove(&b.0);
                     drop(m);
-                    (b?, existing.map(|m| m.data_block), zeroing)
+                    (b, existing.map(|m| m.data_block), unzeroed)
                 }
             }
         };
@@ -273,7 +274,11 @@ impl Volume {
         let io = (|| -> Result<()> {
             match copy_from {
                 Some(src) if !whole => inner.data.copy(src.0 * bs, target.0 * bs, bs)?,
-                None if !whole && zeroing => inner.data.punch_hole(target.0 * bs, bs)?,
+                // Free blocks are holes (see the pool's zeroing invariant) unless punching
+                // one failed: then zero it here.
+                None if !whole && unzeroed => {
+                    inner.data.write_at(target.0 * bs, &vec![0u8; bs as usize])?
+                }
                 _ => {}
             }
             self.write_bytes(target.0 * bs + p.offset, p.len, payload)

@@ -352,6 +352,35 @@ impl SpaceMap {
         out
     }
 
+    /// Runs (start, length) of blocks with count zero, in order.
+    pub fn free_runs(&self) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut push = |b: u64, n: u64| match runs.last_mut() {
+            Some(r) if r.0 + r.1 == b => r.1 += n,
+            _ => runs.push((b, n)),
+        };
+        for (bi, bm) in self.bitmaps.iter().enumerate() {
+            for (wi, &w) in bm.words.iter().enumerate() {
+                let base = bi as u64 * ENTRIES_PER_BITMAP + wi as u64 * 32;
+                if base >= self.nr_blocks {
+                    return runs;
+                }
+                let n = 32.min(self.nr_blocks - base);
+                if w == 0 {
+                    push(base, n);
+                    continue;
+                }
+                let mask = free_mask(w);
+                for j in 0..n {
+                    if mask >> (2 * j) & 1 == 1 {
+                        push(base + j, 1);
+                    }
+                }
+            }
+        }
+        runs
+    }
+
     /// Every block with a non-zero count, with its count (for checkers and tests).
     pub fn iter_counts(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         (0..self.nr_blocks).filter_map(move |b| match self.get(b) {

@@ -293,6 +293,11 @@ impl ThinMetadata {
         self.tm.data_sm_mut().dec(b.0).map(drop)
     }
 
+    /// Runs (first block, count) of free data blocks.
+    pub fn free_data_runs(&self) -> Vec<(DataBlock, u64)> {
+        self.tm.data_sm().free_runs().into_iter().map(|(b, n)| (DataBlock(b), n)).collect()
+    }
+
     /// Reference count of a data block (number of distinct leaves mapping it).
     pub fn data_block_ref_count(&self, b: DataBlock) -> Result<u32> {
         self.tm.data_sm().get(b.0)

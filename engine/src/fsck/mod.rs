@@ -9,11 +9,14 @@
 //! thin-provisioning-tools 0.9.0 prints for the same metadata. The tools walk `btree`/
 //! `thin` and feed a [`MetadataVisitor`] (dump), or take one from [`read_xml`] (restore).
 
+pub mod check;
+pub mod dump;
 pub mod error;
 pub mod gen;
 pub mod human;
 pub mod ir;
 pub mod metadata_size;
+pub mod restore;
 pub mod stream;
 pub mod validate;
 pub mod xml;

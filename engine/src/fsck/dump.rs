@@ -86,7 +86,8 @@ pub fn select_roots(bm: &mut BlockManager, metadata_snap: Option<Option<u64>>) -
         version: Some(source.version),
         data_block_size: source.data_block_size_sectors,
         nr_data_blocks: source.data_sm_root.nr_blocks,
-        metadata_snap: (metadata_snap.is_none() && sb.held_root.0 != 0).then_some(sb.held_root.0),
+        // 0.9.0 never prints metadata_snap, even when a snapshot is held.
+        metadata_snap: None,
     };
     Ok(Roots {
         mapping_root: source.data_mapping_root,

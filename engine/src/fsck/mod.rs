@@ -10,14 +10,19 @@
 //! `thin` and feed a [`MetadataVisitor`] (dump), or take one from [`read_xml`] (restore).
 
 pub mod check;
+pub mod delta;
 pub mod dump;
 pub mod error;
 pub mod gen;
 pub mod human;
 pub mod ir;
+pub mod ls;
 pub mod metadata_size;
+pub mod repair;
 pub mod restore;
+pub mod rmap;
 pub mod stream;
+pub mod trim;
 pub mod validate;
 pub mod xml;
 

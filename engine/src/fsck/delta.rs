@@ -136,7 +136,9 @@ pub fn delta<W: Write>(
         "<superblock uuid=\"\" time=\"{}\" transaction=\"{}\" data_block_size=\"{}\" nr_data_blocks=\"{}\"",
         sb.time, sb.transaction, sb.data_block_size, sb.nr_data_blocks
     );
-    if let Some(h) = sb.metadata_snap {
+    // 0.9.0 names a held metadata snapshot here (thin_dump does not).
+    let held = Some(roots.sb.held_root.0).filter(|&h| h != 0 && metadata_snap.is_none());
+    if let Some(h) = held {
         let _ = write!(s, " metadata_snap=\"{h}\"");
     }
     let _ = writeln!(s, ">\n  <diff left=\"{snap1}\" right=\"{snap2}\">");

@@ -72,7 +72,7 @@ pub fn select_roots(bm: &mut BlockManager, metadata_snap: Option<Option<u64>>) -
         Some(explicit) => {
             let h = explicit.unwrap_or(sb.held_root.0);
             if h == 0 {
-                return Err(Error::Unusable("no metadata snapshot is held".into()));
+                return Err(Error::Unusable("no current metadata snap".into()));
             }
             let raw = bm.read(MetaBlock(h), BlockKind::Superblock)?;
             DiskSuperblock::decode(&raw[..])
@@ -133,7 +133,20 @@ pub fn walk_mappings<R: ReadBlocks + ?Sized>(
     f: &mut dyn FnMut(u64, BlockTime) -> Result<()>,
 ) -> Result<()> {
     let mut last = None;
-    walk_rec(r, root, 0, &mut last, f)
+    walk_rec(r, root, 0, &mut last, &mut None, f)
+}
+
+/// As [`walk_mappings`], but skips every node already in `seen` (and adds the nodes it
+/// visits): a subtree shared by several devices is reported for the first only, which is
+/// how 0.9.0's thin_rmap walks.
+pub fn walk_mappings_once<R: ReadBlocks + ?Sized>(
+    r: &mut R,
+    root: MetaBlock,
+    seen: &mut std::collections::HashSet<u64>,
+    f: &mut dyn FnMut(u64, BlockTime) -> Result<()>,
+) -> Result<()> {
+    let mut last = None;
+    walk_rec(r, root, 0, &mut last, &mut Some(seen), f)
 }
 
 fn walk_rec<R: ReadBlocks + ?Sized>(
@@ -141,8 +154,14 @@ fn walk_rec<R: ReadBlocks + ?Sized>(
     b: MetaBlock,
     depth: usize,
     last: &mut Option<u64>,
+    seen: &mut Option<&mut std::collections::HashSet<u64>>,
     f: &mut dyn FnMut(u64, BlockTime) -> Result<()>,
 ) -> Result<()> {
+    if let Some(seen) = seen.as_mut() {
+        if !seen.insert(b.0) {
+            return Ok(());
+        }
+    }
     if depth >= MAX_BTREE_DEPTH {
         return Err(crate::error::Error::corrupt(b, "btree node", "tree too deep (a cycle?)").into());
     }
@@ -176,7 +195,7 @@ fn walk_rec<R: ReadBlocks + ?Sized>(
     let children: Vec<u64> = (0..n).map(|i| node::value_u64(blk, i)).collect();
     drop(data);
     for c in children {
-        walk_rec(r, MetaBlock(c), depth + 1, last, f)?;
+        walk_rec(r, MetaBlock(c), depth + 1, last, seen, f)?;
     }
     Ok(())
 }

@@ -1,11 +1,11 @@
 //! thin_rmap as library code: which (device, virtual blocks) map each data block of the
-//! given regions, printed as `data B..E -> thin(D) V..W`, regions in the order given,
-//! then by data block and device.
+//! given regions (their union), printed as `data B..E -> thin(D) V..W` by data block,
+//! then device (0.9.0 orders ties unpredictably).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use super::dump::{read_top_level, reader, select_roots, walk_mappings};
+use super::dump::{read_top_level, reader, select_roots, walk_mappings_once};
 use super::error::{Error, Result};
 use crate::io::BlockDevice;
 
@@ -35,30 +35,29 @@ pub fn rmap(dev: Arc<dyn BlockDevice>, regions: &[Region]) -> Result<String> {
     let mut bm = reader(dev);
     let roots = select_roots(&mut bm, None)?;
     let tops = read_top_level(&mut bm, roots.mapping_root)?;
-    // (region, data block, device, virtual block) of every mapping in a region.
-    let mut hits: Vec<(usize, u64, u64, u64)> = Vec::new();
+    // Runs (data begin, device, virtual begin, length) of mappings into any region,
+    // coalesced per device while virtual and data blocks both advance by one.
+    let in_regions = |d: u64| regions.iter().any(|r| (r.begin..r.end).contains(&d));
+    // Like 0.9.0, a subtree shared between devices counts for the first device only.
+    let mut seen = std::collections::HashSet::new();
+    let mut runs: Vec<(u64, u64, u64, u64)> = Vec::new();
     for (&id, &root) in &tops {
-        walk_mappings(&mut bm, root, &mut |k, bt| {
-            for (i, r) in regions.iter().enumerate() {
-                if (r.begin..r.end).contains(&bt.block) {
-                    hits.push((i, bt.block, id, k));
-                }
+        walk_mappings_once(&mut bm, root, &mut seen, &mut |k, bt| {
+            if !in_regions(bt.block) {
+                return Ok(());
+            }
+            match runs.last_mut() {
+                Some(r) if r.1 == id && r.2 + r.3 == k && r.0 + r.3 == bt.block => r.3 += 1,
+                _ => runs.push((bt.block, id, k, 1)),
             }
             Ok(())
         })?;
     }
-    hits.sort_unstable();
+    // By data block; ties (several devices share a block) by device.
+    runs.sort_unstable();
     let mut out = String::new();
-    let mut i = 0;
-    while i < hits.len() {
-        let (reg, d0, dev, v0) = hits[i];
-        let mut len = 1;
-        while i + len < hits.len() && hits[i + len] == (reg, d0 + len as u64, dev, v0 + len as u64) {
-            len += 1;
-        }
-        let l = len as u64;
-        let _ = writeln!(out, "data {d0}..{} -> thin({dev}) {v0}..{}", d0 + l, v0 + l);
-        i += len;
+    for (d, dev, v, len) in runs {
+        let _ = writeln!(out, "data {d}..{} -> thin({dev}) {v}..{}", d + len, v + len);
     }
     Ok(out)
 }

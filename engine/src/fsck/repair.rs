@@ -231,6 +231,11 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
     let filter = usage.as_ref().map(|u| move |b: u64| u.get(b as usize).copied().unwrap_or(false));
     let mut s = Salvager::scan(dev.clone(), filter.as_ref().map(|f| f as &dyn Fn(u64) -> bool));
     s.stats.superblock_ok = sb.is_some();
+    if sb.is_none() && s.nodes.is_empty() {
+        return Err(Error::Unusable(
+            "no valid superblock and no valid b-tree node: nothing to repair".into(),
+        ));
+    }
     let referenced = s.referenced();
 
     // The top-level tree: the superblock's if it still looks like one, else the largest

@@ -2,6 +2,8 @@
 //! (a missing tool skips loudly, or fails when `CI` is set), generated pools and samples.
 #![allow(dead_code)]
 
+pub mod image;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -191,15 +191,22 @@ impl Salvager {
         out
     }
 
-    /// Does the tree at `b` look like a top-level mapping tree (leaf values are roots of
-    /// valid 8-byte trees, keys fit a device id)?
+    /// Does the tree at `b` look like a top-level mapping tree (keys fit a device id,
+    /// values are metadata blocks, most of them roots of valid 8-byte trees)?
     fn is_top_level(&mut self, b: u64) -> bool {
         let entries = self.entries(b, 8);
-        !entries.is_empty()
-            && entries.iter().all(|(k, v)| {
-                let r = u64::from_le_bytes(v[..8].try_into().unwrap_or([0xff; 8]));
-                *k <= MAX_DEV_ID && self.nodes.get(&r).is_some_and(|f| !f.is_leaf || f.value_size == 8)
-            })
+        let nr_blocks = self.bm.nr_blocks();
+        let mut valid = 0;
+        for (k, v) in &entries {
+            let r = u64::from_le_bytes(v[..8].try_into().unwrap_or([0xff; 8]));
+            if *k > MAX_DEV_ID || r >= nr_blocks {
+                return false;
+            }
+            if self.nodes.get(&r).is_some_and(|f| !f.is_leaf || f.value_size == 8) {
+                valid += 1;
+            }
+        }
+        !entries.is_empty() && 2 * valid >= entries.len()
     }
 }
 

@@ -91,7 +91,7 @@ pub enum Error {
     #[error("device {dev_id:?}: {reason}")]
     Invalid { dev_id: Option<u32>, reason: String },
     /// Reading or writing binary metadata failed; the engine error names the block.
-    #[error("{0}")]
+    #[error(transparent)]
     Metadata(#[from] crate::error::Error),
     /// A tool was asked for something the input cannot give (e.g. a device id that does
     /// not exist, a metadata snapshot that is not held).

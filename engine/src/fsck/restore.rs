@@ -349,3 +349,132 @@ pub fn restore_xml<R: std::io::Read>(
     }
     Ok(r.stats())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::node;
+    use crate::fsck::check::{check, CheckOptions};
+    use crate::fsck::dump::{dump, DumpOptions};
+    use crate::fsck::ir::{Item, Metadata, SharedDef, ThinDevice};
+    use crate::fsck::stream::MetadataBuilder;
+    use crate::io::MemDevice;
+
+    fn sb(nr_data_blocks: u64) -> Superblock {
+        Superblock {
+            time: 3,
+            transaction: 9,
+            flags: Some(0),
+            version: Some(2),
+            data_block_size: 128,
+            nr_data_blocks,
+            ..Superblock::default()
+        }
+    }
+
+    fn device(dev_id: u32, items: Vec<Item>) -> ThinDevice {
+        ThinDevice {
+            details: Device {
+                dev_id,
+                snap_time: 3,
+                ..Device::default()
+            },
+            items,
+        }
+    }
+
+    fn singles(from: u64, n: u64, data: u64) -> Vec<Item> {
+        (0..n)
+            .map(|i| Item::Single {
+                origin_block: from + 2 * i,
+                data_block: data + i,
+                time: 1,
+            })
+            .collect()
+    }
+
+    /// Restores `md` into memory, checks it with our checker and dumps it back.
+    fn restore_check_dump(md: &Metadata) -> (Arc<MemDevice>, Metadata) {
+        let dev = Arc::new(MemDevice::new(4096));
+        let mut r = Restorer::new(dev.clone(), Overrides::default());
+        md.walk(&mut r).expect("restore");
+        let report = check(dev.clone(), &CheckOptions::default()).expect("check");
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+        let mut b = MetadataBuilder::default();
+        dump(dev.clone(), &DumpOptions::default(), &mut b).expect("dump");
+        (dev, b.finish().expect("finish"))
+    }
+
+    fn with_mapped_blocks(md: &Metadata) -> Metadata {
+        let mut n = md.normalised().expect("normalise");
+        for d in &mut n.devices {
+            d.details.mapped_blocks = d.items.iter().filter_map(Item::run).map(|r| r.len).sum();
+        }
+        n
+    }
+
+    #[test]
+    fn every_device_size_packs_into_nodes_that_pass_the_checker() {
+        let sizes = [0u64, 1, 83, 84, 252, 253, 300, 335, 336, 504, 505, 588, 589, 63_600, 64_000];
+        let devices = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| device(i as u32, singles(0, n, 0)))
+            .collect();
+        let md = Metadata {
+            superblock: sb(70_000),
+            defs: Vec::new(),
+            devices,
+        };
+        let (_, back) = restore_check_dump(&md);
+        assert_eq!(back, with_mapped_blocks(&md));
+    }
+
+    #[test]
+    fn shared_defs_are_stored_once_and_counted_per_reference() {
+        let big: Vec<Run> = (0..600)
+            .map(|i| Run {
+                origin_begin: 1000 + i,
+                data_begin: 5000 + 2 * i,
+                len: 1,
+                time: 0,
+            })
+            .collect();
+        let small = vec![Run {
+            origin_begin: 2000,
+            data_begin: 100,
+            len: 10,
+            time: 0,
+        }];
+        let md = Metadata {
+            superblock: sb(10_000),
+            defs: vec![
+                SharedDef { name: "big".into(), runs: big },
+                SharedDef { name: "small".into(), runs: small },
+                SharedDef {
+                    name: "unused".into(),
+                    runs: vec![Run { origin_begin: 0, data_begin: 9000, len: 300, time: 0 }],
+                },
+            ],
+            devices: vec![
+                device(1, vec![Item::Ref("big".into())]),
+                device(2, [singles(0, 3, 20), vec![Item::Ref("big".into())], singles(1700, 5, 40)].concat()),
+                device(3, [vec![Item::Ref("big".into())], vec![Item::Ref("small".into())]].concat()),
+                device(4, vec![Item::Ref("small".into())]),
+                device(5, [singles(0, 100, 200), vec![Item::Ref("big".into())]].concat()),
+            ],
+        };
+        let (dev, back) = restore_check_dump(&md);
+        assert_eq!(back, with_mapped_blocks(&md));
+        // Device 1 is exactly the def: its leaves must be shared with others (count > 1).
+        let mut bm = crate::fsck::dump::reader(dev);
+        let roots = crate::fsck::dump::select_roots(&mut bm, None).expect("roots");
+        let tops = crate::fsck::dump::read_top_level(&mut bm, roots.mapping_root).expect("top");
+        let tm = TransactionManager::open(bm.device().clone(), &roots.sb, 1 << 20).expect("open");
+        let root1 = tops[&1];
+        let data = bm.read(root1, crate::format::BlockKind::Node).expect("root");
+        assert!(!node::is_leaf(&data[..]), "600 mappings need an internal root");
+        let leaf = MetaBlock(node::value_u64(&data[..], 0));
+        assert!(tm.ref_count(leaf).expect("count") >= 3, "the def's first leaf is shared");
+    }
+}

@@ -16,14 +16,22 @@ use thinly_engine::fsck::Validator;
 use thinly_engine::io::FileDevice;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn best_of(runs: u64, prog: &str, args: &[&str]) -> Option<Duration> {
     let mut best: Option<Duration> = None;
     for _ in 0..runs {
         let t = Instant::now();
-        let st = Command::new(prog).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().ok()?;
+        let st = Command::new(prog)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
         let d = t.elapsed();
         if !st.success() {
             eprintln!("{prog} {args:?} failed: {st}");
@@ -50,7 +58,8 @@ fn main() {
         data_block_size: 128,
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = std::env::var_os("THINLY_BENCH_DIR").map_or_else(|| tmp.path().to_path_buf(), Into::into);
+    let dir =
+        std::env::var_os("THINLY_BENCH_DIR").map_or_else(|| tmp.path().to_path_buf(), Into::into);
     let meta = dir.join("bench.meta");
     let mut v = Validator::default();
     generate_into(&cfg, &mut v).expect("generate");
@@ -58,22 +67,35 @@ fn main() {
     if !meta.exists() {
         let nr_blocks = (nr_mappings / 84 + 20 * nr_devices + 10_000).min(4_161_600);
         let t = Instant::now();
-        let dev = std::sync::Arc::new(FileDevice::create(&meta, nr_blocks).expect("create metadata file"));
+        let dev = std::sync::Arc::new(
+            FileDevice::create(&meta, nr_blocks).expect("create metadata file"),
+        );
         let mut r = Restorer::new(dev, Overrides::default());
         generate_into(&cfg, &mut r).expect("restore");
         eprintln!("generated and restored in {:.1?}", t.elapsed());
     }
     let thinly = Path::new(env!("CARGO_BIN_EXE_thinly"));
     let m = meta.to_str().expect("path");
-    println!("metadata: {m}: {nr_mappings} mappings, {nr_devices} devices ({snaps}-snapshot chain)");
-    println!("{:<10} {:>12} {:>12} {:>8}", "operation", "thinly", "0.9.0 real", "speedup");
+    println!(
+        "metadata: {m}: {nr_mappings} mappings, {nr_devices} devices ({snaps}-snapshot chain)"
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>8}",
+        "operation", "thinly", "0.9.0 real", "speedup"
+    );
     for (op, ours, real) in [
-        ("check", vec!["check", "-q", m], ("thin_check", vec!["-q", m])),
+        (
+            "check",
+            vec!["check", "-q", m],
+            ("thin_check", vec!["-q", m]),
+        ),
         ("dump", vec!["dump", m], ("thin_dump", vec![m])),
     ] {
         let a = best_of(runs, thinly.to_str().expect("path"), &ours);
         let b = best_of(runs, real.0, &real.1);
-        let fmt = |d: Option<Duration>| d.map_or("n/a".to_string(), |d| format!("{:.3}s", d.as_secs_f64()));
+        let fmt = |d: Option<Duration>| {
+            d.map_or("n/a".to_string(), |d| format!("{:.3}s", d.as_secs_f64()))
+        };
         let speedup = match (a, b) {
             (Some(a), Some(b)) => format!("{:.1}x", b.as_secs_f64() / a.as_secs_f64()),
             _ => "n/a".into(),

@@ -43,8 +43,8 @@ pub fn open_input(path: &Path, writable: bool) -> Result<Arc<dyn BlockDevice>> {
     if f.read_exact(&mut head).is_ok() && looks_like_xml(&head) {
         bail!("This looks like XML.  This tool only reads the binary metadata format.");
     }
-    let dev = FileDevice::open(path, !writable)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let dev =
+        FileDevice::open(path, !writable).with_context(|| format!("opening {}", path.display()))?;
     Ok(Arc::new(dev))
 }
 
@@ -77,7 +77,10 @@ pub fn output(path: Option<&Path>) -> Result<Box<dyn Write>> {
             let f = File::create(p).with_context(|| format!("creating {}", p.display()))?;
             Box::new(BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, f))
         }
-        None => Box::new(BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, std::io::stdout().lock())),
+        None => Box::new(BufWriter::with_capacity(
+            OUTPUT_BUFFER_BYTES,
+            std::io::stdout().lock(),
+        )),
     })
 }
 

@@ -18,7 +18,10 @@ fn images(dir: &Path) -> Vec<PathBuf> {
     let (xml, meta) = (dir.join("gen.xml"), dir.join("gen.meta"));
     let (_, bytes) = write_generated_xml(&GenConfig::small(7), &xml);
     sized_file(&meta, bytes);
-    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
+    ok(
+        &run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]),
+        "thin_restore",
+    );
     images.push(meta);
     images
 }
@@ -28,7 +31,11 @@ fn same_output(tool: &str, sub: &str, args: &[&str]) {
     let mut ours_args = vec![sub];
     ours_args.extend_from_slice(args);
     let ours = thinly_run(&ours_args);
-    assert_eq!(ours.status.code(), real.status.code(), "{tool} {args:?}: exit codes");
+    assert_eq!(
+        ours.status.code(),
+        real.status.code(),
+        "{tool} {args:?}: exit codes"
+    );
     if real.status.success() {
         assert!(
             ours.stdout == real.stdout,
@@ -49,7 +56,11 @@ fn thin_ls_output_matches_the_real_tool_for_every_field() {
         let p = s(&image);
         same_output("thin_ls", "ls", &[p]);
         same_output("thin_ls", "ls", &["-o", ALL_LS_FIELDS, p]);
-        same_output("thin_ls", "ls", &["--no-headers", "-o", "DEV,SHARED,EXCLUSIVE", p]);
+        same_output(
+            "thin_ls",
+            "ls",
+            &["--no-headers", "-o", "DEV,SHARED,EXCLUSIVE", p],
+        );
     }
 }
 
@@ -63,7 +74,11 @@ fn thin_delta_output_matches_the_real_tool_plain_and_verbose() {
         let p = s(&image);
         for (a, b) in [("1", "2"), ("1", "3"), ("3", "1"), ("2", "5"), ("0", "1")] {
             same_output("thin_delta", "delta", &["--snap1", a, "--snap2", b, p]);
-            same_output("thin_delta", "delta", &["--verbose", "--thin1", a, "--thin2", b, p]);
+            same_output(
+                "thin_delta",
+                "delta",
+                &["--verbose", "--thin1", a, "--thin2", b, p],
+            );
         }
     }
 }
@@ -83,7 +98,10 @@ fn thin_rmap_output_matches_the_real_tool_apart_from_tie_order() {
         ok(&ours, "thinly rmap");
         // 0.9.0 orders devices sharing one data block unpredictably (an unstable sort).
         let sorted = |b: &[u8]| {
-            let mut l: Vec<String> = String::from_utf8_lossy(b).lines().map(String::from).collect();
+            let mut l: Vec<String> = String::from_utf8_lossy(b)
+                .lines()
+                .map(String::from)
+                .collect();
             l.sort();
             l
         };

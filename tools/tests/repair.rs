@@ -27,32 +27,63 @@ type Damage = (&'static str, fn(&mut Image), &'static [&'static str]);
 
 fn damages() -> Vec<Damage> {
     vec![
-        ("a mapping leaf destroyed", |i| {
-            let (_, r) = i.deep_device();
-            let (l, _) = i.first_leaf(r);
-            i.zero(l)
-        }, &[]),
-        ("a bottom-level internal node destroyed", |i| {
-            let (_, r) = i.deep_device();
-            i.zero(r)
-        }, &[]),
-        ("the top-level tree destroyed", |i| {
-            let r = i.sb().data_mapping_root.0;
-            i.zero(r)
-        }, &[]),
-        ("the details tree destroyed", |i| {
-            let r = i.sb().device_details_root.0;
-            i.zero(r)
-        }, &[]),
-        ("both space maps destroyed", |i| {
-            let sb = i.sb();
-            let (mb, db) = (i.metadata_bitmap(), i.data_bitmap());
-            i.zero(sb.metadata_sm_root.bitmap_root.0);
-            i.zero(sb.data_sm_root.bitmap_root.0);
-            i.zero(mb);
-            i.zero(db)
-        }, &[]),
-        ("the superblock destroyed", |i| i.zero(0), &["--data-block-size", "128", "--nr-data-blocks", "100000", "--transaction-id", "1"]),
+        (
+            "a mapping leaf destroyed",
+            |i| {
+                let (_, r) = i.deep_device();
+                let (l, _) = i.first_leaf(r);
+                i.zero(l)
+            },
+            &[],
+        ),
+        (
+            "a bottom-level internal node destroyed",
+            |i| {
+                let (_, r) = i.deep_device();
+                i.zero(r)
+            },
+            &[],
+        ),
+        (
+            "the top-level tree destroyed",
+            |i| {
+                let r = i.sb().data_mapping_root.0;
+                i.zero(r)
+            },
+            &[],
+        ),
+        (
+            "the details tree destroyed",
+            |i| {
+                let r = i.sb().device_details_root.0;
+                i.zero(r)
+            },
+            &[],
+        ),
+        (
+            "both space maps destroyed",
+            |i| {
+                let sb = i.sb();
+                let (mb, db) = (i.metadata_bitmap(), i.data_bitmap());
+                i.zero(sb.metadata_sm_root.bitmap_root.0);
+                i.zero(sb.data_sm_root.bitmap_root.0);
+                i.zero(mb);
+                i.zero(db)
+            },
+            &[],
+        ),
+        (
+            "the superblock destroyed",
+            |i| i.zero(0),
+            &[
+                "--data-block-size",
+                "128",
+                "--nr-data-blocks",
+                "100000",
+                "--transaction-id",
+                "1",
+            ],
+        ),
     ]
 }
 
@@ -65,11 +96,19 @@ fn thinly_repair_passes_thin_check_and_recovers_at_least_what_thin_repair_does()
     let (xml, base) = (dir.path().join("gen.xml"), dir.path().join("base.meta"));
     let (nr, bytes) = write_generated_xml(&GenConfig::small(9), &xml);
     sized_file(&base, bytes);
-    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&base)]), "thin_restore");
+    ok(
+        &run("thin_restore", &["-i", s(&xml), "-o", s(&base)]),
+        "thin_restore",
+    );
     let clean = Image::load(&base);
-    eprintln!("{:<40} {:>9} {:>9} {:>9}", "damage", "original", "real", "thinly");
+    eprintln!(
+        "{:<40} {:>9} {:>9} {:>9}",
+        "damage", "original", "real", "thinly"
+    );
     for (name, damage, extra) in damages() {
-        let mut img = Image { bytes: clean.bytes.clone() };
+        let mut img = Image {
+            bytes: clean.bytes.clone(),
+        };
         damage(&mut img);
         let bad = dir.path().join("bad.meta");
         img.save(&bad);
@@ -83,17 +122,27 @@ fn thinly_repair_passes_thin_check_and_recovers_at_least_what_thin_repair_does()
         let mut ours_args = vec!["repair", "-i", s(&bad), "-o", s(&ours_out)];
         ours_args.extend_from_slice(extra);
         ok(&thinly_run(&ours_args), &format!("thinly repair ({name})"));
-        ok(&run("thin_check", &[s(&ours_out)]), &format!("thin_check of thinly's repair ({name})"));
+        ok(
+            &run("thin_check", &[s(&ours_out)]),
+            &format!("thin_check of thinly's repair ({name})"),
+        );
         let ours_n = mappings(&ours_out);
         if std::env::var_os("THINLY_KEEP_DIR").is_some() {
-            let keep = std::path::PathBuf::from(std::env::var_os("THINLY_KEEP_DIR").unwrap_or_default());
+            let keep =
+                std::path::PathBuf::from(std::env::var_os("THINLY_KEEP_DIR").unwrap_or_default());
             std::fs::copy(&bad, keep.join(format!("{}.bad", name.replace(' ', "_")))).ok();
             std::fs::copy(&base, keep.join("base.meta")).ok();
         }
         eprintln!("{name:<40} {nr:>9} {real_n:>9} {ours_n:>9}");
-        assert!(ours_n >= real_n, "{name}: thinly recovered {ours_n}, thin_repair {real_n}");
+        assert!(
+            ours_n >= real_n,
+            "{name}: thinly recovered {ours_n}, thin_repair {real_n}"
+        );
         assert!(ours_n > 0, "{name}: nothing recovered");
-        assert!(ours_n <= nr, "{name}: thinly invented mappings ({ours_n} > {nr})");
+        assert!(
+            ours_n <= nr,
+            "{name}: thinly invented mappings ({ours_n} > {nr})"
+        );
     }
 }
 
@@ -103,14 +152,27 @@ fn repair_of_an_undamaged_image_keeps_every_mapping() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (xml, base, out) = (dir.path().join("gen.xml"), dir.path().join("base.meta"), dir.path().join("out.meta"));
+    let (xml, base, out) = (
+        dir.path().join("gen.xml"),
+        dir.path().join("base.meta"),
+        dir.path().join("out.meta"),
+    );
     let (_, bytes) = write_generated_xml(&GenConfig::deep_chain(2), &xml);
     sized_file(&base, bytes);
     sized_file(&out, bytes);
-    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&base)]), "thin_restore");
-    ok(&thinly_run(&["repair", "-i", s(&base), "-o", s(&out)]), "thinly repair");
+    ok(
+        &run("thin_restore", &["-i", s(&xml), "-o", s(&base)]),
+        "thin_restore",
+    );
+    ok(
+        &thinly_run(&["repair", "-i", s(&base), "-o", s(&out)]),
+        "thinly repair",
+    );
     let (a, b) = (run("thin_dump", &[s(&base)]), run("thin_dump", &[s(&out)]));
     assert!(a.stdout == b.stdout, "repair changed an undamaged pool");
     let dumped = thinly_run(&["dump", "--repair", s(&base)]);
-    assert!(dumped.stdout == a.stdout, "dump --repair of an undamaged pool differs");
+    assert!(
+        dumped.stdout == a.stdout,
+        "dump --repair of an undamaged pool differs"
+    );
 }

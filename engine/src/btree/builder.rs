@@ -151,7 +151,11 @@ impl TreeBuilder {
         let data = tm.read(b, BlockKind::Node)?;
         let blk = &data[..];
         if !node::is_leaf(blk) || node::value_size(blk) != self.value_size {
-            return Err(Error::corrupt(b, "btree node", "spliced node is not a leaf"));
+            return Err(Error::corrupt(
+                b,
+                "btree node",
+                "spliced node is not a leaf",
+            ));
         }
         for i in 0..node::nr_entries(blk) {
             let v = node::value(blk, i);
@@ -298,7 +302,10 @@ mod tests {
                 assert_eq!(sizes.iter().sum::<usize>(), n);
                 assert!(sizes.iter().all(|&s| s <= max));
                 if sizes.len() > 1 {
-                    assert!(sizes.iter().all(|&s| s >= min), "n={n} max={max}: {sizes:?}");
+                    assert!(
+                        sizes.iter().all(|&s| s >= min),
+                        "n={n} max={max}: {sizes:?}"
+                    );
                 }
             }
         }

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use super::error::Result;
 use crate::block_manager::BlockManager;
 use crate::format::node::{self, NodeHeader};
-use crate::format::space_map::{decode_bitmap, decode_index_block, get_entry, IndexEntry, BITMAP_WORDS};
+use crate::format::space_map::{
+    decode_bitmap, decode_index_block, get_entry, IndexEntry, BITMAP_WORDS,
+};
 use crate::format::superblock::{SmRoot, Superblock, FLAG_NEEDS_CHECK};
 use crate::format::thin::{BlockTime, DeviceDetails};
 use crate::format::BlockKind;
@@ -221,7 +223,10 @@ impl<'a> Checker<'a> {
                 true
             }
             None => {
-                let msg = format!("{what} at block {b} is beyond the metadata device ({} blocks)", self.nr_meta);
+                let msg = format!(
+                    "{what} at block {b} is beyond the metadata device ({} blocks)",
+                    self.nr_meta
+                );
                 self.problem(None, None, msg);
                 false
             }
@@ -263,7 +268,11 @@ impl<'a> Checker<'a> {
             return self.entries_below.get(&b).copied().unwrap_or(0);
         }
         if depth >= MAX_BTREE_DEPTH {
-            self.problem(Some(b), Some(keys), format!("{}: too deep (a cycle?)", tree.name()));
+            self.problem(
+                Some(b),
+                Some(keys),
+                format!("{}: too deep (a cycle?)", tree.name()),
+            );
             return 0;
         }
         let data = match self.read(b, BlockKind::Node) {
@@ -292,9 +301,20 @@ impl<'a> Checker<'a> {
         }
         let mut total = 0;
         for i in 0..h.nr_entries {
-            let hi = if i + 1 < h.nr_entries { Some(node::key(blk, i + 1)) } else { keys.1 };
+            let hi = if i + 1 < h.nr_entries {
+                Some(node::key(blk, i + 1))
+            } else {
+                keys.1
+            };
             let child = node::value_u64(blk, i);
-            total += self.node(child, tree, depth + 1, (node::key(blk, i), hi), leaf_depth, subtrees);
+            total += self.node(
+                child,
+                tree,
+                depth + 1,
+                (node::key(blk, i), hi),
+                leaf_depth,
+                subtrees,
+            );
         }
         if tree == Tree::Bottom {
             self.entries_below.insert(b, total);
@@ -302,19 +322,38 @@ impl<'a> Checker<'a> {
         total
     }
 
-    fn check_shape(&mut self, b: u64, tree: Tree, h: &NodeHeader, depth: usize, keys: (u64, Option<u64>), blk: &[u8]) {
+    fn check_shape(
+        &mut self,
+        b: u64,
+        tree: Tree,
+        h: &NodeHeader,
+        depth: usize,
+        keys: (u64, Option<u64>),
+        blk: &[u8],
+    ) {
         let name = tree.name();
-        let want_vs = if h.is_leaf { tree.value_size() } else { node::INTERNAL_VALUE_SIZE };
+        let want_vs = if h.is_leaf {
+            tree.value_size()
+        } else {
+            node::INTERNAL_VALUE_SIZE
+        };
         let mut bad = Vec::new();
         if h.value_size != want_vs {
             bad.push(format!("value_size {} (expected {want_vs})", h.value_size));
         }
-        if h.max_entries % 3 != 0 || h.max_entries != node::max_entries(h.value_size) {
-            bad.push(format!("max_entries {} (expected {})", h.max_entries, node::max_entries(h.value_size)));
+        if !h.max_entries.is_multiple_of(3) || h.max_entries != node::max_entries(h.value_size) {
+            bad.push(format!(
+                "max_entries {} (expected {})",
+                h.max_entries,
+                node::max_entries(h.value_size)
+            ));
         }
         let min = node::min_entries(h.max_entries);
         if depth > 0 && h.nr_entries < min {
-            bad.push(format!("too few entries: {}, expected at least {min}", h.nr_entries));
+            bad.push(format!(
+                "too few entries: {}, expected at least {min}",
+                h.nr_entries
+            ));
         }
         if !h.is_leaf && h.nr_entries == 0 {
             bad.push("internal node with no entries".into());
@@ -335,7 +374,14 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn leaf_values(&mut self, b: u64, tree: Tree, blk: &[u8], n: usize, subtrees: &mut Vec<(u64, u64)>) {
+    fn leaf_values(
+        &mut self,
+        b: u64,
+        tree: Tree,
+        blk: &[u8],
+        n: usize,
+        subtrees: &mut Vec<(u64, u64)>,
+    ) {
         match tree {
             Tree::Bottom => {
                 for i in 0..n {
@@ -382,13 +428,21 @@ impl<'a> Checker<'a> {
         for (id, _) in &roots {
             if !details.contains_key(id) {
                 self.device = Some(*id);
-                self.problem(None, None, "in the mapping tree but has no device details".into());
+                self.problem(
+                    None,
+                    None,
+                    "in the mapping tree but has no device details".into(),
+                );
             }
         }
         for id in details.keys() {
             if !roots.iter().any(|r| r.0 == *id) {
                 self.device = Some(*id);
-                self.problem(None, None, "has device details but is not in the mapping tree".into());
+                self.problem(
+                    None,
+                    None,
+                    "has device details but is not in the mapping tree".into(),
+                );
             }
         }
         self.device = None;
@@ -399,7 +453,10 @@ impl<'a> Checker<'a> {
                 report.nr_mappings += n;
                 if let Some(d) = details.get(&id) {
                     if d.mapped_blocks != n {
-                        let msg = format!("mapped_blocks is {} but the device maps {n} blocks", d.mapped_blocks);
+                        let msg = format!(
+                            "mapped_blocks is {} but the device maps {n} blocks",
+                            d.mapped_blocks
+                        );
                         self.problem(None, None, msg);
                     }
                 }
@@ -416,10 +473,17 @@ impl<'a> Checker<'a> {
         if self.problems.len() == before {
             let mut bm_details = BTreeMap::new();
             let mut r = BlockManager::new(self.bm.device().clone(), 1 << 20);
-            let walked = crate::btree::for_each(&mut r, MetaBlock(root), crate::thin::DETAILS, 0, u64::MAX, &mut |k, v| {
-                bm_details.insert(k, DeviceDetails::decode(v));
-                Ok(())
-            });
+            let walked = crate::btree::for_each(
+                &mut r,
+                MetaBlock(root),
+                crate::thin::DETAILS,
+                0,
+                u64::MAX,
+                &mut |k, v| {
+                    bm_details.insert(k, DeviceDetails::decode(v));
+                    Ok(())
+                },
+            );
             if walked.is_ok() {
                 out = bm_details;
             }
@@ -454,7 +518,12 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions) -> Result<CheckRepo
         check_snapshot(&mut c, &sb, opts, &mut report);
     } else {
         c.add_meta(0, "superblock");
-        let (details, _) = c.mapping_trees(sb.data_mapping_root.0, sb.device_details_root.0, !opts.skip_mappings, &mut report);
+        let (details, _) = c.mapping_trees(
+            sb.data_mapping_root.0,
+            sb.device_details_root.0,
+            !opts.skip_mappings,
+            &mut report,
+        );
         report.nr_devices = details.len() as u64;
         if sb.held_root.0 != 0 {
             count_held(&mut c, &sb, &mut report);
@@ -476,7 +545,12 @@ fn check_snapshot(c: &mut Checker, sb: &Superblock, opts: &CheckOptions, report:
     match c.read(h, BlockKind::Superblock) {
         Ok(raw) => {
             let s = Superblock::decode(&raw[..]);
-            let (details, _) = c.mapping_trees(s.data_mapping_root.0, s.device_details_root.0, !opts.skip_mappings, report);
+            let (details, _) = c.mapping_trees(
+                s.data_mapping_root.0,
+                s.device_details_root.0,
+                !opts.skip_mappings,
+                report,
+            );
             report.nr_devices = details.len() as u64;
         }
         Err(e) => c.problem(Some(h), None, format!("metadata snapshot: {e}")),
@@ -492,7 +566,12 @@ fn count_held(c: &mut Checker, sb: &Superblock, report: &mut CheckReport) {
         Ok(raw) => {
             let s = Superblock::decode(&raw[..]);
             let mut scratch = CheckReport::default();
-            c.mapping_trees(s.data_mapping_root.0, s.device_details_root.0, true, &mut scratch);
+            c.mapping_trees(
+                s.data_mapping_root.0,
+                s.device_details_root.0,
+                true,
+                &mut scratch,
+            );
             let _ = report;
         }
         Err(e) => c.problem(Some(h), None, format!("metadata snapshot: {e}")),
@@ -512,30 +591,62 @@ fn space_maps(c: &mut Checker, sb: &Superblock) {
         let mut r = BlockManager::new(c.bm.device().clone(), 1 << 20);
         match crate::space_map::disk::load_data_index(&mut r, d.bitmap_root) {
             Ok(e) => idx = e,
-            Err(e) => c.problem(e.block().map(|b| b.0), None, format!("data space map index: {e}")),
+            Err(e) => c.problem(
+                e.block().map(|b| b.0),
+                None,
+                format!("data space map index: {e}"),
+            ),
         }
     }
     let data_overflow = ref_counts(c, d.ref_count_root.0, "data");
     if idx.len() as u64 != d.nr_blocks.div_ceil(ENTRIES_PER_BITMAP) && c.problems.len() == before {
-        c.problem(Some(d.bitmap_root.0), None, format!("data space map: {} bitmaps for {} blocks", idx.len(), d.nr_blocks));
+        c.problem(
+            Some(d.bitmap_root.0),
+            None,
+            format!(
+                "data space map: {} bitmaps for {} blocks",
+                idx.len(),
+                d.nr_blocks
+            ),
+        );
     }
     if let Some(bitmaps) = meta_bitmaps {
-        compare(c, "metadata", &bitmaps, &meta_overflow, m.nr_blocks, &|c, b| c.meta.get(b as usize).copied().unwrap_or(0));
+        compare(
+            c,
+            "metadata",
+            &bitmaps,
+            &meta_overflow,
+            m.nr_blocks,
+            &|c, b| c.meta.get(b as usize).copied().unwrap_or(0),
+        );
         if m.nr_blocks < c.nr_meta {
             for b in m.nr_blocks..c.nr_meta {
                 if c.meta[b as usize] > 0 {
-                    c.problem(Some(b), None, "metadata block in use but beyond the space map".into());
+                    c.problem(
+                        Some(b),
+                        None,
+                        "metadata block in use but beyond the space map".into(),
+                    );
                 }
             }
         }
     }
-    compare(c, "data", &idx, &data_overflow, d.nr_blocks, &|c, b| c.data.get(b));
+    compare(c, "data", &idx, &data_overflow, d.nr_blocks, &|c, b| {
+        c.data.get(b)
+    });
 }
 
 fn metadata_index(c: &mut Checker, m: &SmRoot) -> Option<Vec<IndexEntry>> {
     let n = m.nr_blocks.div_ceil(ENTRIES_PER_BITMAP);
     if n > MAX_METADATA_BITMAPS || m.nr_blocks > c.nr_meta {
-        c.problem(Some(0), None, format!("metadata space map of {} blocks does not fit the device", m.nr_blocks));
+        c.problem(
+            Some(0),
+            None,
+            format!(
+                "metadata space map of {} blocks does not fit the device",
+                m.nr_blocks
+            ),
+        );
         return None;
     }
     let root = m.bitmap_root.0;
@@ -565,7 +676,11 @@ fn ref_counts(c: &mut Checker, root: u64, space: &str) -> HashMap<u64, u32> {
         let mut r = BlockManager::new(c.bm.device().clone(), 1 << 20);
         match crate::space_map::disk::load_ref_counts(&mut r, MetaBlock(root)) {
             Ok(m) => out.extend(m),
-            Err(e) => c.problem(e.block().map(|b| b.0), None, format!("{space} reference count tree: {e}")),
+            Err(e) => c.problem(
+                e.block().map(|b| b.0),
+                None,
+                format!("{space} reference count tree: {e}"),
+            ),
         }
     }
     out
@@ -586,7 +701,11 @@ fn compare(
         match c.read(e.blocknr, BlockKind::Bitmap) {
             Ok(raw) => decode_bitmap(&raw[..], &mut words),
             Err(err) => {
-                c.problem(Some(e.blocknr), None, format!("{space} space map bitmap {i}: {err}"));
+                c.problem(
+                    Some(e.blocknr),
+                    None,
+                    format!("{space} space map bitmap {i}: {err}"),
+                );
                 continue;
             }
         }
@@ -598,7 +717,11 @@ fn compare(
                 3 => match overflow.get(&b) {
                     Some(&n) => n,
                     None => {
-                        found.push((b, format!("{space} block {b}: count ≥ 3 but no reference count entry"), true));
+                        found.push((
+                            b,
+                            format!("{space} block {b}: count ≥ 3 but no reference count entry"),
+                            true,
+                        ));
                         continue;
                     }
                 },
@@ -608,7 +731,9 @@ fn compare(
             if got != w {
                 let leak = got > w;
                 let msg = if w == 0 {
-                    format!("{space} block {b} is leaked: space map says {got}, nothing references it")
+                    format!(
+                        "{space} block {b} is leaked: space map says {got}, nothing references it"
+                    )
                 } else {
                     format!("{space} block {b}: space map says {got}, references {w}")
                 };

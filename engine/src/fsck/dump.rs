@@ -163,7 +163,9 @@ fn walk_rec<R: ReadBlocks + ?Sized>(
         }
     }
     if depth >= MAX_BTREE_DEPTH {
-        return Err(crate::error::Error::corrupt(b, "btree node", "tree too deep (a cycle?)").into());
+        return Err(
+            crate::error::Error::corrupt(b, "btree node", "tree too deep (a cycle?)").into(),
+        );
     }
     let data = r.read_block(b, BlockKind::Node)?;
     let blk = &data[..];

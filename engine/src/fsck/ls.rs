@@ -59,7 +59,12 @@ const NAMES: [(Field, &str); 20] = [
 ];
 
 /// thin_ls's default columns.
-pub const DEFAULT_FIELDS: [Field; 4] = [Field::Dev, Field::Mapped, Field::CreateTime, Field::SnapTime];
+pub const DEFAULT_FIELDS: [Field; 4] = [
+    Field::Dev,
+    Field::Mapped,
+    Field::CreateTime,
+    Field::SnapTime,
+];
 
 impl Field {
     pub fn name(self) -> &'static str {
@@ -94,7 +99,10 @@ impl Field {
     }
 
     fn needs_highest(self) -> bool {
-        matches!(self, Field::HighestBlock | Field::HighestSector | Field::HighestByte | Field::HighestMapped)
+        matches!(
+            self,
+            Field::HighestBlock | Field::HighestSector | Field::HighestByte | Field::HighestMapped
+        )
     }
 }
 
@@ -112,7 +120,11 @@ pub struct DeviceRow {
 }
 
 /// Computes every device's row; walks the mapping trees only when `fields` need it.
-pub fn list(dev: Arc<dyn BlockDevice>, metadata_snap: bool, fields: &[Field]) -> Result<(u32, Vec<DeviceRow>)> {
+pub fn list(
+    dev: Arc<dyn BlockDevice>,
+    metadata_snap: bool,
+    fields: &[Field],
+) -> Result<(u32, Vec<DeviceRow>)> {
     let mut bm = reader(dev);
     let roots = select_roots(&mut bm, metadata_snap.then_some(None))?;
     let block_size = roots.sb.data_block_size_sectors;

@@ -128,7 +128,12 @@ impl Salvager {
     /// Children referenced by valid internal nodes (and subtree roots by top leaves).
     fn referenced(&mut self) -> HashSet<u64> {
         let mut out = HashSet::new();
-        let internals: Vec<u64> = self.nodes.iter().filter(|(_, f)| !f.is_leaf).map(|(b, _)| *b).collect();
+        let internals: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(_, f)| !f.is_leaf)
+            .map(|(b, _)| *b)
+            .collect();
         for b in internals {
             if let Some(d) = self.node_data(b) {
                 for i in 0..node::nr_entries(&d[..]) {
@@ -141,11 +146,18 @@ impl Salvager {
 
     /// Leaves of the tree at `b` whose leaf values have `value_size`, tolerating damage:
     /// lost subtrees are recorded as key ranges.
-    fn collect(&mut self, b: u64, value_size: usize, keys: (u64, Option<u64>), depth: usize, t: &mut DeviceTree) {
+    fn collect(
+        &mut self,
+        b: u64,
+        value_size: usize,
+        keys: (u64, Option<u64>),
+        depth: usize,
+        t: &mut DeviceTree,
+    ) {
         let ok = self.nodes.get(&b).copied().filter(|f| {
-            (f.is_leaf && f.value_size == value_size || !f.is_leaf)
+            (!f.is_leaf || f.value_size == value_size)
                 && f.first_key >= keys.0
-                && keys.1.map_or(true, |hi| f.nr_entries == 0 || f.last_key < hi)
+                && keys.1.is_none_or(|hi| f.nr_entries == 0 || f.last_key < hi)
         });
         let (Some(f), true) = (ok, depth < MAX_BTREE_DEPTH) else {
             self.stats.nr_damaged += 1;
@@ -165,7 +177,11 @@ impl Salvager {
         let n = node::nr_entries(&d[..]);
         let kids: Vec<(u64, u64, Option<u64>)> = (0..n)
             .map(|i| {
-                let hi = if i + 1 < n { Some(node::key(&d[..], i + 1)) } else { keys.1 };
+                let hi = if i + 1 < n {
+                    Some(node::key(&d[..], i + 1))
+                } else {
+                    keys.1
+                };
                 (node::value_u64(&d[..], i), node::key(&d[..], i), hi)
             })
             .collect();
@@ -202,7 +218,11 @@ impl Salvager {
             if *k > MAX_DEV_ID || r >= nr_blocks {
                 return false;
             }
-            if self.nodes.get(&r).is_some_and(|f| !f.is_leaf || f.value_size == 8) {
+            if self
+                .nodes
+                .get(&r)
+                .is_some_and(|f| !f.is_leaf || f.value_size == 8)
+            {
                 valid += 1;
             }
         }
@@ -220,11 +240,13 @@ fn superblock_and_usage(dev: &Arc<dyn BlockDevice>) -> (Option<DiskSuperblock>, 
     if sb.magic != crate::format::superblock::SUPERBLOCK_MAGIC {
         return (None, None);
     }
-    let usage = crate::space_map::disk::load(&mut bm, &sb).ok().map(|(meta, _, _)| {
-        (0..dev.nr_blocks())
-            .map(|b| meta.get(b).map_or(true, |c| c > 0))
-            .collect::<Vec<bool>>()
-    });
+    let usage = crate::space_map::disk::load(&mut bm, &sb)
+        .ok()
+        .map(|(meta, _, _)| {
+            (0..dev.nr_blocks())
+                .map(|b| meta.get(b).map_or(true, |c| c > 0))
+                .collect::<Vec<bool>>()
+        });
     (Some(sb), usage)
 }
 
@@ -235,8 +257,13 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
     v: &mut V,
 ) -> Result<SalvageStats> {
     let (sb, usage) = superblock_and_usage(&dev);
-    let filter = usage.as_ref().map(|u| move |b: u64| u.get(b as usize).copied().unwrap_or(false));
-    let mut s = Salvager::scan(dev.clone(), filter.as_ref().map(|f| f as &dyn Fn(u64) -> bool));
+    let filter = usage
+        .as_ref()
+        .map(|u| move |b: u64| u.get(b as usize).copied().unwrap_or(false));
+    let mut s = Salvager::scan(
+        dev.clone(),
+        filter.as_ref().map(|f| f as &dyn Fn(u64) -> bool),
+    );
     s.stats.superblock_ok = sb.is_some();
     if sb.is_none() && s.nodes.is_empty() {
         return Err(Error::Unusable(
@@ -247,7 +274,10 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
 
     // The top-level tree: the superblock's if it still looks like one, else the largest
     // unreferenced candidate.
-    let mut top = sb.as_ref().map(|sb| sb.data_mapping_root.0).filter(|&r| s.is_top_level(r));
+    let mut top = sb
+        .as_ref()
+        .map(|sb| sb.data_mapping_root.0)
+        .filter(|&r| s.is_top_level(r));
     if top.is_none() {
         let mut cands: Vec<u64> = s
             .nodes
@@ -260,7 +290,7 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
         for c in cands {
             if s.is_top_level(c) {
                 let n = s.entries(c, 8).len();
-                if best.map_or(true, |(m, _)| n >= m) {
+                if best.is_none_or(|(m, _)| n >= m) {
                     best = Some((n, c));
                 }
             }
@@ -276,7 +306,10 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
 
     // Device details: the superblock's tree, else the largest unreferenced 24-byte tree.
     let mut details: BTreeMap<u64, DeviceDetails> = BTreeMap::new();
-    let mut droot = sb.as_ref().map(|sb| sb.device_details_root.0).filter(|r| s.nodes.contains_key(r));
+    let mut droot = sb
+        .as_ref()
+        .map(|sb| sb.device_details_root.0)
+        .filter(|r| s.nodes.contains_key(r));
     if droot.is_none() {
         droot = s
             .nodes
@@ -312,7 +345,8 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
         .map(|(b, _)| *b)
         .collect();
     orphans.sort_unstable();
-    let (tops, orphans): (Vec<u64>, Vec<u64>) = orphans.into_iter().partition(|&o| s.is_top_level(o));
+    let (tops, orphans): (Vec<u64>, Vec<u64>) =
+        orphans.into_iter().partition(|&o| s.is_top_level(o));
     if top.is_some() {
         // Pieces of a damaged top-level tree: their devices come back too.
         let mut added = false;
@@ -335,12 +369,18 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
     for o in orphans.into_iter().filter(|o| !root_set.contains(o)) {
         let mut t = DeviceTree::default();
         s.collect(o, 8, (0, None), 0, &mut t);
-        let (Some(first), Some(last)) = (t.leaves.iter().map(|l| l.0).min(), t.leaves.iter().map(|l| l.0).max()) else {
+        let (Some(first), Some(last)) = (
+            t.leaves.iter().map(|l| l.0).min(),
+            t.leaves.iter().map(|l| l.0).max(),
+        ) else {
             continue;
         };
         let mut placed = false;
         for dt in trees.values_mut() {
-            let fits = dt.lost.iter().any(|&(lo, hi)| first >= lo && hi.map_or(true, |h| last < h));
+            let fits = dt
+                .lost
+                .iter()
+                .any(|&(lo, hi)| first >= lo && hi.is_none_or(|h| last < h));
             if fits {
                 dt.leaves.extend_from_slice(&t.leaves);
                 placed = true;
@@ -355,7 +395,13 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
                 .iter()
                 .find(|(id, d)| d.mapped_blocks == n && !trees.contains_key(id))
                 .map(|(id, _)| *id)
-                .unwrap_or_else(|| trees.keys().chain(details.keys()).max().map_or(0, |m| m + 1));
+                .unwrap_or_else(|| {
+                    trees
+                        .keys()
+                        .chain(details.keys())
+                        .max()
+                        .map_or(0, |m| m + 1)
+                });
             trees.insert(id, t);
             s.stats.nr_reattached += 1;
         }
@@ -365,7 +411,11 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
 }
 
 /// Entries in `leaves` with strictly increasing keys, read in first-key order.
-fn for_each_entry(s: &mut Salvager, leaves: &[(u64, u64)], f: &mut dyn FnMut(u64, u64) -> Result<()>) -> Result<()> {
+fn for_each_entry(
+    s: &mut Salvager,
+    leaves: &[(u64, u64)],
+    f: &mut dyn FnMut(u64, u64) -> Result<()>,
+) -> Result<()> {
     let mut last: Option<u64> = None;
     for &(_, leaf) in leaves {
         let Some(d) = s.node_data(leaf) else { continue };
@@ -430,8 +480,17 @@ fn emit<V: MetadataVisitor + ?Sized>(
         },
         None => Superblock {
             uuid: String::new(),
-            time: details.values().map(|d| d.snapshotted_time.max(d.creation_time)).max().unwrap_or(0).max(max_time),
-            transaction: details.values().map(|d| d.transaction_id).max().unwrap_or(0),
+            time: details
+                .values()
+                .map(|d| d.snapshotted_time.max(d.creation_time))
+                .max()
+                .unwrap_or(0)
+                .max(max_time),
+            transaction: details
+                .values()
+                .map(|d| d.transaction_id)
+                .max()
+                .unwrap_or(0),
             flags: Some(0),
             version: Some(2),
             data_block_size: 128,
@@ -464,7 +523,12 @@ fn emit<V: MetadataVisitor + ?Sized>(
             let mut run: Option<Run> = None;
             for_each_entry(s, &t.leaves, &mut |k, val| {
                 let bt = BlockTime::unpack(val);
-                let next = Run { origin_begin: k, data_begin: bt.block, len: 1, time: bt.time };
+                let next = Run {
+                    origin_begin: k,
+                    data_begin: bt.block,
+                    len: 1,
+                    time: bt.time,
+                };
                 match &mut run {
                     Some(cur) if cur.continues_with(&next) => cur.len += 1,
                     Some(cur) => {

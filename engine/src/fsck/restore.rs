@@ -130,7 +130,10 @@ impl Restorer {
             .ok_or_else(|| sequence(event, "before the superblock"))
     }
 
-    fn builder(&mut self, event: &'static str) -> Result<(&mut TransactionManager, &mut TreeBuilder)> {
+    fn builder(
+        &mut self,
+        event: &'static str,
+    ) -> Result<(&mut TransactionManager, &mut TreeBuilder)> {
         let tm = self
             .tm
             .as_mut()
@@ -187,7 +190,7 @@ impl Restorer {
 
 fn check_superblock(sb: &Superblock) -> Result<()> {
     let s = sb.data_block_size;
-    if !(MIN_DATA_BLOCK_SECTORS..=MAX_DATA_BLOCK_SECTORS).contains(&s) || s % 128 != 0 {
+    if !(MIN_DATA_BLOCK_SECTORS..=MAX_DATA_BLOCK_SECTORS).contains(&s) || !s.is_multiple_of(128) {
         return Err(invalid(
             None,
             format!("data_block_size {s}: must be a multiple of 128 sectors in [128, 2097152]"),
@@ -261,7 +264,10 @@ impl MetadataVisitor for Restorer {
             return Err(sequence("device", "inside a device or def"));
         }
         if u64::from(device.dev_id) > MAX_DEV_ID {
-            return Err(invalid(Some(device.dev_id), "dev_id does not fit in 24 bits"));
+            return Err(invalid(
+                Some(device.dev_id),
+                "dev_id does not fit in 24 bits",
+            ));
         }
         self.open = Open::Device(*device, TreeBuilder::new(BOTTOM));
         Ok(())
@@ -293,7 +299,10 @@ impl MetadataVisitor for Restorer {
         };
         if run.len == 0
             || run.origin_begin.checked_add(run.len).is_none()
-            || run.data_begin.checked_add(run.len).map_or(true, |e| e > nr_data)
+            || run
+                .data_begin
+                .checked_add(run.len)
+                .is_none_or(|e| e > nr_data)
         {
             return Err(invalid(
                 dev_id,
@@ -329,7 +338,9 @@ impl MetadataVisitor for Restorer {
         let def_last = def.last_key;
         let (tm, b) = self.builder("ref")?;
         for (i, l) in leaves.iter().enumerate() {
-            let last = leaves.get(i + 1).map_or(def_last, |n| n.key.saturating_sub(1));
+            let last = leaves
+                .get(i + 1)
+                .map_or(def_last, |n| n.key.saturating_sub(1));
             b.push_node(tm, *l, last)?;
         }
         Ok(())
@@ -415,7 +426,9 @@ mod tests {
 
     #[test]
     fn every_device_size_packs_into_nodes_that_pass_the_checker() {
-        let sizes = [0u64, 1, 83, 84, 252, 253, 300, 335, 336, 504, 505, 588, 589, 63_600, 64_000];
+        let sizes = [
+            0u64, 1, 83, 84, 252, 253, 300, 335, 336, 504, 505, 588, 589, 63_600, 64_000,
+        ];
         let devices = sizes
             .iter()
             .enumerate()
@@ -449,19 +462,48 @@ mod tests {
         let md = Metadata {
             superblock: sb(10_000),
             defs: vec![
-                SharedDef { name: "big".into(), runs: big },
-                SharedDef { name: "small".into(), runs: small },
+                SharedDef {
+                    name: "big".into(),
+                    runs: big,
+                },
+                SharedDef {
+                    name: "small".into(),
+                    runs: small,
+                },
                 SharedDef {
                     name: "unused".into(),
-                    runs: vec![Run { origin_begin: 0, data_begin: 9000, len: 300, time: 0 }],
+                    runs: vec![Run {
+                        origin_begin: 0,
+                        data_begin: 9000,
+                        len: 300,
+                        time: 0,
+                    }],
                 },
             ],
             devices: vec![
                 device(1, vec![Item::Ref("big".into())]),
-                device(2, [singles(0, 3, 20), vec![Item::Ref("big".into())], singles(1700, 5, 40)].concat()),
-                device(3, [vec![Item::Ref("big".into())], vec![Item::Ref("small".into())]].concat()),
+                device(
+                    2,
+                    [
+                        singles(0, 3, 20),
+                        vec![Item::Ref("big".into())],
+                        singles(1700, 5, 40),
+                    ]
+                    .concat(),
+                ),
+                device(
+                    3,
+                    [
+                        vec![Item::Ref("big".into())],
+                        vec![Item::Ref("small".into())],
+                    ]
+                    .concat(),
+                ),
                 device(4, vec![Item::Ref("small".into())]),
-                device(5, [singles(0, 100, 200), vec![Item::Ref("big".into())]].concat()),
+                device(
+                    5,
+                    [singles(0, 100, 200), vec![Item::Ref("big".into())]].concat(),
+                ),
             ],
         };
         let (dev, back) = restore_check_dump(&md);
@@ -472,9 +514,17 @@ mod tests {
         let tops = crate::fsck::dump::read_top_level(&mut bm, roots.mapping_root).expect("top");
         let tm = TransactionManager::open(bm.device().clone(), &roots.sb, 1 << 20).expect("open");
         let root1 = tops[&1];
-        let data = bm.read(root1, crate::format::BlockKind::Node).expect("root");
-        assert!(!node::is_leaf(&data[..]), "600 mappings need an internal root");
+        let data = bm
+            .read(root1, crate::format::BlockKind::Node)
+            .expect("root");
+        assert!(
+            !node::is_leaf(&data[..]),
+            "600 mappings need an internal root"
+        );
         let leaf = MetaBlock(node::value_u64(&data[..], 0));
-        assert!(tm.ref_count(leaf).expect("count") >= 3, "the def's first leaf is shared");
+        assert!(
+            tm.ref_count(leaf).expect("count") >= 3,
+            "the def's first leaf is shared"
+        );
     }
 }

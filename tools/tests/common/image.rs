@@ -5,7 +5,9 @@ use std::path::Path;
 
 use thinly_engine::format::checksum::{seal, BlockKind};
 use thinly_engine::format::node;
-use thinly_engine::format::space_map::{decode_bitmap, decode_index_block, encode_bitmap, get_entry, set_entry, BITMAP_WORDS};
+use thinly_engine::format::space_map::{
+    decode_bitmap, decode_index_block, encode_bitmap, get_entry, set_entry, BITMAP_WORDS,
+};
 use thinly_engine::format::superblock::Superblock;
 use thinly_engine::units::MetaBlock;
 
@@ -18,7 +20,9 @@ pub struct Image {
 
 impl Image {
     pub fn load(path: &Path) -> Image {
-        Image { bytes: std::fs::read(path).expect("read image") }
+        Image {
+            bytes: std::fs::read(path).expect("read image"),
+        }
     }
 
     pub fn save(&self, path: &Path) {
@@ -64,7 +68,9 @@ impl Image {
     pub fn devices(&self) -> Vec<(u64, u64)> {
         let (leaf, _) = self.first_leaf(self.sb().data_mapping_root.0);
         let l = self.block(leaf);
-        (0..node::nr_entries(l)).map(|i| (node::key(l, i), node::value_u64(l, i))).collect()
+        (0..node::nr_entries(l))
+            .map(|i| (node::key(l, i), node::value_u64(l, i)))
+            .collect()
     }
 
     /// The device whose bottom tree has an internal root (two levels or more).

@@ -311,3 +311,38 @@ fn super_block_only_and_skip_mappings_limit_what_is_checked() {
         assert_eq!((real, ours), (passes, passes), "{args:?}");
     }
 }
+
+#[test]
+fn clear_needs_check_flag_clears_it_only_on_clean_metadata() {
+    if !have_tools(&["thin_check", "thin_restore", "thin_dump"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
+    let (_, bytes) = write_generated_xml(&GenConfig::small(6), &xml);
+    sized_file(&meta, bytes);
+    ok(
+        &run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]),
+        "thin_restore",
+    );
+    let mut img = Image::load(&meta);
+    img.block_mut(0)[4] = 1; // flags: NEEDS_CHECK
+    img.reseal(0, BlockKind::Superblock);
+    img.save(&meta);
+    let flags = |p: &Path| {
+        let out = run("thin_dump", &[s(p)]);
+        String::from_utf8_lossy(&out.stdout).contains("flags=\"1\"")
+    };
+    assert!(flags(&meta));
+    ok(
+        &thinly_run(&["check", "-q", s(&meta)]),
+        "check without clearing",
+    );
+    assert!(flags(&meta), "a plain check must not write");
+    ok(
+        &thinly_run(&["check", "--clear-needs-check-flag", s(&meta)]),
+        "check --clear-needs-check-flag",
+    );
+    assert!(!flags(&meta), "the flag is cleared");
+    ok(&run("thin_check", &[s(&meta)]), "thin_check after clearing");
+}

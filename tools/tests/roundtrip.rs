@@ -246,3 +246,34 @@ fn thinly_restore_of_1x_xml_with_shared_defs_passes_real_check() {
         .unwrap_or(0);
     assert!(free > 0);
 }
+
+#[test]
+fn dump_options_dev_id_metadata_snap_and_output_file_match_the_real_tool() {
+    if !have_tools(&["thin_dump"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    for image in sample_images(dir.path()) {
+        let p = s(&image);
+        for args in [
+            vec!["--dev-id", "2", p],
+            vec!["-m", p],
+            vec!["--dev-id", "1", "--skip-mappings", p],
+        ] {
+            let real = run("thin_dump", &args);
+            let mut ours_args = vec!["dump"];
+            ours_args.extend_from_slice(&args);
+            let ours = thinly_run(&ours_args);
+            assert_eq!(ours.status.success(), real.status.success(), "{args:?}");
+            if real.status.success() {
+                assert!(ours.stdout == real.stdout, "{args:?}: dumps differ");
+            }
+        }
+        let out = dir.path().join("dump.xml");
+        ok(&thinly_run(&["dump", "-o", s(&out), p]), "dump -o");
+        assert!(
+            std::fs::read(&out).expect("read") == run("thin_dump", &[p]).stdout,
+            "{p}: -o differs"
+        );
+    }
+}

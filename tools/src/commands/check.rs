@@ -16,6 +16,16 @@ pub fn run(a: &CheckArgs) -> Result<u8> {
         skip_mappings: a.skip_mappings,
         metadata_snap: a.metadata_snap,
     };
+    if !a.quiet {
+        // 0.9.0's progress lines (stderr), so logs look the same.
+        eprintln!("examining superblock");
+        if !a.super_block_only {
+            eprintln!("examining devices tree\nexamining mapping tree");
+            if !a.skip_mappings && !a.metadata_snap {
+                eprintln!("checking space map counts");
+            }
+        }
+    }
     let report = {
         let _p = Progress::start("checking metadata");
         check(dev.clone(), &opts).with_context(|| format!("checking {}", a.input.display()))?

@@ -144,8 +144,9 @@ struct DataCounts {
     big: HashMap<u64, u32>,
 }
 
-/// Data devices larger than this are counted in a map only.
-const MAX_DENSE_DATA_BLOCKS: u64 = 1 << 32;
+/// Data devices larger than this are counted in a map only (the dense array is
+/// allocated zeroed, so untouched pages cost nothing; 1 GiB of address space at most).
+pub const MAX_DENSE_DATA_BLOCKS: u64 = 1 << 30;
 
 impl DataCounts {
     fn new(nr_blocks: u64) -> Self {

@@ -70,9 +70,9 @@ pub fn diff(left: &[Run], right: &[Run]) -> Vec<Segment> {
     let (mut li, mut rj) = (0u64, 0u64); // offsets consumed within left[i], right[j]
     let mut push = |kind, begin, len, l: Option<u64>, r: Option<u64>| {
         if let Some(last) = out.last_mut() {
-            let contiguous = last.kind == kind && last.begin + last.len == begin;
-            let data_ok = last.left_data.map(|d| d + last.len) == l
-                && last.right_data.map(|d| d + last.len) == r;
+            let contiguous = last.kind == kind && last.begin.checked_add(last.len) == Some(begin);
+            let data_ok = last.left_data.and_then(|d| d.checked_add(last.len)) == l
+                && last.right_data.and_then(|d| d.checked_add(last.len)) == r;
             if contiguous && data_ok {
                 last.len += len;
                 return;
@@ -197,10 +197,10 @@ fn render_plain(segs: &[Segment], s: &mut String) {
     let mut i = 0;
     while i < segs.len() {
         let (kind, begin) = (segs[i].kind, segs[i].begin);
-        let mut end = begin + segs[i].len;
+        let mut end = begin.saturating_add(segs[i].len);
         i += 1;
         while i < segs.len() && segs[i].kind == kind && segs[i].begin == end {
-            end += segs[i].len;
+            end = end.saturating_add(segs[i].len);
             i += 1;
         }
         let _ = writeln!(

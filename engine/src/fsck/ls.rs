@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
+use super::check::MAX_DENSE_DATA_BLOCKS;
 use super::dump::{read_details, read_top_level, reader, select_roots, walk_mappings};
 use super::error::{Error, Result};
 use crate::io::BlockDevice;
 use crate::limits::SECTOR_SIZE;
+use std::collections::HashMap;
 
 /// The columns thin_ls knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,19 +134,33 @@ pub fn list(
     let tops = read_top_level(&mut bm, roots.mapping_root)?;
     let sharing = fields.iter().any(|f| f.needs_sharing());
     let highest = fields.iter().any(|f| f.needs_highest());
-    // Devices mapping each data block (saturating at 2: shared is all we need).
+    // Devices mapping each data block (saturating at 2: shared is all we need). Dense
+    // for data devices up to MAX_DENSE_DATA_BLOCKS, a map beyond.
+    let dense = roots.sb.data_sm_root.nr_blocks <= MAX_DENSE_DATA_BLOCKS;
     let mut users: Vec<u8> = Vec::new();
+    let mut sparse: HashMap<u64, u8> = HashMap::new();
     if sharing {
-        users = vec![0; roots.sb.data_sm_root.nr_blocks as usize];
+        if dense {
+            users = vec![0; roots.sb.data_sm_root.nr_blocks as usize];
+        }
         for root in tops.values() {
             walk_mappings(&mut bm, *root, &mut |_, bt| {
-                if let Some(u) = users.get_mut(bt.block as usize) {
-                    *u = (*u + 1).min(2);
-                }
+                let u = match users.get_mut(bt.block as usize) {
+                    Some(u) => u,
+                    None => sparse.entry(bt.block).or_default(),
+                };
+                *u = (*u + 1).min(2);
                 Ok(())
             })?;
         }
     }
+    let nr_users = |b: u64| {
+        users
+            .get(b as usize)
+            .or_else(|| sparse.get(&b))
+            .copied()
+            .unwrap_or(0)
+    };
     let mut rows = Vec::new();
     for (&id, d) in &details {
         let mut row = DeviceRow {
@@ -160,13 +176,13 @@ pub fn list(
             walk_mappings(&mut bm, *root, &mut |k, bt| {
                 n += 1;
                 hi = Some(k);
-                if users.get(bt.block as usize) == Some(&1) {
+                if nr_users(bt.block) == 1 {
                     excl += 1;
                 }
                 Ok(())
             })?;
             row.exclusive_blocks = excl;
-            row.shared_blocks = n - excl;
+            row.shared_blocks = n.saturating_sub(excl);
             row.highest_block = hi;
         }
         rows.push(row);
@@ -199,8 +215,9 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 fn cell(f: Field, r: &DeviceRow, bs: u64) -> String {
-    let sectors = |b: u64| b * bs;
-    let bytes = |b: u64| b * bs * SECTOR_SIZE;
+    // Saturating: the figures come from disk and may be damaged.
+    let sectors = |b: u64| b.saturating_mul(bs);
+    let bytes = |b: u64| b.saturating_mul(bs).saturating_mul(SECTOR_SIZE);
     let hi = r.highest_block;
     match f {
         Field::Dev => r.dev_id.to_string(),
@@ -220,9 +237,13 @@ fn cell(f: Field, r: &DeviceRow, bs: u64) -> String {
         Field::CreateTime => r.creation_time.to_string(),
         Field::SnapTime => r.snap_time.to_string(),
         Field::HighestBlock => hi.map_or("-".into(), |h| h.to_string()),
-        Field::HighestSector => hi.map_or("-".into(), |h| (sectors(h + 1) - 1).to_string()),
-        Field::HighestByte => hi.map_or("-".into(), |h| (bytes(h + 1) - 1).to_string()),
-        Field::HighestMapped => hi.map_or("-".into(), |h| human_size(bytes(h + 1))),
+        Field::HighestSector => hi.map_or("-".into(), |h| {
+            sectors(h.saturating_add(1)).saturating_sub(1).to_string()
+        }),
+        Field::HighestByte => hi.map_or("-".into(), |h| {
+            bytes(h.saturating_add(1)).saturating_sub(1).to_string()
+        }),
+        Field::HighestMapped => hi.map_or("-".into(), |h| human_size(bytes(h.saturating_add(1)))),
     }
 }
 

@@ -213,6 +213,21 @@ impl MetadataVisitor for Restorer {
         let mut sb = sb.clone();
         self.overrides.apply(&mut sb);
         check_superblock(&sb)?;
+        // Every data bitmap is a metadata block: refuse sizes whose bitmaps cannot fit
+        // (this also bounds the memory the data space map takes).
+        let nr_bitmaps = sb
+            .nr_data_blocks
+            .div_ceil(crate::limits::ENTRIES_PER_BITMAP);
+        if nr_bitmaps >= self.dev.nr_blocks() {
+            return Err(invalid(
+                None,
+                format!(
+                    "{} data blocks need {nr_bitmaps} bitmap blocks, more than the {} metadata blocks of the output",
+                    sb.nr_data_blocks,
+                    self.dev.nr_blocks()
+                ),
+            ));
+        }
         let tm = TransactionManager::format(self.dev.clone(), sb.nr_data_blocks, self.cache_bytes)?;
         self.tm = Some(tm);
         self.sb = Some(sb);

@@ -49,7 +49,13 @@ pub fn rmap(dev: Arc<dyn BlockDevice>, regions: &[Region]) -> Result<String> {
                 return Ok(());
             }
             match runs.last_mut() {
-                Some(r) if r.1 == id && r.2 + r.3 == k && r.0 + r.3 == bt.block => r.3 += 1,
+                Some(r)
+                    if r.1 == id
+                        && r.2.checked_add(r.3) == Some(k)
+                        && r.0.checked_add(r.3) == Some(bt.block) =>
+                {
+                    r.3 += 1
+                }
                 _ => runs.push((bt.block, id, k, 1)),
             }
             Ok(())
@@ -59,7 +65,8 @@ pub fn rmap(dev: Arc<dyn BlockDevice>, regions: &[Region]) -> Result<String> {
     runs.sort_unstable();
     let mut out = String::new();
     for (d, dev, v, len) in runs {
-        let _ = writeln!(out, "data {d}..{} -> thin({dev}) {v}..{}", d + len, v + len);
+        let (de, ve) = (d.saturating_add(len), v.saturating_add(len));
+        let _ = writeln!(out, "data {d}..{de} -> thin({dev}) {v}..{ve}");
     }
     Ok(out)
 }

@@ -115,6 +115,14 @@ fn no_tool_panics_on_randomly_damaged_metadata() {
         ];
         for args in cases {
             let o = thinly_run(args);
+            if args[0] == "repair" && o.status.success() && have_tools(&["thin_check"]) {
+                let c = run("thin_check", &[s(&out)]);
+                assert!(
+                    c.status.success(),
+                    "THINLY_SEED={seed}: repaired metadata fails thin_check: {}",
+                    String::from_utf8_lossy(&c.stderr)
+                );
+            }
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(
                 matches!(o.status.code(), Some(0 | 1)) && !err.contains("panicked"),

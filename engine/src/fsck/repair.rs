@@ -47,7 +47,7 @@ pub struct SalvageStats {
     pub nr_devices: u64,
     pub nr_mappings: u64,
     pub nr_valid_nodes: u64,
-    /// Subtrees lost to damage, as (device, bad block).
+    /// Subtrees of the devices' trees lost to damage (before orphans were put back).
     pub nr_damaged: u64,
     /// Orphan subtrees put back.
     pub nr_reattached: u64,
@@ -160,7 +160,6 @@ impl Salvager {
                 && keys.1.is_none_or(|hi| f.nr_entries == 0 || f.last_key < hi)
         });
         let (Some(f), true) = (ok, depth < MAX_BTREE_DEPTH) else {
-            self.stats.nr_damaged += 1;
             t.lost.push(keys);
             return;
         };
@@ -332,6 +331,7 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
         s.collect(root, 8, (0, None), 0, &mut t);
         trees.insert(id, t);
     }
+    s.stats.nr_damaged = trees.values().map(|t| t.lost.len() as u64).sum();
     // Orphans: unreferenced mapping subtrees that are not a device root nor the top level.
     let mut orphans: Vec<u64> = s
         .nodes

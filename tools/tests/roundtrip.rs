@@ -88,6 +88,29 @@ fn thinly_restore_of_a_million_mapping_pool_passes_real_check_and_dump() {
     thinly_restore_then_real_check_and_dump(&GenConfig::large(5));
 }
 
+/// Hundreds of devices: many origins, a long chain and many branch snapshots.
+fn many_devices() -> GenConfig {
+    GenConfig {
+        nr_origins: 60,
+        chain_depth: 180,
+        nr_branch_snaps: 80,
+        virt_blocks: 3_000,
+        origin_blocks: 600,
+        writes_per_snapshot: 20,
+        ..GenConfig::small(21)
+    }
+}
+
+#[test]
+fn real_restore_then_thinly_dump_reproduces_a_pool_of_hundreds_of_devices() {
+    real_restore_then_thinly_dump(&many_devices());
+}
+
+#[test]
+fn thinly_restore_of_a_pool_of_hundreds_of_devices_passes_real_check_and_dump() {
+    thinly_restore_then_real_check_and_dump(&many_devices());
+}
+
 #[test]
 fn thinly_dump_of_every_sample_equals_the_real_dump_in_both_formats() {
     if !have_tools(&["thin_dump"]) {

@@ -83,7 +83,9 @@ fn no_tool_panics_on_randomly_damaged_metadata() {
         Some(seed) => vec![seed],
         // More rounds locally with THINLY_ROUNDS=n.
         None => {
-            let rounds = std::env::var("THINLY_ROUNDS").ok().and_then(|v| v.parse().ok());
+            let rounds = std::env::var("THINLY_ROUNDS")
+                .ok()
+                .and_then(|v| v.parse().ok());
             (0..rounds.unwrap_or(24)).collect()
         }
     };

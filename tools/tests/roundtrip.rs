@@ -281,6 +281,7 @@ fn dump_options_dev_id_metadata_snap_and_output_file_match_the_real_tool() {
         for args in [
             vec!["--dev-id", "2", p],
             vec!["-m", p],
+            vec!["-m8", p],
             vec!["--dev-id", "1", "--skip-mappings", p],
         ] {
             let real = run("thin_dump", &args);

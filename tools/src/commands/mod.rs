@@ -18,6 +18,8 @@ use crate::exit;
 
 /// Runs `tool` as program `prog` with `args` (program name excluded).
 pub fn run(tool: Tool, prog: &str, args: &[OsString]) -> u8 {
+    let normalised = attached_optional_values(args);
+    let args = normalised.as_slice();
     macro_rules! go {
         ($args:ty, $module:ident) => {
             match exit::parse::<$args>(prog, args) {
@@ -37,4 +39,17 @@ pub fn run(tool: Tool, prog: &str, args: &[OsString]) -> u8 {
         Tool::Trim => go!(crate::cli::TrimArgs, trim),
         Tool::MetadataSize => metadata_size::run(prog, args),
     }
+}
+
+/// getopt lets an optional value be attached to its short option (`-m8`); clap wants
+/// `-m=8`. Rewrites the former into the latter for `-m`, the only such option.
+fn attached_optional_values(args: &[OsString]) -> Vec<OsString> {
+    args.iter()
+        .map(|a| match a.to_str().and_then(|s| s.strip_prefix("-m")) {
+            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                OsString::from(format!("-m={v}"))
+            }
+            _ => a.clone(),
+        })
+        .collect()
 }

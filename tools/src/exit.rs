@@ -1,16 +1,20 @@
 //! Exit codes and error reporting of every tool, in one place.
 //!
 //! The codes are thin-provisioning-tools 1.x's: 0 success (for `check`: the metadata
-//! passed), 1 failure (problems found, damaged or unusable input, I/O error), 2 a bad
-//! command line (clap's usage error). `--help` and `--version` exit 0. Errors are printed
-//! on stderr as `<tool>: <error>: <cause>…`; nothing panics on bad input.
+//! passed), 64 failure (problems found, damaged or unusable input, I/O error: 1.x's
+//! single error status, where 0.9.0 used 1 — lvm2 treats any non-zero status alike),
+//! 2 a bad command line (clap's usage error). `--help` and `--version` exit 0.
+//! `thin_metadata_size` keeps 0.9.0's behaviour (1 for a rejected argument). Errors are
+//! printed on stderr as `<tool>: <error>: <cause>…`; nothing panics on bad input.
 
 use std::ffi::OsString;
 
 /// The metadata passed / the operation succeeded.
 pub const SUCCESS: u8 = 0;
-/// Problems were found, or the operation failed.
-pub const FAILURE: u8 = 1;
+/// Problems were found, or the operation failed (1.x; 0.9.0 used 1).
+pub const FAILURE: u8 = 64;
+/// `thin_metadata_size`'s status for a rejected argument (0.9.0's).
+pub const SIZE_ARGUMENT: u8 = 1;
 /// The command line could not be parsed.
 pub const USAGE: u8 = 2;
 

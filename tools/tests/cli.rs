@@ -1,6 +1,6 @@
 //! Every tool, under `thinly <tool>` and under its thin_* name (a symlink): --help,
 //! --version, bad options, missing and unreadable inputs give a message and the
-//! documented exit code (0 help/version, 2 bad command line, 1 failure), never a panic.
+//! documented exit code (0 help/version, 2 bad command line, 64 failure), never a panic.
 
 mod common;
 
@@ -123,12 +123,12 @@ fn missing_unreadable_and_wrong_inputs_fail_with_a_message() {
             no_panic(&o, sub);
             if *sub == "restore" && (input == &zeros || input == &garbage) {
                 // Not XML: a parse error.
-                assert_eq!(o.status.code(), Some(1), "{sub} {input:?}");
+                assert_eq!(o.status.code(), Some(64), "{sub} {input:?}");
                 continue;
             }
             assert_eq!(
                 o.status.code(),
-                Some(1),
+                Some(64),
                 "{sub} {input:?}: {}",
                 String::from_utf8_lossy(&o.stderr)
             );
@@ -147,7 +147,7 @@ fn restore_and_repair_refuse_a_missing_or_tiny_output() {
     for out in [dir.path().join("absent.meta"), small] {
         let o = thinly_run(&["restore", "-i", s(&xml), "-o", s(&out)]);
         no_panic(&o, "restore");
-        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(o.status.code(), Some(64));
     }
     let o = thinly_run(&["restore", "-i", s(&xml)]);
     assert_eq!(o.status.code(), Some(2), "restore without -o");

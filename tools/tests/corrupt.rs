@@ -180,7 +180,8 @@ fn corruptions() -> Vec<Corruption> {
 
 fn verdict(out: &std::process::Output) -> bool {
     assert!(
-        out.status.code().is_some_and(|c| c == 0 || c == 1),
+        // 0.9.0 fails with 1, thinly (as 1.x) with 64.
+        matches!(out.status.code(), Some(0 | 1 | 64)),
         "exit {:?}",
         out.status
     );
@@ -270,10 +271,10 @@ fn leaks_are_non_fatal_and_pass_with_ignore_non_fatal_errors_in_both() {
     for args in [&["-q"][..], &["-q", "--ignore-non-fatal-errors"][..]] {
         let mut a = args.to_vec();
         a.push(s(&meta));
-        let real = run("thin_check", &a).status.code();
+        let real = run("thin_check", &a).status.success();
         let mut t = vec!["check"];
         t.extend_from_slice(&a);
-        let ours = thinly_run(&t).status.code();
+        let ours = thinly_run(&t).status.success();
         assert_eq!(ours, real, "thin_check {args:?}");
     }
 }

@@ -29,7 +29,7 @@ pub fn run(prog: &str, args: &[OsString]) -> u8 {
         Err(e) => {
             // 0.9.0's wording and status for a rejected argument.
             eprintln!("{prog} - {e}");
-            exit::FAILURE
+            exit::SIZE_ARGUMENT
         }
     }
 }

@@ -1,4 +1,10 @@
-//! The metadata tools' formats, as pure code (no metadata I/O): the intermediate
+//! The metadata tools as library code. On binary metadata: [`check`] (thin_check),
+//! [`dump`] (thin_dump, streaming into a [`MetadataVisitor`]), [`restore`] (thin_restore,
+//! a visitor that bulk-builds trees with `btree::builder`), [`repair`] (thin_repair and
+//! `thin_dump --repair`: salvage by scanning every block), [`ls`], [`delta`], [`rmap`] and
+//! [`trim`]. The `thinly` binary (tools crate) only parses arguments and calls these.
+//!
+//! The tools' formats, as pure code (no metadata I/O): the intermediate
 //! representation the dump/restore tools share ([`ir`]), its event stream and adapters
 //! ([`stream`]), validation ([`validate`]), thin_dump's XML ([`xml`]) and human-readable
 //! ([`human`]) formats, `thin_metadata_size`'s estimate ([`metadata_size`]) and a

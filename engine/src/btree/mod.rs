@@ -14,11 +14,13 @@
 //!
 //! Callers: the space maps' own trees (`space_map::disk`) and the thin metadata.
 
+pub mod builder;
 mod delete;
 mod insert;
 mod remove;
 mod walk;
 
+pub use builder::{NodeRef, TreeBuilder};
 pub use delete::delete_tree;
 pub use insert::{insert, shadow_path};
 pub use remove::remove;

@@ -62,6 +62,13 @@ pub enum Error {
     /// The metadata is well-formed but not a valid pool (spec §4.5, §6.4, §7).
     #[error("device {dev_id:?}: {reason}")]
     Invalid { dev_id: Option<u32>, reason: String },
+    /// Reading or writing binary metadata failed; the engine error names the block.
+    #[error(transparent)]
+    Metadata(#[from] crate::error::Error),
+    /// A tool was asked for something the input cannot give (e.g. a device id that does
+    /// not exist, a metadata snapshot that is not held).
+    #[error("{0}")]
+    Unusable(String),
     /// A `thin_metadata_size` argument was rejected; `message` is the tool's own wording.
     #[error("{message}")]
     Usage { message: &'static str },

@@ -1,4 +1,10 @@
-//! The metadata tools' formats, as pure code (no metadata I/O): the intermediate
+//! The metadata tools as library code. On binary metadata: [`check`] (thin_check),
+//! [`dump`] (thin_dump, streaming into a [`MetadataVisitor`]), [`restore`] (thin_restore,
+//! a visitor that bulk-builds trees with `btree::builder`), [`repair`] (thin_repair and
+//! `thin_dump --repair`: salvage by scanning every block), [`ls`], [`delta`], [`rmap`] and
+//! [`trim`]. The `thinly` binary (tools crate) only parses arguments and calls these.
+//!
+//! The tools' formats, as pure code (no metadata I/O): the intermediate
 //! representation the dump/restore tools share ([`ir`]), its event stream and adapters
 //! ([`stream`]), validation ([`validate`]), thin_dump's XML ([`xml`]) and human-readable
 //! ([`human`]) formats, `thin_metadata_size`'s estimate ([`metadata_size`]) and a
@@ -9,12 +15,20 @@
 //! thin-provisioning-tools 0.9.0 prints for the same metadata. The tools walk `btree`/
 //! `thin` and feed a [`MetadataVisitor`] (dump), or take one from [`read_xml`] (restore).
 
+pub mod check;
+pub mod delta;
+pub mod dump;
 pub mod error;
 pub mod gen;
 pub mod human;
 pub mod ir;
+pub mod ls;
 pub mod metadata_size;
+pub mod repair;
+pub mod restore;
+pub mod rmap;
 pub mod stream;
+pub mod trim;
 pub mod validate;
 pub mod xml;
 

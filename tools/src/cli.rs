@@ -1,0 +1,284 @@
+//! The command line: one clap argument struct per tool, shared by `thinly <tool>` and the
+//! `thin_<tool>` program names. New `thinly` subcommands (serve, create, …) go beside
+//! these in [`ThinlyCommand`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands;
+use crate::exit;
+
+/// The metadata tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Check,
+    Dump,
+    Restore,
+    Repair,
+    Ls,
+    Delta,
+    Rmap,
+    Trim,
+    MetadataSize,
+}
+
+impl Tool {
+    pub const ALL: [(Tool, &'static str, &'static str); 9] = [
+        (Tool::Check, "thin_check", "check"),
+        (Tool::Dump, "thin_dump", "dump"),
+        (Tool::Restore, "thin_restore", "restore"),
+        (Tool::Repair, "thin_repair", "repair"),
+        (Tool::Ls, "thin_ls", "ls"),
+        (Tool::Delta, "thin_delta", "delta"),
+        (Tool::Rmap, "thin_rmap", "rmap"),
+        (Tool::Trim, "thin_trim", "trim"),
+        (Tool::MetadataSize, "thin_metadata_size", "metadata-size"),
+    ];
+
+    /// The tool a program name (argv[0]'s file name) stands for.
+    pub fn from_program_name(name: &str) -> Option<Tool> {
+        Tool::ALL.iter().find(|t| t.1 == name).map(|t| t.0)
+    }
+
+    fn from_subcommand(name: &str) -> Option<Tool> {
+        Tool::ALL.iter().find(|t| t.2 == name).map(|t| t.0)
+    }
+}
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `thin_check`: validates thin provisioning metadata on a device or file.
+#[derive(Debug, Parser)]
+#[command(version = VERSION, about = "Validates thin provisioning metadata on a device or file.")]
+pub struct CheckArgs {
+    /// Suppress output messages, return only exit code.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Only check the superblock.
+    #[arg(long)]
+    pub super_block_only: bool,
+    /// Don't check the mapping trees (nor the space maps).
+    #[arg(long)]
+    pub skip_mappings: bool,
+    /// Only return a non-zero exit code if a fatal error is found.
+    #[arg(long)]
+    pub ignore_non_fatal_errors: bool,
+    /// Clears the 'needs_check' flag in the superblock (when the check passes).
+    #[arg(long = "clear-needs-check-flag")]
+    pub clear_needs_check: bool,
+    /// Check the metadata snapshot on a live pool.
+    #[arg(
+        short = 'm',
+        long = "metadata-snapshot",
+        visible_alias = "metadata-snap"
+    )]
+    pub metadata_snap: bool,
+    /// Specify the input device to check.
+    pub input: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DumpFormat {
+    Xml,
+    #[value(name = "human_readable")]
+    HumanReadable,
+}
+
+/// Values that replace what the metadata says (restore, repair, dump --repair).
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OverrideArgs {
+    /// Override the transaction id.
+    #[arg(long, value_name = "NUM")]
+    pub transaction_id: Option<u64>,
+    /// Override the data block size (sectors).
+    #[arg(long, value_name = "SECTORS")]
+    pub data_block_size: Option<u32>,
+    /// Override the number of data blocks.
+    #[arg(long, value_name = "NUM")]
+    pub nr_data_blocks: Option<u64>,
+}
+
+/// `thin_dump`: dumps thin-provisioning metadata to stdout in XML or human-readable form.
+#[derive(Debug, Parser)]
+#[command(version = VERSION, about = "Dump thin-provisioning metadata to stdout in XML format")]
+pub struct DumpArgs {
+    /// Choose the output format.
+    #[arg(short, long, value_enum, default_value = "xml")]
+    pub format: DumpFormat,
+    /// Repair the metadata whilst dumping it.
+    #[arg(short, long)]
+    pub repair: bool,
+    /// Access the metadata snapshot on a live pool (optionally at BLOCK: -m=BLOCK).
+    #[arg(short = 'm', long = "metadata-snap", num_args = 0..=1, require_equals = true, value_name = "BLOCK")]
+    pub metadata_snap: Option<Option<u64>>,
+    /// Specify the output file rather than stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Dump only the device with this id.
+    #[arg(long, value_name = "ID")]
+    pub dev_id: Option<u32>,
+    /// Do not dump the mappings.
+    #[arg(long)]
+    pub skip_mappings: bool,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Specify the input device to dump.
+    pub input: PathBuf,
+}
+
+/// `thin_restore`: converts XML into binary metadata.
+#[derive(Debug, Parser)]
+#[command(version = VERSION, about = "Convert XML format metadata to binary.")]
+pub struct RestoreArgs {
+    /// Specify the input xml.
+    #[arg(short, long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Specify the output device (an existing, pre-sized file or block device).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Suppress output messages.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+}
+
+/// `thin_repair`: repairs binary metadata into a new device or file.
+#[derive(Debug, Parser)]
+#[command(version = VERSION, about = "Repair thin-provisioning metadata, and write it to different device or file")]
+pub struct RepairArgs {
+    /// Specify the input device.
+    #[arg(short, long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Specify the output device (an existing, pre-sized file or block device).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Suppress output messages.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+}
+
+/// `thin_ls`: lists thin devices.
+#[derive(Debug, Parser)]
+#[command(version = VERSION, about = "List thin volumes within a pool")]
+pub struct LsArgs {
+    /// Comma-separated fields: DEV, MAPPED_BLOCKS, EXCLUSIVE_BLOCKS, SHARED_BLOCKS,
+    /// MAPPED_SECTORS, EXCLUSIVE_SECTORS, SHARED_SECTORS, MAPPED_BYTES, EXCLUSIVE_BYTES,
+    /// SHARED_BYTES, MAPPED, EXCLUSIVE, SHARED, TRANSACTION, CREATE_TIME, SNAP_TIME,
+    /// HIGHEST_BLOCK, HIGHEST_SECTOR, HIGHEST_BYTE, HIGHEST_MAPPED.
+    #[arg(short = 'o', long = "format", value_name = "FIELDS")]
+    pub format: Option<String>,
+    /// Don't output headers.
+    #[arg(long)]
+    pub no_headers: bool,
+    /// Use the metadata snapshot rather than the current superblock.
+    #[arg(short = 'm', long = "metadata-snap")]
+    pub metadata_snap: bool,
+    /// Specify the input device.
+    pub input: PathBuf,
+}
+
+/// `thin_delta`: prints the differences between two thin devices' mappings.
+#[derive(Debug, Parser)]
+#[command(version = VERSION, about = "Print the differences in the mappings between two thin devices")]
+pub struct DeltaArgs {
+    /// The first device (snapshot).
+    #[arg(long = "snap1", visible_alias = "thin1", value_name = "ID")]
+    pub snap1: u64,
+    /// The second device (snapshot).
+    #[arg(long = "snap2", visible_alias = "thin2", value_name = "ID")]
+    pub snap2: u64,
+    /// Use the metadata snapshot (optionally at BLOCK: -m=BLOCK).
+    #[arg(short = 'm', long = "metadata-snap", num_args = 0..=1, require_equals = true, value_name = "BLOCK")]
+    pub metadata_snap: Option<Option<u64>>,
+    /// Print the data blocks of each range.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Specify the input device.
+    pub input: PathBuf,
+}
+
+/// `thin_rmap`: which thin blocks map a range of data blocks.
+#[derive(Debug, Parser)]
+#[command(version = VERSION, about = "Output reverse map of a thin provisioned region of blocks")]
+pub struct RmapArgs {
+    /// A data block range BEGIN..END (END excluded); may be repeated.
+    #[arg(long = "region", value_name = "BLOCK_RANGE", required = true)]
+    pub regions: Vec<String>,
+    /// Specify the input device.
+    pub input: PathBuf,
+}
+
+/// `thin_trim`: discards the data blocks no thin device maps.
+#[derive(Debug, Parser)]
+#[command(version = VERSION, about = "Issue discard requests for free pool space (offline tool).")]
+pub struct TrimArgs {
+    /// The pool's metadata device or file.
+    #[arg(long = "metadata-dev", value_name = "FILE")]
+    pub metadata_dev: PathBuf,
+    /// The pool's data device or file.
+    #[arg(long = "data-dev", value_name = "FILE")]
+    pub data_dev: PathBuf,
+    /// Print the ranges that would be discarded, discard nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `thinly`: the thinly command.
+#[derive(Debug, Parser)]
+#[command(name = "thinly", version = VERSION, about = "thinly: userspace dm-thin and its metadata tools")]
+struct Thinly {
+    #[command(subcommand)]
+    command: ThinlyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ThinlyCommand {
+    /// Validate thin metadata (thin_check).
+    Check(CheckArgs),
+    /// Dump thin metadata as XML or text (thin_dump).
+    Dump(DumpArgs),
+    /// Write binary metadata from XML (thin_restore).
+    Restore(RestoreArgs),
+    /// Rebuild damaged metadata into a new file (thin_repair).
+    Repair(RepairArgs),
+    /// List thin devices (thin_ls).
+    Ls(LsArgs),
+    /// Compare two thin devices' mappings (thin_delta).
+    Delta(DeltaArgs),
+    /// Reverse map of data blocks (thin_rmap).
+    Rmap(RmapArgs),
+    /// Discard unused data blocks (thin_trim).
+    Trim(TrimArgs),
+    /// Estimate the metadata size of a pool (thin_metadata_size).
+    #[command(
+        name = "metadata-size",
+        disable_help_flag = true,
+        disable_version_flag = true
+    )]
+    MetadataSize {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+/// `thinly <subcommand> …`: each metadata tool re-parses its own arguments so that
+/// `thinly check …` and `thin_check …` behave the same.
+pub fn run_thinly(args: &[OsString]) -> u8 {
+    if let Some(sub) = args.get(1).and_then(|a| a.to_str()) {
+        if let Some(tool) = Tool::from_subcommand(sub) {
+            let prog = format!("thinly {sub}");
+            return commands::run(tool, &prog, &args[2..]);
+        }
+    }
+    match exit::parse::<Thinly>("thinly", args.get(1..).unwrap_or_default()) {
+        // Every subcommand is dispatched above; reaching here means clap accepted an
+        // argument list without one of ours, which its `required` subcommand forbids.
+        Ok(_) => exit::USAGE,
+        Err(code) => code,
+    }
+}

@@ -1,0 +1,50 @@
+//! `thin_check`: prints what 0.9.0 prints (progress lines and problems on stderr,
+//! `TRANSACTION_ID=` and `METADATA_FREE_BLOCKS=` on stdout), exit 0 when the metadata
+//! passes.
+
+use anyhow::{Context, Result};
+use thinly_engine::fsck::check::{check, clear_needs_check, CheckOptions};
+
+use crate::cli::CheckArgs;
+use crate::exit;
+use crate::files::{open_input, Progress};
+
+pub fn run(a: &CheckArgs) -> Result<u8> {
+    let dev = open_input(&a.input, a.clear_needs_check)?;
+    let opts = CheckOptions {
+        super_block_only: a.super_block_only,
+        skip_mappings: a.skip_mappings,
+        metadata_snap: a.metadata_snap,
+    };
+    if !a.quiet {
+        // 0.9.0's progress lines (stderr), so logs look the same.
+        eprintln!("examining superblock");
+        if !a.super_block_only {
+            eprintln!("examining devices tree\nexamining mapping tree");
+            if !a.skip_mappings && !a.metadata_snap {
+                eprintln!("checking space map counts");
+            }
+        }
+    }
+    let report = {
+        let _p = Progress::start("checking metadata");
+        check(dev.clone(), &opts).with_context(|| format!("checking {}", a.input.display()))?
+    };
+    let passes = report.passes(a.ignore_non_fatal_errors);
+    if !a.quiet {
+        if let Some(sb) = &report.superblock {
+            println!("TRANSACTION_ID={}", sb.trans_id);
+            if let Some(free) = report.metadata_free_blocks() {
+                println!("METADATA_FREE_BLOCKS={free}");
+            }
+        }
+        for p in &report.problems {
+            let grade = if p.fatal { "" } else { " (non-fatal)" };
+            eprintln!("{p}{grade}");
+        }
+    }
+    if a.clear_needs_check && passes {
+        clear_needs_check(&dev).context("clearing the needs_check flag")?;
+    }
+    Ok(if passes { exit::SUCCESS } else { exit::FAILURE })
+}

@@ -1,0 +1,26 @@
+//! `thin_ls`: one row per device, the columns `-o/--format` asks for.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use thinly_engine::fsck::ls::{list, render, Field, DEFAULT_FIELDS};
+
+use crate::cli::LsArgs;
+use crate::exit;
+use crate::files::open_input;
+
+pub fn run(a: &LsArgs) -> Result<u8> {
+    let fields = match &a.format {
+        Some(f) => Field::parse_list(f)?,
+        None => DEFAULT_FIELDS.to_vec(),
+    };
+    let dev = open_input(&a.input, false)?;
+    let (block_size, rows) = list(dev, a.metadata_snap, &fields)
+        .with_context(|| format!("listing {}", a.input.display()))?;
+    let text = render(&fields, &rows, block_size, !a.no_headers);
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing the listing")?;
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,19 @@
+//! `thin_restore`: XML (0.9 or 1.x dialect) into an existing, pre-sized metadata file.
+
+use anyhow::{Context, Result};
+use thinly_engine::fsck::restore::restore_xml;
+
+use super::dump::overrides;
+use crate::cli::RestoreArgs;
+use crate::exit;
+use crate::files::{open_output, open_text_input, Progress};
+
+pub fn run(a: &RestoreArgs) -> Result<u8> {
+    let input = open_text_input(&a.input)?;
+    let dev = open_output(&a.output)?;
+    let _p = Progress::start("restoring metadata");
+    let reader = std::io::BufReader::with_capacity(1 << 20, input);
+    restore_xml(reader, dev, overrides(&a.overrides))
+        .with_context(|| format!("restoring {} to {}", a.input.display(), a.output.display()))?;
+    Ok(exit::SUCCESS)
+}

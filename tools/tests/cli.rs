@@ -1,0 +1,154 @@
+//! Every tool, under `thinly <tool>` and under its thin_* name (a symlink): --help,
+//! --version, bad options, missing and unreadable inputs give a message and the
+//! documented exit code (0 help/version, 2 bad command line, 64 failure), never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+
+const TOOLS: [(&str, &str); 9] = [
+    ("thin_check", "check"),
+    ("thin_dump", "dump"),
+    ("thin_restore", "restore"),
+    ("thin_repair", "repair"),
+    ("thin_ls", "ls"),
+    ("thin_delta", "delta"),
+    ("thin_rmap", "rmap"),
+    ("thin_trim", "trim"),
+    ("thin_metadata_size", "metadata-size"),
+];
+
+/// A directory of thin_* symlinks to the binary under test.
+fn symlinks(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    for (name, _) in TOOLS {
+        std::os::unix::fs::symlink(thinly(), bin.join(name)).expect("symlink");
+    }
+    bin
+}
+
+fn no_panic(out: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{what} panicked: {err}");
+    assert!(out.status.code().is_some(), "{what} died of a signal");
+}
+
+/// Arguments that make each tool read `input` (a valid invocation otherwise).
+fn reading(tool: &str, input: &str, out: &str) -> Vec<String> {
+    let v: Vec<&str> = match tool {
+        "check" | "dump" | "ls" => vec![input],
+        "restore" | "repair" => vec!["-i", input, "-o", out],
+        "delta" => vec!["--snap1", "1", "--snap2", "2", input],
+        "rmap" => vec!["--region", "0..10", input],
+        "trim" => vec!["--metadata-dev", input, "--data-dev", out, "--dry-run"],
+        _ => vec!["-b", "64k", "-s", "1t", "-m", input],
+    };
+    v.into_iter().map(String::from).collect()
+}
+
+#[test]
+fn help_and_version_exit_zero_under_both_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = symlinks(dir.path());
+    for (name, sub) in TOOLS {
+        for flag in ["--help", "-h", "--version", "-V"] {
+            let a = run(bin.join(name), &[flag]);
+            let b = thinly_run(&[sub, flag]);
+            for (out, what) in [(&a, name), (&b, sub)] {
+                no_panic(out, what);
+                assert_eq!(out.status.code(), Some(0), "{what} {flag}");
+                assert!(!out.stdout.is_empty(), "{what} {flag} printed nothing");
+            }
+        }
+    }
+    ok(&thinly_run(&["--help"]), "thinly --help");
+    ok(&thinly_run(&["--version"]), "thinly --version");
+}
+
+#[test]
+fn bad_options_are_usage_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = symlinks(dir.path());
+    for (name, sub) in TOOLS {
+        let want = if name == "thin_metadata_size" { 1 } else { 2 };
+        let a = run(bin.join(name), &["--no-such-option", "x"]);
+        let b = thinly_run(&[sub, "--no-such-option", "x"]);
+        for (out, what) in [(&a, name), (&b, sub)] {
+            no_panic(out, what);
+            assert_eq!(out.status.code(), Some(want), "{what} with a bad option");
+            assert!(!out.stderr.is_empty(), "{what}: no message");
+        }
+    }
+    assert_eq!(thinly_run(&["no-such-tool"]).status.code(), Some(2));
+    assert_eq!(thinly_run(&[]).status.code(), Some(2));
+}
+
+#[test]
+fn missing_unreadable_and_wrong_inputs_fail_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.meta");
+    sized_file(&out, 4 << 20);
+    let tiny = dir.path().join("tiny");
+    std::fs::write(&tiny, b"abc").expect("write");
+    let zeros = dir.path().join("zeros.meta");
+    sized_file(&zeros, 1 << 20);
+    let xml = dir.path().join("not-binary.meta");
+    std::fs::write(&xml, "<superblock uuid=\"\">\n".repeat(300)).expect("write");
+    let garbage = dir.path().join("garbage.meta");
+    std::fs::write(
+        &garbage,
+        (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(7919) % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .expect("write");
+    let missing = dir.path().join("does-not-exist");
+    for (_, sub) in TOOLS.iter().filter(|t| t.1 != "metadata-size") {
+        for input in [
+            &missing,
+            &tiny,
+            &zeros,
+            &xml,
+            &garbage,
+            &dir.path().to_path_buf(),
+        ] {
+            let args = reading(sub, s(input), s(&out));
+            let mut argv = vec![*sub];
+            argv.extend(args.iter().map(String::as_str));
+            let o = thinly_run(&argv);
+            no_panic(&o, sub);
+            if *sub == "restore" && (input == &zeros || input == &garbage) {
+                // Not XML: a parse error.
+                assert_eq!(o.status.code(), Some(64), "{sub} {input:?}");
+                continue;
+            }
+            assert_eq!(
+                o.status.code(),
+                Some(64),
+                "{sub} {input:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(!o.stderr.is_empty(), "{sub} {input:?}: no message");
+        }
+    }
+}
+
+#[test]
+fn restore_and_repair_refuse_a_missing_or_tiny_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let xml = dir.path().join("in.xml");
+    std::fs::write(&xml, "<superblock uuid=\"\" time=\"0\" transaction=\"0\" data_block_size=\"128\" nr_data_blocks=\"10\">\n</superblock>\n").expect("write");
+    let small = dir.path().join("small.meta");
+    sized_file(&small, 8192);
+    for out in [dir.path().join("absent.meta"), small] {
+        let o = thinly_run(&["restore", "-i", s(&xml), "-o", s(&out)]);
+        no_panic(&o, "restore");
+        assert_eq!(o.status.code(), Some(64));
+    }
+    let o = thinly_run(&["restore", "-i", s(&xml)]);
+    assert_eq!(o.status.code(), Some(2), "restore without -o");
+}

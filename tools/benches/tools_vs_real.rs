@@ -16,10 +16,7 @@ use thinly_engine::fsck::Validator;
 use thinly_engine::io::FileDevice;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn best_of(runs: u64, prog: &str, args: &[&str]) -> Option<Duration> {
@@ -79,16 +76,9 @@ fn main() {
     println!(
         "metadata: {m}: {nr_mappings} mappings, {nr_devices} devices ({snaps}-snapshot chain)"
     );
-    println!(
-        "{:<10} {:>12} {:>12} {:>8}",
-        "operation", "thinly", "0.9.0 real", "speedup"
-    );
+    println!("{:<10} {:>12} {:>12} {:>8}", "operation", "thinly", "0.9.0 real", "speedup");
     for (op, ours, real) in [
-        (
-            "check",
-            vec!["check", "-q", m],
-            ("thin_check", vec!["-q", m]),
-        ),
+        ("check", vec!["check", "-q", m], ("thin_check", vec!["-q", m])),
         ("dump", vec!["dump", m], ("thin_dump", vec![m])),
     ] {
         let a = best_of(runs, thinly.to_str().expect("path"), &ours);

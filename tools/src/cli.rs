@@ -69,11 +69,7 @@ pub struct CheckArgs {
     #[arg(long = "clear-needs-check-flag")]
     pub clear_needs_check: bool,
     /// Check the metadata snapshot on a live pool.
-    #[arg(
-        short = 'm',
-        long = "metadata-snapshot",
-        visible_alias = "metadata-snap"
-    )]
+    #[arg(short = 'm', long = "metadata-snapshot", visible_alias = "metadata-snap")]
     pub metadata_snap: bool,
     /// Specify the input device to check.
     pub input: PathBuf,
@@ -255,11 +251,7 @@ enum ThinlyCommand {
     /// Discard unused data blocks (thin_trim).
     Trim(TrimArgs),
     /// Estimate the metadata size of a pool (thin_metadata_size).
-    #[command(
-        name = "metadata-size",
-        disable_help_flag = true,
-        disable_version_flag = true
-    )]
+    #[command(name = "metadata-size", disable_help_flag = true, disable_version_flag = true)]
     MetadataSize {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,

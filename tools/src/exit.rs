@@ -37,9 +37,7 @@ pub fn code(prog: &str, r: anyhow::Result<u8>) -> u8 {
 /// `Err(USAGE)`.
 pub fn parse<T: clap::Parser>(prog: &str, args: &[OsString]) -> Result<T, u8> {
     let argv = std::iter::once(OsString::from(prog)).chain(args.iter().cloned());
-    let cmd = T::command()
-        .name(prog.to_string())
-        .bin_name(prog.to_string());
+    let cmd = T::command().name(prog.to_string()).bin_name(prog.to_string());
     let matches = cmd.try_get_matches_from(argv);
     let res = matches.and_then(|m| <T as clap::FromArgMatches>::from_arg_matches(&m));
     match res {

@@ -77,10 +77,7 @@ pub fn output(path: Option<&Path>) -> Result<Box<dyn Write>> {
             let f = File::create(p).with_context(|| format!("creating {}", p.display()))?;
             Box::new(BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, f))
         }
-        None => Box::new(BufWriter::with_capacity(
-            OUTPUT_BUFFER_BYTES,
-            std::io::stdout().lock(),
-        )),
+        None => Box::new(BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, std::io::stdout().lock())),
     })
 }
 

@@ -101,21 +101,12 @@ fn missing_unreadable_and_wrong_inputs_fail_with_a_message() {
     let garbage = dir.path().join("garbage.meta");
     std::fs::write(
         &garbage,
-        (0..1u32 << 20)
-            .map(|i| (i.wrapping_mul(7919) % 251) as u8)
-            .collect::<Vec<u8>>(),
+        (0..1u32 << 20).map(|i| (i.wrapping_mul(7919) % 251) as u8).collect::<Vec<u8>>(),
     )
     .expect("write");
     let missing = dir.path().join("does-not-exist");
     for (_, sub) in TOOLS.iter().filter(|t| t.1 != "metadata-size") {
-        for input in [
-            &missing,
-            &tiny,
-            &zeros,
-            &xml,
-            &garbage,
-            &dir.path().to_path_buf(),
-        ] {
+        for input in [&missing, &tiny, &zeros, &xml, &garbage, &dir.path().to_path_buf()] {
             let args = reading(sub, s(input), s(&out));
             let mut argv = vec![*sub];
             argv.extend(args.iter().map(String::as_str));

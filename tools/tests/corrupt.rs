@@ -28,9 +28,7 @@ type Corruption = (&'static str, Expect, fn(&mut Image));
 
 fn corruptions() -> Vec<Corruption> {
     vec![
-        ("bit flip in the superblock", Expect::BothFail, |i| {
-            i.flip(0, 40)
-        }),
+        ("bit flip in the superblock", Expect::BothFail, |i| i.flip(0, 40)),
         ("bit flip in the top-level tree", Expect::BothFail, |i| {
             let r = i.sb().data_mapping_root.0;
             i.flip(r, 2000)
@@ -39,47 +37,31 @@ fn corruptions() -> Vec<Corruption> {
             let r = i.sb().device_details_root.0;
             i.flip(r, 100)
         }),
-        (
-            "bit flip in a bottom-level internal node",
-            Expect::BothFail,
-            |i| {
-                let (_, r) = i.deep_device();
-                i.flip(r, 40)
-            },
-        ),
+        ("bit flip in a bottom-level internal node", Expect::BothFail, |i| {
+            let (_, r) = i.deep_device();
+            i.flip(r, 40)
+        }),
         ("bit flip in a mapping leaf", Expect::BothFail, |i| {
             let (_, r) = i.deep_device();
             let (l, _) = i.first_leaf(r);
             i.flip(l, 3000)
         }),
-        (
-            "bit flip in the metadata index block",
-            Expect::BothFail,
-            |i| {
-                let b = i.sb().metadata_sm_root.bitmap_root.0;
-                i.flip(b, 20)
-            },
-        ),
+        ("bit flip in the metadata index block", Expect::BothFail, |i| {
+            let b = i.sb().metadata_sm_root.bitmap_root.0;
+            i.flip(b, 20)
+        }),
         ("bit flip in a metadata bitmap", Expect::BothFail, |i| {
             let b = i.metadata_bitmap();
             i.flip(b, 17)
         }),
-        (
-            "bit flip in the data space map index tree",
-            Expect::BothFail,
-            |i| {
-                let b = i.sb().data_sm_root.bitmap_root.0;
-                i.flip(b, 40)
-            },
-        ),
-        (
-            "bit flip in the metadata reference count tree",
-            Expect::BothFail,
-            |i| {
-                let b = i.sb().metadata_sm_root.ref_count_root.0;
-                i.flip(b, 24)
-            },
-        ),
+        ("bit flip in the data space map index tree", Expect::BothFail, |i| {
+            let b = i.sb().data_sm_root.bitmap_root.0;
+            i.flip(b, 40)
+        }),
+        ("bit flip in the metadata reference count tree", Expect::BothFail, |i| {
+            let b = i.sb().metadata_sm_root.ref_count_root.0;
+            i.flip(b, 24)
+        }),
         ("zeroed mapping leaf", Expect::BothFail, |i| {
             let (_, r) = i.deep_device();
             let (l, _) = i.first_leaf(r);
@@ -101,15 +83,11 @@ fn corruptions() -> Vec<Corruption> {
             let last = i.bytes.len() as u64 / 4096 - 2;
             i.block_mut(last).fill(0x5a)
         }),
-        (
-            "metadata count too low (in-use block marked free)",
-            Expect::BothFail,
-            |i| {
-                let (_, r) = i.deep_device();
-                let b = i.metadata_bitmap();
-                i.set_bitmap_entry(b, r as usize, 0)
-            },
-        ),
+        ("metadata count too low (in-use block marked free)", Expect::BothFail, |i| {
+            let (_, r) = i.deep_device();
+            let b = i.metadata_bitmap();
+            i.set_bitmap_entry(b, r as usize, 0)
+        }),
         ("metadata count too high", Expect::BothFail, |i| {
             let (_, r) = i.deep_device();
             let b = i.metadata_bitmap();
@@ -120,35 +98,27 @@ fn corruptions() -> Vec<Corruption> {
             let b = i.metadata_bitmap();
             i.set_bitmap_entry(b, last as usize, 1)
         }),
-        (
-            "keys out of order in a mapping leaf",
-            Expect::BothFail,
-            |i| {
-                let (_, r) = i.deep_device();
-                let (l, _) = i.first_leaf(r);
-                let blk = i.block_mut(l);
-                let (a, b) = (node::key(blk, 1), node::key(blk, 2));
-                node::set_key(blk, 1, b);
-                node::set_key(blk, 2, a);
-                i.reseal(l, BlockKind::Node)
-            },
-        ),
+        ("keys out of order in a mapping leaf", Expect::BothFail, |i| {
+            let (_, r) = i.deep_device();
+            let (l, _) = i.first_leaf(r);
+            let blk = i.block_mut(l);
+            let (a, b) = (node::key(blk, 1), node::key(blk, 2));
+            node::set_key(blk, 1, b);
+            node::set_key(blk, 2, a);
+            i.reseal(l, BlockKind::Node)
+        }),
         ("underfull non-root mapping leaf", Expect::BothFail, |i| {
             let (_, r) = i.deep_device();
             let (l, _) = i.first_leaf(r);
             i.set_nr_entries(l, 83)
         }),
-        (
-            "device removed from the top-level tree",
-            Expect::BothFail,
-            |i| {
-                let top = i.sb().data_mapping_root.0;
-                let (leaf, _) = i.first_leaf(top);
-                let n = node::nr_entries(i.block(leaf));
-                node::remove_at(i.block_mut(leaf), n - 1);
-                i.reseal(leaf, BlockKind::Node)
-            },
-        ),
+        ("device removed from the top-level tree", Expect::BothFail, |i| {
+            let top = i.sb().data_mapping_root.0;
+            let (leaf, _) = i.first_leaf(top);
+            let n = node::nr_entries(i.block(leaf));
+            node::remove_at(i.block_mut(leaf), n - 1);
+            i.reseal(leaf, BlockKind::Node)
+        }),
         ("wrong mapped_blocks", Expect::OnlyThinlyFails, |i| {
             let d = i.sb().device_details_root.0;
             let (leaf, _) = i.first_leaf(d);
@@ -157,22 +127,16 @@ fn corruptions() -> Vec<Corruption> {
             blk[off] ^= 1;
             i.reseal(leaf, BlockKind::Node)
         }),
-        (
-            "device removed from the details tree",
-            Expect::OnlyThinlyFails,
-            |i| {
-                let d = i.sb().device_details_root.0;
-                let (leaf, _) = i.first_leaf(d);
-                let n = node::nr_entries(i.block(leaf));
-                node::remove_at(i.block_mut(leaf), n - 1);
-                i.reseal(leaf, BlockKind::Node)
-            },
-        ),
+        ("device removed from the details tree", Expect::OnlyThinlyFails, |i| {
+            let d = i.sb().device_details_root.0;
+            let (leaf, _) = i.first_leaf(d);
+            let n = node::nr_entries(i.block(leaf));
+            node::remove_at(i.block_mut(leaf), n - 1);
+            i.reseal(leaf, BlockKind::Node)
+        }),
         ("data block count too low", Expect::OnlyThinlyFails, |i| {
             let b = i.data_bitmap();
-            let j = (0..16320)
-                .find(|&j| i.bitmap_entry(b, j) == 1)
-                .expect("a used data block");
+            let j = (0..16320).find(|&j| i.bitmap_entry(b, j) == 1).expect("a used data block");
             i.set_bitmap_entry(b, j, 0)
         }),
     ]
@@ -192,9 +156,7 @@ fn check_corpus(base: &Path, dir: &Path, label: &str) -> (usize, usize) {
     let (mut agree, mut documented) = (0, 0);
     let clean = Image::load(base);
     for (name, expect, corrupt) in corruptions() {
-        let mut img = Image {
-            bytes: clean.bytes.clone(),
-        };
+        let mut img = Image { bytes: clean.bytes.clone() };
         corrupt(&mut img);
         let path = dir.join("corrupt.meta");
         img.save(&path);
@@ -234,18 +196,9 @@ fn thinly_check_agrees_with_thin_check_on_every_corruption_class() {
     let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
     let (_, bytes) = write_generated_xml(&GenConfig::small(3), &xml);
     sized_file(&meta, bytes);
-    ok(
-        &run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]),
-        "thin_restore",
-    );
-    ok(
-        &run("thin_check", &[s(&meta)]),
-        "thin_check of the clean base",
-    );
-    ok(
-        &thinly_run(&["check", s(&meta)]),
-        "thinly check of the clean base",
-    );
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
+    ok(&run("thin_check", &[s(&meta)]), "thin_check of the clean base");
+    ok(&thinly_run(&["check", s(&meta)]), "thinly check of the clean base");
     let (agree, documented) = check_corpus(&meta, dir.path(), "restored pool");
     eprintln!("corruption corpus: {agree} classes agree, {documented} are 1.x-only checks");
 }
@@ -259,10 +212,7 @@ fn leaks_are_non_fatal_and_pass_with_ignore_non_fatal_errors_in_both() {
     let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
     let (_, bytes) = write_generated_xml(&GenConfig::small(4), &xml);
     sized_file(&meta, bytes);
-    ok(
-        &run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]),
-        "thin_restore",
-    );
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
     let mut img = Image::load(&meta);
     let last = img.bytes.len() as u64 / 4096 - 1;
     let b = img.metadata_bitmap();
@@ -288,20 +238,15 @@ fn super_block_only_and_skip_mappings_limit_what_is_checked() {
     let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
     let (_, bytes) = write_generated_xml(&GenConfig::small(5), &xml);
     sized_file(&meta, bytes);
-    ok(
-        &run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]),
-        "thin_restore",
-    );
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
     let mut img = Image::load(&meta);
     let (_, r) = img.deep_device();
     let (l, _) = img.first_leaf(r);
     img.zero(l);
     img.save(&meta);
-    for (args, passes) in [
-        (&["--super-block-only"][..], true),
-        (&["--skip-mappings"][..], true),
-        (&[][..], false),
-    ] {
+    for (args, passes) in
+        [(&["--super-block-only"][..], true), (&["--skip-mappings"][..], true), (&[][..], false)]
+    {
         let mut a = vec!["-q"];
         a.extend_from_slice(args);
         a.push(s(&meta));
@@ -322,10 +267,7 @@ fn clear_needs_check_flag_clears_it_only_on_clean_metadata() {
     let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
     let (_, bytes) = write_generated_xml(&GenConfig::small(6), &xml);
     sized_file(&meta, bytes);
-    ok(
-        &run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]),
-        "thin_restore",
-    );
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
     let mut img = Image::load(&meta);
     img.block_mut(0)[4] = 1; // flags: NEEDS_CHECK
     img.reseal(0, BlockKind::Superblock);
@@ -335,10 +277,7 @@ fn clear_needs_check_flag_clears_it_only_on_clean_metadata() {
         String::from_utf8_lossy(&out.stdout).contains("flags=\"1\"")
     };
     assert!(flags(&meta));
-    ok(
-        &thinly_run(&["check", "-q", s(&meta)]),
-        "check without clearing",
-    );
+    ok(&thinly_run(&["check", "-q", s(&meta)]), "check without clearing");
     assert!(flags(&meta), "a plain check must not write");
     ok(
         &thinly_run(&["check", "--clear-needs-check-flag", s(&meta)]),

@@ -88,14 +88,7 @@ fn damages() -> Vec<Damage> {
         (
             "the superblock destroyed",
             |i| i.zero(0),
-            &[
-                "--data-block-size",
-                "128",
-                "--nr-data-blocks",
-                "100000",
-                "--transaction-id",
-                "1",
-            ],
+            &["--data-block-size", "128", "--nr-data-blocks", "100000", "--transaction-id", "1"],
         ),
     ]
 }
@@ -110,9 +103,7 @@ fn compare_repairs(base: &Path, dir: &Path, label: &str) {
         "damage", "original", "real", "thinly", "real dump -r", "thinly -r"
     );
     for (name, damage, extra) in damages() {
-        let mut img = Image {
-            bytes: clean.bytes.clone(),
-        };
+        let mut img = Image { bytes: clean.bytes.clone() };
         damage(&mut img);
         let bad = dir.join("bad.meta");
         img.save(&bad);
@@ -126,10 +117,7 @@ fn compare_repairs(base: &Path, dir: &Path, label: &str) {
         let mut ours_args = vec!["repair", "-i", s(&bad), "-o", s(&ours_out)];
         ours_args.extend_from_slice(extra);
         ok(&thinly_run(&ours_args), &format!("thinly repair ({name})"));
-        ok(
-            &run("thin_check", &[s(&ours_out)]),
-            &format!("thin_check of thinly's repair ({name})"),
-        );
+        ok(&run("thin_check", &[s(&ours_out)]), &format!("thin_check of thinly's repair ({name})"));
         let ours_n = mappings(&ours_out);
         let real_dump = count_xml(&run("thin_dump", &["--repair", s(&bad)]));
         let ours_dump = count_xml(&thinly_run(&["dump", "--repair", s(&bad)]));
@@ -140,15 +128,9 @@ fn compare_repairs(base: &Path, dir: &Path, label: &str) {
             ours_n >= real_n,
             "{label}: {name}: thinly recovered {ours_n}, thin_repair {real_n}"
         );
-        assert!(
-            ours_dump >= real_dump,
-            "{label}: {name}: dump --repair {ours_dump} < {real_dump}"
-        );
+        assert!(ours_dump >= real_dump, "{label}: {name}: dump --repair {ours_dump} < {real_dump}");
         assert!(ours_n > 0, "{label}: {name}: nothing recovered");
-        assert!(
-            ours_n <= nr,
-            "{label}: {name}: thinly invented mappings ({ours_n} > {nr})"
-        );
+        assert!(ours_n <= nr, "{label}: {name}: thinly invented mappings ({ours_n} > {nr})");
     }
 }
 
@@ -161,10 +143,7 @@ fn thinly_repair_passes_thin_check_and_recovers_at_least_what_thin_repair_does()
     let (xml, base) = (dir.path().join("gen.xml"), dir.path().join("base.meta"));
     let (_, bytes) = write_generated_xml(&GenConfig::small(9), &xml);
     sized_file(&base, bytes);
-    ok(
-        &run("thin_restore", &["-i", s(&xml), "-o", s(&base)]),
-        "thin_restore",
-    );
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&base)]), "thin_restore");
     compare_repairs(&base, dir.path(), "generated");
 }
 
@@ -174,9 +153,8 @@ fn thinly_repair_of_a_damaged_kernel_written_image_beats_thin_repair() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(kernel) = sample_images(dir.path())
-        .into_iter()
-        .find(|p| s(p).ends_with("kernel-basic.meta"))
+    let Some(kernel) =
+        sample_images(dir.path()).into_iter().find(|p| s(p).ends_with("kernel-basic.meta"))
     else {
         return;
     };
@@ -189,27 +167,15 @@ fn repair_of_an_undamaged_image_keeps_every_mapping() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (xml, base, out) = (
-        dir.path().join("gen.xml"),
-        dir.path().join("base.meta"),
-        dir.path().join("out.meta"),
-    );
+    let (xml, base, out) =
+        (dir.path().join("gen.xml"), dir.path().join("base.meta"), dir.path().join("out.meta"));
     let (_, bytes) = write_generated_xml(&GenConfig::deep_chain(2), &xml);
     sized_file(&base, bytes);
     sized_file(&out, bytes);
-    ok(
-        &run("thin_restore", &["-i", s(&xml), "-o", s(&base)]),
-        "thin_restore",
-    );
-    ok(
-        &thinly_run(&["repair", "-i", s(&base), "-o", s(&out)]),
-        "thinly repair",
-    );
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&base)]), "thin_restore");
+    ok(&thinly_run(&["repair", "-i", s(&base), "-o", s(&out)]), "thinly repair");
     let (a, b) = (run("thin_dump", &[s(&base)]), run("thin_dump", &[s(&out)]));
     assert!(a.stdout == b.stdout, "repair changed an undamaged pool");
     let dumped = thinly_run(&["dump", "--repair", s(&base)]);
-    assert!(
-        dumped.stdout == a.stdout,
-        "dump --repair of an undamaged pool differs"
-    );
+    assert!(dumped.stdout == a.stdout, "dump --repair of an undamaged pool differs");
 }

@@ -29,9 +29,7 @@ impl Rng {
 /// checksum and reach the structural checks.
 fn damage(img: &mut Image, rng: &mut Rng) {
     let nr_blocks = img.bytes.len() as u64 / 4096;
-    let used: Vec<u64> = (0..nr_blocks)
-        .filter(|&b| identify(img.block(b)).is_some())
-        .collect();
+    let used: Vec<u64> = (0..nr_blocks).filter(|&b| identify(img.block(b)).is_some()).collect();
     for _ in 0..1 + rng.below(3) {
         let b = used[rng.below(used.len() as u64) as usize];
         let kind = identify(img.block(b));
@@ -71,30 +69,20 @@ fn no_tool_panics_on_randomly_damaged_metadata() {
     let (xml, base) = (dir.path().join("gen.xml"), dir.path().join("base.meta"));
     let (_, bytes) = write_generated_xml(&GenConfig::small(12), &xml);
     sized_file(&base, bytes.min(4 << 20));
-    ok(
-        &run("thin_restore", &["-i", s(&xml), "-o", s(&base)]),
-        "thin_restore",
-    );
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&base)]), "thin_restore");
     let clean = Image::load(&base);
-    let seeds: Vec<u64> = match std::env::var("THINLY_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    let seeds: Vec<u64> = match std::env::var("THINLY_SEED").ok().and_then(|v| v.parse().ok()) {
         Some(seed) => vec![seed],
         // More rounds locally with THINLY_ROUNDS=n.
         None => {
-            let rounds = std::env::var("THINLY_ROUNDS")
-                .ok()
-                .and_then(|v| v.parse().ok());
+            let rounds = std::env::var("THINLY_ROUNDS").ok().and_then(|v| v.parse().ok());
             (0..rounds.unwrap_or(24)).collect()
         }
     };
     let (bad, out) = (dir.path().join("bad.meta"), dir.path().join("out.meta"));
     for seed in seeds {
         let mut rng = Rng(seed);
-        let mut img = Image {
-            bytes: clean.bytes.clone(),
-        };
+        let mut img = Image { bytes: clean.bytes.clone() };
         damage(&mut img, &mut rng);
         img.save(&bad);
         sized_file(&out, clean.bytes.len() as u64);
@@ -104,12 +92,7 @@ fn no_tool_panics_on_randomly_damaged_metadata() {
             &["dump", b],
             &["dump", "--repair", b],
             &["dump", "-f", "human_readable", "-m", b],
-            &[
-                "ls",
-                "-o",
-                "DEV,MAPPED,EXCLUSIVE,SHARED,HIGHEST_BLOCK,HIGHEST_MAPPED",
-                b,
-            ],
+            &["ls", "-o", "DEV,MAPPED,EXCLUSIVE,SHARED,HIGHEST_BLOCK,HIGHEST_MAPPED", b],
             &["delta", "--snap1", "0", "--snap2", "3", "--verbose", b],
             &["rmap", "--region", "0..100000", b],
             &["repair", "-i", b, "-o", s(&out)],

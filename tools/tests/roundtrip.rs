@@ -14,16 +14,10 @@ fn real_restore_then_thinly_dump(cfg: &GenConfig) {
     let (xml, meta) = (dir.path().join("pool.xml"), dir.path().join("pool.meta"));
     let (_, bytes) = write_generated_xml(cfg, &xml);
     sized_file(&meta, bytes);
-    ok(
-        &run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]),
-        "thin_restore",
-    );
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
     let ours = thinly_run(&["dump", s(&meta)]);
     ok(&ours, "thinly dump");
-    assert!(
-        ours.stdout == std::fs::read(&xml).expect("read"),
-        "thinly dump differs for {cfg:?}"
-    );
+    assert!(ours.stdout == std::fs::read(&xml).expect("read"), "thinly dump differs for {cfg:?}");
 }
 
 fn thinly_restore_then_real_check_and_dump(cfg: &GenConfig) {
@@ -34,24 +28,12 @@ fn thinly_restore_then_real_check_and_dump(cfg: &GenConfig) {
     let (xml, meta) = (dir.path().join("pool.xml"), dir.path().join("pool.meta"));
     let (_, bytes) = write_generated_xml(cfg, &xml);
     sized_file(&meta, bytes);
-    ok(
-        &thinly_run(&["restore", "-i", s(&xml), "-o", s(&meta)]),
-        "thinly restore",
-    );
-    ok(
-        &run("thin_check", &[s(&meta)]),
-        "thin_check of thinly's restore",
-    );
-    ok(
-        &thinly_run(&["check", s(&meta)]),
-        "thinly check of thinly's restore",
-    );
+    ok(&thinly_run(&["restore", "-i", s(&xml), "-o", s(&meta)]), "thinly restore");
+    ok(&run("thin_check", &[s(&meta)]), "thin_check of thinly's restore");
+    ok(&thinly_run(&["check", s(&meta)]), "thinly check of thinly's restore");
     let real = run("thin_dump", &[s(&meta)]);
     ok(&real, "thin_dump");
-    assert!(
-        real.stdout == std::fs::read(&xml).expect("read"),
-        "thin_dump differs for {cfg:?}"
-    );
+    assert!(real.stdout == std::fs::read(&xml).expect("read"), "thin_dump differs for {cfg:?}");
 }
 
 #[test]
@@ -119,11 +101,7 @@ fn thinly_dump_of_every_sample_equals_the_real_dump_in_both_formats() {
     let dir = tempfile::tempdir().expect("tempdir");
     let images = sample_images(dir.path());
     for image in &images {
-        for args in [
-            &[][..],
-            &["-f", "human_readable"][..],
-            &["--skip-mappings"][..],
-        ] {
+        for args in [&[][..], &["-f", "human_readable"][..], &["--skip-mappings"][..]] {
             let mut real_args: Vec<&str> = args.to_vec();
             real_args.push(s(image));
             let real = run("thin_dump", &real_args);
@@ -132,16 +110,10 @@ fn thinly_dump_of_every_sample_equals_the_real_dump_in_both_formats() {
             ours_args.extend_from_slice(&real_args);
             let ours = thinly_run(&ours_args);
             ok(&ours, "thinly dump");
-            assert!(
-                ours.stdout == real.stdout,
-                "{image:?} {args:?}: dumps differ"
-            );
+            assert!(ours.stdout == real.stdout, "{image:?} {args:?}: dumps differ");
         }
     }
-    assert!(
-        images.len() >= 5 || samples_dir().is_none(),
-        "expected the sample images"
-    );
+    assert!(images.len() >= 5 || samples_dir().is_none(), "expected the sample images");
 }
 
 #[test]
@@ -157,16 +129,10 @@ fn thinly_restore_of_every_sample_dump_passes_real_check_and_dumps_back() {
         std::fs::write(&xml, &real.stdout).expect("write");
         let meta = dir.path().join("restored.meta");
         sized_file(&meta, 8 << 20);
-        ok(
-            &thinly_run(&["restore", "-i", s(&xml), "-o", s(&meta)]),
-            "thinly restore",
-        );
+        ok(&thinly_run(&["restore", "-i", s(&xml), "-o", s(&meta)]), "thinly restore");
         ok(&run("thin_check", &[s(&meta)]), "thin_check");
         let again = run("thin_dump", &[s(&meta)]);
-        assert!(
-            again.stdout == real.stdout,
-            "{image:?}: restore then dump differs"
-        );
+        assert!(again.stdout == real.stdout, "{image:?}: restore then dump differs");
     }
 }
 
@@ -179,21 +145,13 @@ fn thinly_restore_of_1x_xml_with_shared_defs_passes_real_check() {
     if !have_tools(&["thin_check", "thin_dump"]) {
         return;
     }
-    let run_of = |o: u64, d: u64, len: u64| Run {
-        origin_begin: o,
-        data_begin: d,
-        len,
-        time: 0,
-    };
+    let run_of = |o: u64, d: u64, len: u64| Run { origin_begin: o, data_begin: d, len, time: 0 };
     let defs = vec![
         SharedDef {
             name: "base".into(),
             runs: (0..2000).map(|i| run_of(3 * i, 7 * i, 2)).collect(),
         },
-        SharedDef {
-            name: "tail".into(),
-            runs: vec![run_of(100_000, 50_000, 30)],
-        },
+        SharedDef { name: "tail".into(), runs: vec![run_of(100_000, 50_000, 30)] },
     ];
     let dev = |id: u32, items: Vec<Item>| ThinDevice {
         details: Device {
@@ -206,13 +164,7 @@ fn thinly_restore_of_1x_xml_with_shared_defs_passes_real_check() {
         items,
     };
     let own = |o: u64, d: u64, n: u64| -> Vec<Item> {
-        (0..n)
-            .map(|i| Item::Single {
-                origin_block: o + i,
-                data_block: d + i,
-                time: 5,
-            })
-            .collect()
+        (0..n).map(|i| Item::Single { origin_block: o + i, data_block: d + i, time: 5 }).collect()
     };
     let md = Metadata {
         superblock: Superblock {
@@ -242,10 +194,7 @@ fn thinly_restore_of_1x_xml_with_shared_defs_passes_real_check() {
     let (xml, meta) = (dir.path().join("v1.xml"), dir.path().join("v1.meta"));
     std::fs::write(&xml, to_xml_string(&md, Dialect::V1).expect("xml")).expect("write");
     sized_file(&meta, 16 << 20);
-    ok(
-        &thinly_run(&["restore", "-i", s(&xml), "-o", s(&meta)]),
-        "thinly restore",
-    );
+    ok(&thinly_run(&["restore", "-i", s(&xml), "-o", s(&meta)]), "thinly restore");
     ok(&run("thin_check", &[s(&meta)]), "thin_check");
     let mut want = md.normalised().expect("normalise");
     for d in &mut want.devices {
@@ -256,10 +205,7 @@ fn thinly_restore_of_1x_xml_with_shared_defs_passes_real_check() {
     let real = run("thin_dump", &[s(&meta)]);
     ok(&real, "thin_dump");
     let expected = to_xml_string(&want, Dialect::V09).expect("xml");
-    assert!(
-        real.stdout == expected.as_bytes(),
-        "thin_dump of the restored defs differs"
-    );
+    assert!(real.stdout == expected.as_bytes(), "thin_dump of the restored defs differs");
     // Shared: 20 devices × 4030 mappings in far fewer blocks than 20 copies would take.
     let ls = run("thin_check", &[s(&meta)]);
     let free: u64 = String::from_utf8_lossy(&ls.stdout)

@@ -136,10 +136,7 @@ impl TreeBuilder {
             self.flush_pending(tm)?;
         }
         tm.inc(n.block)?;
-        self.leaves.push(Built {
-            node: n,
-            shared: true,
-        });
+        self.leaves.push(Built { node: n, shared: true });
         self.last_key = Some(last_key);
         self.nr_entries += n.nr_entries as u64;
         Ok(())
@@ -151,11 +148,7 @@ impl TreeBuilder {
         let data = tm.read(b, BlockKind::Node)?;
         let blk = &data[..];
         if !node::is_leaf(blk) || node::value_size(blk) != self.value_size {
-            return Err(Error::corrupt(
-                b,
-                "btree node",
-                "spliced node is not a leaf",
-            ));
+            return Err(Error::corrupt(b, "btree node", "spliced node is not a leaf"));
         }
         for i in 0..node::nr_entries(blk) {
             let v = node::value(blk, i);
@@ -186,11 +179,7 @@ impl TreeBuilder {
         }
         node::set_nr_entries(&mut data[..], n);
         self.leaves.push(Built {
-            node: NodeRef {
-                key: self.keys[0],
-                block: b,
-                nr_entries: n,
-            },
+            node: NodeRef { key: self.keys[0], block: b, nr_entries: n },
             shared: false,
         });
         self.keys.drain(..n);
@@ -261,11 +250,7 @@ fn build_internal_level(tm: &mut TransactionManager, children: &[NodeRef]) -> Re
             node::set_value_u64(&mut data[..], i, c.block.0);
         }
         node::set_nr_entries(&mut data[..], size);
-        out.push(NodeRef {
-            key: chunk[0].key,
-            block: b,
-            nr_entries: size,
-        });
+        out.push(NodeRef { key: chunk[0].key, block: b, nr_entries: size });
     }
     Ok(out)
 }
@@ -302,10 +287,7 @@ mod tests {
                 assert_eq!(sizes.iter().sum::<usize>(), n);
                 assert!(sizes.iter().all(|&s| s <= max));
                 if sizes.len() > 1 {
-                    assert!(
-                        sizes.iter().all(|&s| s >= min),
-                        "n={n} max={max}: {sizes:?}"
-                    );
+                    assert!(sizes.iter().all(|&s| s >= min), "n={n} max={max}: {sizes:?}");
                 }
             }
         }

@@ -150,15 +150,8 @@ pub const MAX_DENSE_DATA_BLOCKS: u64 = 1 << 30;
 
 impl DataCounts {
     fn new(nr_blocks: u64) -> Self {
-        let dense = if nr_blocks <= MAX_DENSE_DATA_BLOCKS {
-            nr_blocks as usize
-        } else {
-            0
-        };
-        DataCounts {
-            small: vec![0; dense],
-            big: HashMap::new(),
-        }
+        let dense = if nr_blocks <= MAX_DENSE_DATA_BLOCKS { nr_blocks as usize } else { 0 };
+        DataCounts { small: vec![0; dense], big: HashMap::new() }
     }
 
     fn inc(&mut self, b: u64) {
@@ -207,13 +200,7 @@ impl<'a> Checker<'a> {
     }
 
     fn problem(&mut self, block: Option<u64>, keys: Option<(u64, Option<u64>)>, message: String) {
-        self.problems.push(Problem {
-            block,
-            device: self.device,
-            keys,
-            message,
-            fatal: true,
-        });
+        self.problems.push(Problem { block, device: self.device, keys, message, fatal: true });
     }
 
     /// Counts one reference to a metadata block; false if it lies outside the device.
@@ -242,9 +229,7 @@ impl<'a> Checker<'a> {
     }
 
     fn read(&mut self, b: u64, kind: BlockKind) -> std::result::Result<Box<Block>, String> {
-        self.bm
-            .read_validated(MetaBlock(b), kind)
-            .map_err(|e| e.to_string())
+        self.bm.read_validated(MetaBlock(b), kind).map_err(|e| e.to_string())
     }
 
     /// Walks the tree at `root`; returns the number of leaf entries below it.
@@ -269,11 +254,7 @@ impl<'a> Checker<'a> {
             return self.entries_below.get(&b).copied().unwrap_or(0);
         }
         if depth >= MAX_BTREE_DEPTH {
-            self.problem(
-                Some(b),
-                Some(keys),
-                format!("{}: too deep (a cycle?)", tree.name()),
-            );
+            self.problem(Some(b), Some(keys), format!("{}: too deep (a cycle?)", tree.name()));
             return 0;
         }
         let data = match self.read(b, BlockKind::Node) {
@@ -302,20 +283,10 @@ impl<'a> Checker<'a> {
         }
         let mut total = 0;
         for i in 0..h.nr_entries {
-            let hi = if i + 1 < h.nr_entries {
-                Some(node::key(blk, i + 1))
-            } else {
-                keys.1
-            };
+            let hi = if i + 1 < h.nr_entries { Some(node::key(blk, i + 1)) } else { keys.1 };
             let child = node::value_u64(blk, i);
-            total += self.node(
-                child,
-                tree,
-                depth + 1,
-                (node::key(blk, i), hi),
-                leaf_depth,
-                subtrees,
-            );
+            total +=
+                self.node(child, tree, depth + 1, (node::key(blk, i), hi), leaf_depth, subtrees);
         }
         if tree == Tree::Bottom {
             self.entries_below.insert(b, total);
@@ -333,11 +304,7 @@ impl<'a> Checker<'a> {
         blk: &[u8],
     ) {
         let name = tree.name();
-        let want_vs = if h.is_leaf {
-            tree.value_size()
-        } else {
-            node::INTERNAL_VALUE_SIZE
-        };
+        let want_vs = if h.is_leaf { tree.value_size() } else { node::INTERNAL_VALUE_SIZE };
         let mut bad = Vec::new();
         if h.value_size != want_vs {
             bad.push(format!("value_size {} (expected {want_vs})", h.value_size));
@@ -351,10 +318,7 @@ impl<'a> Checker<'a> {
         }
         let min = node::min_entries(h.max_entries);
         if depth > 0 && h.nr_entries < min {
-            bad.push(format!(
-                "too few entries: {}, expected at least {min}",
-                h.nr_entries
-            ));
+            bad.push(format!("too few entries: {}, expected at least {min}", h.nr_entries));
         }
         if !h.is_leaf && h.nr_entries == 0 {
             bad.push("internal node with no entries".into());
@@ -429,11 +393,7 @@ impl<'a> Checker<'a> {
         for (id, _) in &roots {
             if !details.contains_key(id) {
                 self.device = Some(*id);
-                self.problem(
-                    None,
-                    None,
-                    "in the mapping tree but has no device details".into(),
-                );
+                self.problem(None, None, "in the mapping tree but has no device details".into());
             }
         }
         for id in details.keys() {
@@ -567,12 +527,7 @@ fn count_held(c: &mut Checker, sb: &Superblock, report: &mut CheckReport) {
         Ok(raw) => {
             let s = Superblock::decode(&raw[..]);
             let mut scratch = CheckReport::default();
-            c.mapping_trees(
-                s.data_mapping_root.0,
-                s.device_details_root.0,
-                true,
-                &mut scratch,
-            );
+            c.mapping_trees(s.data_mapping_root.0, s.device_details_root.0, true, &mut scratch);
             let _ = report;
         }
         Err(e) => c.problem(Some(h), None, format!("metadata snapshot: {e}")),
@@ -592,11 +547,7 @@ fn space_maps(c: &mut Checker, sb: &Superblock) {
         let mut r = BlockManager::new(c.bm.device().clone(), 1 << 20);
         match crate::space_map::disk::load_data_index(&mut r, d.bitmap_root) {
             Ok(e) => idx = e,
-            Err(e) => c.problem(
-                e.block().map(|b| b.0),
-                None,
-                format!("data space map index: {e}"),
-            ),
+            Err(e) => c.problem(e.block().map(|b| b.0), None, format!("data space map index: {e}")),
         }
     }
     let data_overflow = ref_counts(c, d.ref_count_root.0, "data");
@@ -604,22 +555,13 @@ fn space_maps(c: &mut Checker, sb: &Superblock) {
         c.problem(
             Some(d.bitmap_root.0),
             None,
-            format!(
-                "data space map: {} bitmaps for {} blocks",
-                idx.len(),
-                d.nr_blocks
-            ),
+            format!("data space map: {} bitmaps for {} blocks", idx.len(), d.nr_blocks),
         );
     }
     if let Some(bitmaps) = meta_bitmaps {
-        compare(
-            c,
-            "metadata",
-            &bitmaps,
-            &meta_overflow,
-            m.nr_blocks,
-            &|c, b| c.meta.get(b as usize).copied().unwrap_or(0),
-        );
+        compare(c, "metadata", &bitmaps, &meta_overflow, m.nr_blocks, &|c, b| {
+            c.meta.get(b as usize).copied().unwrap_or(0)
+        });
         if m.nr_blocks < c.nr_meta {
             for b in m.nr_blocks..c.nr_meta {
                 if c.meta[b as usize] > 0 {
@@ -632,9 +574,7 @@ fn space_maps(c: &mut Checker, sb: &Superblock) {
             }
         }
     }
-    compare(c, "data", &idx, &data_overflow, d.nr_blocks, &|c, b| {
-        c.data.get(b)
-    });
+    compare(c, "data", &idx, &data_overflow, d.nr_blocks, &|c, b| c.data.get(b));
 }
 
 fn metadata_index(c: &mut Checker, m: &SmRoot) -> Option<Vec<IndexEntry>> {
@@ -643,10 +583,7 @@ fn metadata_index(c: &mut Checker, m: &SmRoot) -> Option<Vec<IndexEntry>> {
         c.problem(
             Some(0),
             None,
-            format!(
-                "metadata space map of {} blocks does not fit the device",
-                m.nr_blocks
-            ),
+            format!("metadata space map of {} blocks does not fit the device", m.nr_blocks),
         );
         return None;
     }
@@ -702,11 +639,7 @@ fn compare(
         match c.read(e.blocknr, BlockKind::Bitmap) {
             Ok(raw) => decode_bitmap(&raw[..], &mut words),
             Err(err) => {
-                c.problem(
-                    Some(e.blocknr),
-                    None,
-                    format!("{space} space map bitmap {i}: {err}"),
-                );
+                c.problem(Some(e.blocknr), None, format!("{space} space map bitmap {i}: {err}"));
                 continue;
             }
         }

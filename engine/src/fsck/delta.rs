@@ -48,12 +48,7 @@ pub struct Segment {
 fn runs_of(bm: &mut BlockManager, root: MetaBlock) -> Result<Vec<Run>> {
     let mut runs: Vec<Run> = Vec::new();
     walk_mappings(bm, root, &mut |k, bt| {
-        let next = Run {
-            origin_begin: k,
-            data_begin: bt.block,
-            len: 1,
-            time: bt.time,
-        };
+        let next = Run { origin_begin: k, data_begin: bt.block, len: 1, time: bt.time };
         match runs.last_mut() {
             Some(cur) if cur.origin_end() == k && cur.data_end() == bt.block => cur.len += 1,
             _ => runs.push(next),
@@ -78,51 +73,25 @@ pub fn diff(left: &[Run], right: &[Run]) -> Vec<Segment> {
                 return;
             }
         }
-        out.push(Segment {
-            kind,
-            begin,
-            len,
-            left_data: l,
-            right_data: r,
-        });
+        out.push(Segment { kind, begin, len, left_data: l, right_data: r });
     };
     while i < left.len() || j < right.len() {
-        let a = left
-            .get(i)
-            .map(|r| (r.origin_begin + li, r.len - li, r.data_begin + li));
-        let b = right
-            .get(j)
-            .map(|r| (r.origin_begin + rj, r.len - rj, r.data_begin + rj));
+        let a = left.get(i).map(|r| (r.origin_begin + li, r.len - li, r.data_begin + li));
+        let b = right.get(j).map(|r| (r.origin_begin + rj, r.len - rj, r.data_begin + rj));
         let (take_l, take_r, len, kind) = match (a, b) {
             (Some(a), Some(b)) if a.0 == b.0 => {
                 let len = a.1.min(b.1);
-                (
-                    true,
-                    true,
-                    len,
-                    if a.2 == b.2 {
-                        Kind::Same
-                    } else {
-                        Kind::Different
-                    },
-                )
+                (true, true, len, if a.2 == b.2 { Kind::Same } else { Kind::Different })
             }
             (Some(a), Some(b)) if a.0 < b.0 => (true, false, a.1.min(b.0 - a.0), Kind::LeftOnly),
-            (Some(_), Some(b)) => (
-                false,
-                true,
-                b.1.min(a.map_or(u64::MAX, |a| a.0) - b.0),
-                Kind::RightOnly,
-            ),
+            (Some(_), Some(b)) => {
+                (false, true, b.1.min(a.map_or(u64::MAX, |a| a.0) - b.0), Kind::RightOnly)
+            }
             (Some(a), None) => (true, false, a.1, Kind::LeftOnly),
             (None, Some(b)) => (false, true, b.1, Kind::RightOnly),
             (None, None) => break,
         };
-        let begin = if take_l {
-            a.map_or(0, |a| a.0)
-        } else {
-            b.map_or(0, |b| b.0)
-        };
+        let begin = if take_l { a.map_or(0, |a| a.0) } else { b.map_or(0, |b| b.0) };
         push(
             kind,
             begin,
@@ -188,8 +157,7 @@ pub fn delta<W: Write>(
         render_plain(&segs, &mut s);
     }
     s.push_str("  </diff>\n</superblock>\n");
-    out.write_all(s.as_bytes())
-        .map_err(Error::io("writing the delta"))?;
+    out.write_all(s.as_bytes()).map_err(Error::io("writing the delta"))?;
     out.flush().map_err(Error::io("writing the delta"))
 }
 
@@ -203,12 +171,7 @@ fn render_plain(segs: &[Segment], s: &mut String) {
             end = end.saturating_add(segs[i].len);
             i += 1;
         }
-        let _ = writeln!(
-            s,
-            "    <{} begin=\"{begin}\" length=\"{}\"/>",
-            kind.tag(),
-            end - begin
-        );
+        let _ = writeln!(s, "    <{} begin=\"{begin}\" length=\"{}\"/>", kind.tag(), end - begin);
     }
 }
 
@@ -226,11 +189,7 @@ fn render_verbose(segs: &[Segment], s: &mut String) {
                 (Some(d), _, _) | (None, Some(d), _) => format!("data_begin=\"{d}\""),
                 (None, None, _) => String::new(),
             };
-            let _ = writeln!(
-                s,
-                "      <range begin=\"{}\" {data} length=\"{}\"/>",
-                g.begin, g.len
-            );
+            let _ = writeln!(s, "      <range begin=\"{}\" {data} length=\"{}\"/>", g.begin, g.len);
             i += 1;
         }
         let _ = writeln!(s, "    </{}>", kind.tag());

@@ -164,7 +164,7 @@ fn walk_rec<R: ReadBlocks + ?Sized>(
     }
     if depth >= MAX_BTREE_DEPTH {
         return Err(
-            crate::error::Error::corrupt(b, "btree node", "tree too deep (a cycle?)").into(),
+            crate::error::Error::corrupt(b, "btree node", "tree too deep (a cycle?)").into()
         );
     }
     let data = r.read_block(b, BlockKind::Node)?;
@@ -212,12 +212,7 @@ pub fn emit_mappings<R: ReadBlocks + ?Sized, V: MetadataVisitor + ?Sized>(
     let mut n = 0u64;
     walk_mappings(r, root, &mut |k, bt| {
         n += 1;
-        let next = Run {
-            origin_begin: k,
-            data_begin: bt.block,
-            len: 1,
-            time: bt.time,
-        };
+        let next = Run { origin_begin: k, data_begin: bt.block, len: 1, time: bt.time };
         match &mut run {
             Some(cur) if cur.continues_with(&next) => cur.len += 1,
             Some(cur) => {

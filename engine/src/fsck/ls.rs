@@ -61,12 +61,8 @@ const NAMES: [(Field, &str); 20] = [
 ];
 
 /// thin_ls's default columns.
-pub const DEFAULT_FIELDS: [Field; 4] = [
-    Field::Dev,
-    Field::Mapped,
-    Field::CreateTime,
-    Field::SnapTime,
-];
+pub const DEFAULT_FIELDS: [Field; 4] =
+    [Field::Dev, Field::Mapped, Field::CreateTime, Field::SnapTime];
 
 impl Field {
     pub fn name(self) -> &'static str {
@@ -154,13 +150,7 @@ pub fn list(
             })?;
         }
     }
-    let nr_users = |b: u64| {
-        users
-            .get(b as usize)
-            .or_else(|| sparse.get(&b))
-            .copied()
-            .unwrap_or(0)
-    };
+    let nr_users = |b: u64| users.get(b as usize).or_else(|| sparse.get(&b)).copied().unwrap_or(0);
     let mut rows = Vec::new();
     for (&id, d) in &details {
         let mut row = DeviceRow {
@@ -237,12 +227,12 @@ fn cell(f: Field, r: &DeviceRow, bs: u64) -> String {
         Field::CreateTime => r.creation_time.to_string(),
         Field::SnapTime => r.snap_time.to_string(),
         Field::HighestBlock => hi.map_or("-".into(), |h| h.to_string()),
-        Field::HighestSector => hi.map_or("-".into(), |h| {
-            sectors(h.saturating_add(1)).saturating_sub(1).to_string()
-        }),
-        Field::HighestByte => hi.map_or("-".into(), |h| {
-            bytes(h.saturating_add(1)).saturating_sub(1).to_string()
-        }),
+        Field::HighestSector => {
+            hi.map_or("-".into(), |h| sectors(h.saturating_add(1)).saturating_sub(1).to_string())
+        }
+        Field::HighestByte => {
+            hi.map_or("-".into(), |h| bytes(h.saturating_add(1)).saturating_sub(1).to_string())
+        }
         Field::HighestMapped => hi.map_or("-".into(), |h| human_size(bytes(h.saturating_add(1)))),
     }
 }

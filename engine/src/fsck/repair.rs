@@ -111,10 +111,7 @@ impl Salvager {
                 nodes.insert(b, f);
             }
         }
-        let stats = SalvageStats {
-            nr_valid_nodes: nodes.len() as u64,
-            ..SalvageStats::default()
-        };
+        let stats = SalvageStats { nr_valid_nodes: nodes.len() as u64, ..SalvageStats::default() };
         Salvager { bm, nodes, stats }
     }
 
@@ -128,12 +125,8 @@ impl Salvager {
     /// Children referenced by valid internal nodes (and subtree roots by top leaves).
     fn referenced(&mut self) -> HashSet<u64> {
         let mut out = HashSet::new();
-        let internals: Vec<u64> = self
-            .nodes
-            .iter()
-            .filter(|(_, f)| !f.is_leaf)
-            .map(|(b, _)| *b)
-            .collect();
+        let internals: Vec<u64> =
+            self.nodes.iter().filter(|(_, f)| !f.is_leaf).map(|(b, _)| *b).collect();
         for b in internals {
             if let Some(d) = self.node_data(b) {
                 for i in 0..node::nr_entries(&d[..]) {
@@ -176,11 +169,7 @@ impl Salvager {
         let n = node::nr_entries(&d[..]);
         let kids: Vec<(u64, u64, Option<u64>)> = (0..n)
             .map(|i| {
-                let hi = if i + 1 < n {
-                    Some(node::key(&d[..], i + 1))
-                } else {
-                    keys.1
-                };
+                let hi = if i + 1 < n { Some(node::key(&d[..], i + 1)) } else { keys.1 };
                 (node::value_u64(&d[..], i), node::key(&d[..], i), hi)
             })
             .collect();
@@ -217,11 +206,7 @@ impl Salvager {
             if *k > MAX_DEV_ID || r >= nr_blocks {
                 return false;
             }
-            if self
-                .nodes
-                .get(&r)
-                .is_some_and(|f| !f.is_leaf || f.value_size == 8)
-            {
+            if self.nodes.get(&r).is_some_and(|f| !f.is_leaf || f.value_size == 8) {
                 valid += 1;
             }
         }
@@ -239,13 +224,9 @@ fn superblock_and_usage(dev: &Arc<dyn BlockDevice>) -> (Option<DiskSuperblock>, 
     if sb.magic != crate::format::superblock::SUPERBLOCK_MAGIC {
         return (None, None);
     }
-    let usage = crate::space_map::disk::load(&mut bm, &sb)
-        .ok()
-        .map(|(meta, _, _)| {
-            (0..dev.nr_blocks())
-                .map(|b| meta.get(b).map_or(true, |c| c > 0))
-                .collect::<Vec<bool>>()
-        });
+    let usage = crate::space_map::disk::load(&mut bm, &sb).ok().map(|(meta, _, _)| {
+        (0..dev.nr_blocks()).map(|b| meta.get(b).map_or(true, |c| c > 0)).collect::<Vec<bool>>()
+    });
     (Some(sb), usage)
 }
 
@@ -256,13 +237,8 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
     v: &mut V,
 ) -> Result<SalvageStats> {
     let (sb, usage) = superblock_and_usage(&dev);
-    let filter = usage
-        .as_ref()
-        .map(|u| move |b: u64| u.get(b as usize).copied().unwrap_or(false));
-    let mut s = Salvager::scan(
-        dev.clone(),
-        filter.as_ref().map(|f| f as &dyn Fn(u64) -> bool),
-    );
+    let filter = usage.as_ref().map(|u| move |b: u64| u.get(b as usize).copied().unwrap_or(false));
+    let mut s = Salvager::scan(dev.clone(), filter.as_ref().map(|f| f as &dyn Fn(u64) -> bool));
     s.stats.superblock_ok = sb.is_some();
     if sb.is_none() && s.nodes.is_empty() {
         return Err(Error::Unusable(
@@ -273,10 +249,7 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
 
     // The top-level tree: the superblock's if it still looks like one, else the largest
     // unreferenced candidate.
-    let mut top = sb
-        .as_ref()
-        .map(|sb| sb.data_mapping_root.0)
-        .filter(|&r| s.is_top_level(r));
+    let mut top = sb.as_ref().map(|sb| sb.data_mapping_root.0).filter(|&r| s.is_top_level(r));
     if top.is_none() {
         let mut cands: Vec<u64> = s
             .nodes
@@ -305,10 +278,8 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
 
     // Device details: the superblock's tree, else the largest unreferenced 24-byte tree.
     let mut details: BTreeMap<u64, DeviceDetails> = BTreeMap::new();
-    let mut droot = sb
-        .as_ref()
-        .map(|sb| sb.device_details_root.0)
-        .filter(|r| s.nodes.contains_key(r));
+    let mut droot =
+        sb.as_ref().map(|sb| sb.device_details_root.0).filter(|r| s.nodes.contains_key(r));
     if droot.is_none() {
         droot = s
             .nodes
@@ -369,18 +340,14 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
     for o in orphans.into_iter().filter(|o| !root_set.contains(o)) {
         let mut t = DeviceTree::default();
         s.collect(o, 8, (0, None), 0, &mut t);
-        let (Some(first), Some(last)) = (
-            t.leaves.iter().map(|l| l.0).min(),
-            t.leaves.iter().map(|l| l.0).max(),
-        ) else {
+        let (Some(first), Some(last)) =
+            (t.leaves.iter().map(|l| l.0).min(), t.leaves.iter().map(|l| l.0).max())
+        else {
             continue;
         };
         let mut placed = false;
         for dt in trees.values_mut() {
-            let fits = dt
-                .lost
-                .iter()
-                .any(|&(lo, hi)| first >= lo && hi.is_none_or(|h| last < h));
+            let fits = dt.lost.iter().any(|&(lo, hi)| first >= lo && hi.is_none_or(|h| last < h));
             if fits {
                 dt.leaves.extend_from_slice(&t.leaves);
                 placed = true;
@@ -395,13 +362,7 @@ pub fn salvage<V: MetadataVisitor + ?Sized>(
                 .iter()
                 .find(|(id, d)| d.mapped_blocks == n && !trees.contains_key(id))
                 .map(|(id, _)| *id)
-                .unwrap_or_else(|| {
-                    trees
-                        .keys()
-                        .chain(details.keys())
-                        .max()
-                        .map_or(0, |m| m + 1)
-                });
+                .unwrap_or_else(|| trees.keys().chain(details.keys()).max().map_or(0, |m| m + 1));
             trees.insert(id, t);
             s.stats.nr_reattached += 1;
         }
@@ -486,11 +447,7 @@ fn emit<V: MetadataVisitor + ?Sized>(
                 .max()
                 .unwrap_or(0)
                 .max(max_time),
-            transaction: details
-                .values()
-                .map(|d| d.transaction_id)
-                .max()
-                .unwrap_or(0),
+            transaction: details.values().map(|d| d.transaction_id).max().unwrap_or(0),
             flags: Some(0),
             version: Some(2),
             data_block_size: 128,
@@ -523,12 +480,7 @@ fn emit<V: MetadataVisitor + ?Sized>(
             let mut run: Option<Run> = None;
             for_each_entry(s, &t.leaves, &mut |k, val| {
                 let bt = BlockTime::unpack(val);
-                let next = Run {
-                    origin_begin: k,
-                    data_begin: bt.block,
-                    len: 1,
-                    time: bt.time,
-                };
+                let next = Run { origin_begin: k, data_begin: bt.block, len: 1, time: bt.time };
                 match &mut run {
                     Some(cur) if cur.continues_with(&next) => cur.len += 1,
                     Some(cur) => {
@@ -558,10 +510,7 @@ pub fn repair(
     overrides: Overrides,
 ) -> Result<SalvageStats> {
     let mut r = super::restore::Restorer::new(output, overrides);
-    let opts = SalvageOptions {
-        overrides,
-        ..SalvageOptions::default()
-    };
+    let opts = SalvageOptions { overrides, ..SalvageOptions::default() };
     let stats = salvage(input, &opts, &mut r)?;
     if !r.is_done() {
         return Err(Error::Unusable("repair produced no metadata".into()));

@@ -90,10 +90,7 @@ fn sequence(event: &'static str, reason: &'static str) -> Error {
 }
 
 fn invalid(dev_id: Option<u32>, reason: impl Into<String>) -> Error {
-    Error::Invalid {
-        dev_id,
-        reason: reason.into(),
-    }
+    Error::Invalid { dev_id, reason: reason.into() }
 }
 
 impl Restorer {
@@ -125,19 +122,14 @@ impl Restorer {
     }
 
     fn tm(&mut self, event: &'static str) -> Result<&mut TransactionManager> {
-        self.tm
-            .as_mut()
-            .ok_or_else(|| sequence(event, "before the superblock"))
+        self.tm.as_mut().ok_or_else(|| sequence(event, "before the superblock"))
     }
 
     fn builder(
         &mut self,
         event: &'static str,
     ) -> Result<(&mut TransactionManager, &mut TreeBuilder)> {
-        let tm = self
-            .tm
-            .as_mut()
-            .ok_or_else(|| sequence(event, "before the superblock"))?;
+        let tm = self.tm.as_mut().ok_or_else(|| sequence(event, "before the superblock"))?;
         match &mut self.open {
             Open::Def(_, b) | Open::Device(_, b) => Ok((tm, b)),
             Open::Nothing => Err(sequence(event, "outside a device or def")),
@@ -145,10 +137,7 @@ impl Restorer {
     }
 
     fn finish_commit(&mut self) -> Result<()> {
-        let sb = self
-            .sb
-            .clone()
-            .ok_or_else(|| sequence("superblock end", "no superblock"))?;
+        let sb = self.sb.clone().ok_or_else(|| sequence("superblock end", "no superblock"))?;
         let mut devices = std::mem::take(&mut self.devices);
         devices.sort_by_key(|d| d.0);
         if let Some(w) = devices.windows(2).find(|w| w[0].0 == w[1].0) {
@@ -215,9 +204,7 @@ impl MetadataVisitor for Restorer {
         check_superblock(&sb)?;
         // Every data bitmap is a metadata block: refuse sizes whose bitmaps cannot fit
         // (this also bounds the memory the data space map takes).
-        let nr_bitmaps = sb
-            .nr_data_blocks
-            .div_ceil(crate::limits::ENTRIES_PER_BITMAP);
+        let nr_bitmaps = sb.nr_data_blocks.div_ceil(crate::limits::ENTRIES_PER_BITMAP);
         if nr_bitmaps >= self.dev.nr_blocks() {
             return Err(invalid(
                 None,
@@ -279,10 +266,7 @@ impl MetadataVisitor for Restorer {
             return Err(sequence("device", "inside a device or def"));
         }
         if u64::from(device.dev_id) > MAX_DEV_ID {
-            return Err(invalid(
-                Some(device.dev_id),
-                "dev_id does not fit in 24 bits",
-            ));
+            return Err(invalid(Some(device.dev_id), "dev_id does not fit in 24 bits"));
         }
         self.open = Open::Device(*device, TreeBuilder::new(BOTTOM));
         Ok(())
@@ -314,10 +298,7 @@ impl MetadataVisitor for Restorer {
         };
         if run.len == 0
             || run.origin_begin.checked_add(run.len).is_none()
-            || run
-                .data_begin
-                .checked_add(run.len)
-                .is_none_or(|e| e > nr_data)
+            || run.data_begin.checked_add(run.len).is_none_or(|e| e > nr_data)
         {
             return Err(invalid(
                 dev_id,
@@ -333,11 +314,7 @@ impl MetadataVisitor for Restorer {
         let (tm, b) = self.builder("mapping")?;
         for i in 0..run.len {
             let data = run.data_begin + i;
-            let v = BlockTime {
-                block: data,
-                time: run.time,
-            }
-            .pack();
+            let v = BlockTime { block: data, time: run.time }.pack();
             b.push(tm, run.origin_begin + i, &v.to_le_bytes())
                 .map_err(|e| invalid(dev_id, e.to_string()))?;
             tm.data_sm_mut().inc(data)?;
@@ -353,9 +330,7 @@ impl MetadataVisitor for Restorer {
         let def_last = def.last_key;
         let (tm, b) = self.builder("ref")?;
         for (i, l) in leaves.iter().enumerate() {
-            let last = leaves
-                .get(i + 1)
-                .map_or(def_last, |n| n.key.saturating_sub(1));
+            let last = leaves.get(i + 1).map_or(def_last, |n| n.key.saturating_sub(1));
             b.push_node(tm, *l, last)?;
         }
         Ok(())
@@ -399,23 +374,12 @@ mod tests {
     }
 
     fn device(dev_id: u32, items: Vec<Item>) -> ThinDevice {
-        ThinDevice {
-            details: Device {
-                dev_id,
-                snap_time: 3,
-                ..Device::default()
-            },
-            items,
-        }
+        ThinDevice { details: Device { dev_id, snap_time: 3, ..Device::default() }, items }
     }
 
     fn singles(from: u64, n: u64, data: u64) -> Vec<Item> {
         (0..n)
-            .map(|i| Item::Single {
-                origin_block: from + 2 * i,
-                data_block: data + i,
-                time: 1,
-            })
+            .map(|i| Item::Single { origin_block: from + 2 * i, data_block: data + i, time: 1 })
             .collect()
     }
 
@@ -441,19 +405,10 @@ mod tests {
 
     #[test]
     fn every_device_size_packs_into_nodes_that_pass_the_checker() {
-        let sizes = [
-            0u64, 1, 83, 84, 252, 253, 300, 335, 336, 504, 505, 588, 589, 63_600, 64_000,
-        ];
-        let devices = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| device(i as u32, singles(0, n, 0)))
-            .collect();
-        let md = Metadata {
-            superblock: sb(70_000),
-            defs: Vec::new(),
-            devices,
-        };
+        let sizes = [0u64, 1, 83, 84, 252, 253, 300, 335, 336, 504, 505, 588, 589, 63_600, 64_000];
+        let devices =
+            sizes.iter().enumerate().map(|(i, &n)| device(i as u32, singles(0, n, 0))).collect();
+        let md = Metadata { superblock: sb(70_000), defs: Vec::new(), devices };
         let (_, back) = restore_check_dump(&md);
         assert_eq!(back, with_mapped_blocks(&md));
     }
@@ -461,64 +416,32 @@ mod tests {
     #[test]
     fn shared_defs_are_stored_once_and_counted_per_reference() {
         let big: Vec<Run> = (0..600)
-            .map(|i| Run {
-                origin_begin: 1000 + i,
-                data_begin: 5000 + 2 * i,
-                len: 1,
-                time: 0,
-            })
+            .map(|i| Run { origin_begin: 1000 + i, data_begin: 5000 + 2 * i, len: 1, time: 0 })
             .collect();
-        let small = vec![Run {
-            origin_begin: 2000,
-            data_begin: 100,
-            len: 10,
-            time: 0,
-        }];
+        let small = vec![Run { origin_begin: 2000, data_begin: 100, len: 10, time: 0 }];
         let md = Metadata {
             superblock: sb(10_000),
             defs: vec![
-                SharedDef {
-                    name: "big".into(),
-                    runs: big,
-                },
-                SharedDef {
-                    name: "small".into(),
-                    runs: small,
-                },
+                SharedDef { name: "big".into(), runs: big },
+                SharedDef { name: "small".into(), runs: small },
                 SharedDef {
                     name: "unused".into(),
-                    runs: vec![Run {
-                        origin_begin: 0,
-                        data_begin: 9000,
-                        len: 300,
-                        time: 0,
-                    }],
+                    runs: vec![Run { origin_begin: 0, data_begin: 9000, len: 300, time: 0 }],
                 },
             ],
             devices: vec![
                 device(1, vec![Item::Ref("big".into())]),
                 device(
                     2,
-                    [
-                        singles(0, 3, 20),
-                        vec![Item::Ref("big".into())],
-                        singles(1700, 5, 40),
-                    ]
-                    .concat(),
+                    [singles(0, 3, 20), vec![Item::Ref("big".into())], singles(1700, 5, 40)]
+                        .concat(),
                 ),
                 device(
                     3,
-                    [
-                        vec![Item::Ref("big".into())],
-                        vec![Item::Ref("small".into())],
-                    ]
-                    .concat(),
+                    [vec![Item::Ref("big".into())], vec![Item::Ref("small".into())]].concat(),
                 ),
                 device(4, vec![Item::Ref("small".into())]),
-                device(
-                    5,
-                    [singles(0, 100, 200), vec![Item::Ref("big".into())]].concat(),
-                ),
+                device(5, [singles(0, 100, 200), vec![Item::Ref("big".into())]].concat()),
             ],
         };
         let (dev, back) = restore_check_dump(&md);
@@ -529,17 +452,9 @@ mod tests {
         let tops = crate::fsck::dump::read_top_level(&mut bm, roots.mapping_root).expect("top");
         let tm = TransactionManager::open(bm.device().clone(), &roots.sb, 1 << 20).expect("open");
         let root1 = tops[&1];
-        let data = bm
-            .read(root1, crate::format::BlockKind::Node)
-            .expect("root");
-        assert!(
-            !node::is_leaf(&data[..]),
-            "600 mappings need an internal root"
-        );
+        let data = bm.read(root1, crate::format::BlockKind::Node).expect("root");
+        assert!(!node::is_leaf(&data[..]), "600 mappings need an internal root");
         let leaf = MetaBlock(node::value_u64(&data[..], 0));
-        assert!(
-            tm.ref_count(leaf).expect("count") >= 3,
-            "the def's first leaf is shared"
-        );
+        assert!(tm.ref_count(leaf).expect("count") >= 3, "the def's first leaf is shared");
     }
 }

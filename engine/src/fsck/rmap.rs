@@ -20,9 +20,7 @@ impl Region {
     /// Parses `BEGIN..END` (END excluded, must be above BEGIN).
     pub fn parse(s: &str) -> Result<Region> {
         let bad = |why: &str| Error::Unusable(format!("badly formed region ({why}): '{s}'"));
-        let (b, e) = s
-            .split_once("..")
-            .ok_or_else(|| bad("expected BEGIN..END"))?;
+        let (b, e) = s.split_once("..").ok_or_else(|| bad("expected BEGIN..END"))?;
         let begin = b.trim().parse().map_err(|_| bad("BEGIN is not a number"))?;
         let end = e.trim().parse().map_err(|_| bad("END is not a number"))?;
         if end <= begin {

@@ -18,9 +18,6 @@ pub fn run(a: &LsArgs) -> Result<u8> {
     let (block_size, rows) = list(dev, a.metadata_snap, &fields)
         .with_context(|| format!("listing {}", a.input.display()))?;
     let text = render(&fields, &rows, block_size, !a.no_headers);
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
-        .context("writing the listing")?;
+    std::io::stdout().lock().write_all(text.as_bytes()).context("writing the listing")?;
     Ok(exit::SUCCESS)
 }

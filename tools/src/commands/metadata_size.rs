@@ -8,10 +8,7 @@ use thinly_engine::fsck::metadata_size::{help_text, parse_args, render, Command}
 use crate::exit;
 
 pub fn run(prog: &str, args: &[OsString]) -> u8 {
-    let args: Vec<String> = args
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
+    let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     match parse_args(&args) {
         Ok(Command::Help) => {
             print!("{}", help_text(prog));

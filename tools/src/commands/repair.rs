@@ -12,13 +12,8 @@ pub fn run(a: &RepairArgs) -> Result<u8> {
     let input = open_input(&a.input, false)?;
     let output = open_output(&a.output)?;
     let _p = Progress::start("repairing metadata");
-    let stats = repair(input, output, overrides(&a.overrides)).with_context(|| {
-        format!(
-            "repairing {} into {}",
-            a.input.display(),
-            a.output.display()
-        )
-    })?;
+    let stats = repair(input, output, overrides(&a.overrides))
+        .with_context(|| format!("repairing {} into {}", a.input.display(), a.output.display()))?;
     if !a.quiet {
         eprintln!(
             "recovered {} devices, {} mappings ({} damaged subtrees, {} reattached)",

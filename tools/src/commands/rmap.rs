@@ -10,17 +10,10 @@ use crate::exit;
 use crate::files::open_input;
 
 pub fn run(a: &RmapArgs) -> Result<u8> {
-    let regions = a
-        .regions
-        .iter()
-        .map(|r| Region::parse(r))
-        .collect::<Result<Vec<_>, _>>()?;
+    let regions = a.regions.iter().map(|r| Region::parse(r)).collect::<Result<Vec<_>, _>>()?;
     let dev = open_input(&a.input, false)?;
     let text =
         rmap(dev, &regions).with_context(|| format!("reverse mapping {}", a.input.display()))?;
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
-        .context("writing the reverse map")?;
+    std::io::stdout().lock().write_all(text.as_bytes()).context("writing the reverse map")?;
     Ok(exit::SUCCESS)
 }

@@ -23,13 +23,8 @@ pub fn run(a: &TrimArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     for (b, e) in ranges {
         let s = u64::from(block_size);
-        writeln!(
-            out,
-            "discard sectors {}..{} (data blocks {b}..{e})",
-            b * s,
-            e * s
-        )
-        .context("writing")?;
+        writeln!(out, "discard sectors {}..{} (data blocks {b}..{e})", b * s, e * s)
+            .context("writing")?;
     }
     Ok(exit::SUCCESS)
 }

@@ -20,9 +20,7 @@ pub struct Image {
 
 impl Image {
     pub fn load(path: &Path) -> Image {
-        Image {
-            bytes: std::fs::read(path).expect("read image"),
-        }
+        Image { bytes: std::fs::read(path).expect("read image") }
     }
 
     pub fn save(&self, path: &Path) {
@@ -68,9 +66,7 @@ impl Image {
     pub fn devices(&self) -> Vec<(u64, u64)> {
         let (leaf, _) = self.first_leaf(self.sb().data_mapping_root.0);
         let l = self.block(leaf);
-        (0..node::nr_entries(l))
-            .map(|i| (node::key(l, i), node::value_u64(l, i)))
-            .collect()
+        (0..node::nr_entries(l)).map(|i| (node::key(l, i), node::value_u64(l, i))).collect()
     }
 
     /// The device whose bottom tree has an internal root (two levels or more).

@@ -29,20 +29,15 @@ pub fn missing(what: &str) -> bool {
 
 /// True when every tool runs; otherwise skips loudly (or fails under CI).
 pub fn have_tools(tools: &[&str]) -> bool {
-    tools
-        .iter()
-        .all(|t| match Command::new(t).arg("-V").output() {
-            Ok(_) => true,
-            Err(_) => missing(t),
-        })
+    tools.iter().all(|t| match Command::new(t).arg("-V").output() {
+        Ok(_) => true,
+        Err(_) => missing(t),
+    })
 }
 
 pub fn run(prog: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
     let prog = prog.as_ref();
-    Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {prog:?}: {e}"))
+    Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("running {prog:?}: {e}"))
 }
 
 /// Runs `thinly <args>`.
@@ -61,9 +56,7 @@ pub fn ok(out: &Output, what: &str) {
 
 /// Creates a zero-filled file of `bytes`.
 pub fn sized_file(path: &Path, bytes: u64) {
-    std::fs::File::create(path)
-        .and_then(|f| f.set_len(bytes))
-        .expect("size file");
+    std::fs::File::create(path).and_then(|f| f.set_len(bytes)).expect("size file");
 }
 
 /// Writes `cfg`'s pool as 0.9.0-style XML; returns (nr_mappings, metadata bytes to use).
@@ -104,19 +97,13 @@ pub fn sample_images(dir: &Path) -> Vec<PathBuf> {
     let mut images = Vec::new();
     for entry in std::fs::read_dir(&samples).expect("read samples") {
         let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         if !(name.ends_with(".bin.gz") || name.ends_with(".meta.gz")) {
             continue;
         }
         let mut bytes = Vec::new();
         let file = std::fs::File::open(&path).expect("open sample");
-        flate2::read::GzDecoder::new(file)
-            .read_to_end(&mut bytes)
-            .expect("gunzip");
+        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes).expect("gunzip");
         let out = dir.join(name.trim_end_matches(".gz"));
         std::fs::write(&out, bytes).expect("write image");
         images.push(out);

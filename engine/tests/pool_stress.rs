@@ -45,8 +45,12 @@ fn version_of(vol: u64, page: u64, b: &[u8]) -> u64 {
 
 /// One writer's log: (volume, page, version) in the order written.
 type Log = Vec<(u64, u64, u64)>;
+/// A writer's log and the last version it wrote to each (volume, page).
+type WriterResult = (Log, BTreeMap<(u64, u64), u64>);
+/// Snapshots taken during the run: (name, contents when taken).
+type Taken = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
-fn writer(t: u64, vols: [Volume; 2], seed: u64) -> (Log, BTreeMap<(u64, u64), u64>) {
+fn writer(t: u64, vols: [Volume; 2], seed: u64) -> WriterResult {
     let mut rng = common::Rng::new(seed);
     let mut log = Log::new();
     let mut latest: BTreeMap<(u64, u64), u64> = BTreeMap::new();
@@ -140,7 +144,7 @@ fn eight_threads_and_snapshots_agree_with_the_model() {
     let pool = Pool::create(dir.path(), &opts).unwrap();
     let vols =
         [pool.create_volume("a", VOL_BYTES).unwrap(), pool.create_volume("b", VOL_BYTES).unwrap()];
-    let snaps: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let snaps: Taken = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let snapper = {
         let (pool, snaps, done) = (pool.clone(), snaps.clone(), done.clone());
@@ -163,8 +167,7 @@ fn eight_threads_and_snapshots_agree_with_the_model() {
             thread::spawn(move || writer(t, vols, 1000 + t))
         })
         .collect();
-    let results: Vec<(Log, BTreeMap<(u64, u64), u64>)> =
-        writers.into_iter().map(|h| h.join().unwrap()).collect();
+    let results: Vec<WriterResult> = writers.into_iter().map(|h| h.join().unwrap()).collect();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     snapper.join().unwrap();
 

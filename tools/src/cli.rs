@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands;
 use crate::exit;
+use crate::pool;
 
 /// The metadata tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +257,87 @@ enum ThinlyCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Serve every volume of a pool over NBD (creating ./thinly-pool with a 10 GiB vol0 if
+    /// there is no pool yet).
+    Serve(pool::serve::ServeArgs),
+    /// Pool-wide commands: create, status, extend.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Create a thin volume.
+    Create {
+        name: String,
+        /// Virtual size (K/M/G/T).
+        #[arg(long, value_parser = pool::size_arg)]
+        size: u64,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
+    /// Snapshot a volume (or a snapshot), O(1) at any depth.
+    Snapshot {
+        origin: String,
+        name: String,
+        /// Export the snapshot read-only.
+        #[arg(long)]
+        read_only: bool,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
+    /// Delete a volume, freeing what no other volume shares.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
+    /// Grow or shrink a volume (shrinking discards past the new end).
+    Resize {
+        name: String,
+        #[arg(long, value_parser = pool::size_arg)]
+        size: u64,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
+    /// List the volumes.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
+    /// The pool's status (the kernel's thin-pool fields) and its volumes.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
+    /// Send a dm-thin pool message: "create_thin ID", "create_snap ID ORIGIN", "delete ID",
+    /// "set_transaction_id OLD NEW", "reserve_metadata_snap", "release_metadata_snap".
+    Message {
+        text: String,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Create a pool directory (metadata, sparse data file, pool.json).
+    Create(pool::PoolCreateArgs),
+    /// The pool's status line (the kernel's thin-pool status fields).
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
+    /// Grow the data file.
+    Extend {
+        /// The new data size (K/M/G/T).
+        #[arg(long, value_parser = pool::size_arg)]
+        size: u64,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
 }
 
 /// `thinly <subcommand> …`: each metadata tool re-parses its own arguments so that
@@ -268,9 +350,75 @@ pub fn run_thinly(args: &[OsString]) -> u8 {
         }
     }
     match exit::parse::<Thinly>("thinly", args.get(1..).unwrap_or_default()) {
-        // Every subcommand is dispatched above; reaching here means clap accepted an
-        // argument list without one of ours, which its `required` subcommand forbids.
-        Ok(_) => exit::USAGE,
+        Ok(t) => match run_pool_command(t.command) {
+            Ok(()) => exit::SUCCESS,
+            Err(e) => {
+                eprintln!("thinly: {e:#}");
+                exit::COMMAND_FAILED
+            }
+        },
         Err(code) => code,
     }
+}
+
+/// The pool commands (the metadata tools were dispatched by name already).
+fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
+    use pool::control::Request;
+    let (dir, req, json) = match cmd {
+        ThinlyCommand::Serve(a) => {
+            init_logging();
+            return pool::serve::run(&a);
+        }
+        ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
+        ThinlyCommand::Pool(PoolCommand::Status { json, pool }) => {
+            let r = pool::run_request(&pool.dir(), &Request::Status)?;
+            if json {
+                return pool::print_response(r, true, |_| String::new());
+            }
+            return pool::print_response(r, false, |v| {
+                v["kernel_status"].as_str().unwrap_or("").to_string()
+            });
+        }
+        ThinlyCommand::Pool(PoolCommand::Extend { size, pool }) => {
+            (pool.dir(), Request::Extend { size_bytes: size }, false)
+        }
+        ThinlyCommand::Create { name, size, pool } => {
+            (pool.dir(), Request::Create { name, size_bytes: size }, false)
+        }
+        ThinlyCommand::Snapshot { origin, name, read_only, pool } => {
+            (pool.dir(), Request::Snapshot { origin, name, read_only }, false)
+        }
+        ThinlyCommand::Delete { name, pool } => (pool.dir(), Request::Delete { name }, false),
+        ThinlyCommand::Resize { name, size, pool } => {
+            (pool.dir(), Request::Resize { name, size_bytes: size }, false)
+        }
+        ThinlyCommand::List { json, pool } => {
+            let r = pool::run_request(&pool.dir(), &Request::List)?;
+            return pool::print_response(r, json, pool::volumes_table);
+        }
+        ThinlyCommand::Status { json, pool } => {
+            let r = pool::run_request(&pool.dir(), &Request::Status)?;
+            return pool::print_response(r, json, |v| {
+                format!(
+                    "{}\n{}",
+                    v["kernel_status"].as_str().unwrap_or(""),
+                    pool::volumes_table(&v["volumes"])
+                )
+            });
+        }
+        ThinlyCommand::Message { text, pool } => {
+            let r = pool::run_request(&pool.dir(), &Request::Message { text })?;
+            return pool::print_response(r, false, |v| v.as_str().unwrap_or("").to_string());
+        }
+        _ => anyhow::bail!("internal error: a metadata tool reached the pool commands"),
+    };
+    let r = pool::run_request(&dir, &req)?;
+    pool::print_response(r, json, |_| String::new())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

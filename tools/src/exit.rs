@@ -15,6 +15,8 @@ pub const SUCCESS: u8 = 0;
 pub const FAILURE: u8 = 64;
 /// `thin_metadata_size`'s status for a rejected argument (0.9.0's).
 pub const SIZE_ARGUMENT: u8 = 1;
+/// A pool command (serve, create, snapshot …) failed.
+pub const COMMAND_FAILED: u8 = 1;
 /// The command line could not be parsed.
 pub const USAGE: u8 = 2;
 

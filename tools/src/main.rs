@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod exit;
 mod files;
+mod pool;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

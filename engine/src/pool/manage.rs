@@ -127,7 +127,10 @@ impl Pool {
     /// Creates a pool directory: metadata (formatted), a sparse data file, pool.json.
     pub fn create(dir: &Path, opts: &PoolOptions) -> Result<Pool> {
         let bs = opts.settings.data_block_size_bytes;
-        if bs % 512 != 0 || !(64 << 10..=1 << 30).contains(&bs) || (bs / 512) % 128 != 0 {
+        if !bs.is_multiple_of(512)
+            || !(64 << 10..=1 << 30).contains(&bs)
+            || !(bs / 512).is_multiple_of(128)
+        {
             return Err(PoolError::Invalid(format!(
                 "data block size {bs} bytes: must be a multiple of 64 KiB from 64 KiB to 1 GiB"
             )));
@@ -377,7 +380,7 @@ impl Pool {
         let keep = size_bytes.div_ceil(bs);
         let r = meta.md.remove_range(DevId(state.dev), VirtBlock(keep), VirtBlock(u64::MAX));
         r.map_err(|e| self.inner.metadata_failed(&mut meta, e))?;
-        if size_bytes % bs != 0 {
+        if !size_bytes.is_multiple_of(bs) {
             // The last block is partly outside the volume: zero that tail so that growing
             // the volume again reads zeros there.
             drop(meta);
@@ -390,6 +393,24 @@ impl Pool {
         }
         state.size_bytes.store(size_bytes, Ordering::SeqCst);
         self.persist(meta)
+    }
+
+    /// The pool's settings.
+    pub fn settings(&self) -> PoolSettings {
+        self.inner.meta().config.settings.clone()
+    }
+
+    /// Replaces the pool's settings (stored in pool.json). The data block size is fixed.
+    pub fn set_settings(&self, settings: PoolSettings) -> Result<()> {
+        let mut meta = self.inner.meta();
+        if settings.data_block_size_bytes != meta.config.settings.data_block_size_bytes {
+            return Err(PoolError::Invalid("the data block size cannot change".into()));
+        }
+        meta.config.settings = settings;
+        let free = meta.md.nr_free_data_blocks();
+        meta.lwm_armed = free > meta.config.settings.low_water_mark_blocks;
+        self.inner.config_store.store(&meta.config)?;
+        Ok(())
     }
 
     /// Grows the data device to `size_bytes` (re-arms the low water mark).
@@ -613,7 +634,7 @@ fn lock_mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn check_size(size_bytes: u64) -> Result<()> {
-    if size_bytes % 512 != 0 || size_bytes == 0 {
+    if !size_bytes.is_multiple_of(512) || size_bytes == 0 {
         return Err(PoolError::Invalid(format!(
             "volume size {size_bytes} must be a positive multiple of 512"
         )));

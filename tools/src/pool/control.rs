@@ -1,0 +1,209 @@
+//! Management requests, and the control socket that carries them to a serving pool.
+//!
+//! Every management operation is a `Request`. The `thinly` command executes it on the pool
+//! directly when no server has the pool open, or sends it as one JSON line to the server's
+//! control socket (`<pool>/control.sock`) and prints the JSON line that comes back. Both
+//! paths run `execute`, so online and offline behave the same.
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use thinly_engine::pool::{Pool, PoolError};
+
+/// The control socket's file name in the pool directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// Longest request line accepted (a request is a few hundred bytes).
+const MAX_REQUEST_BYTES: u64 = 64 << 10;
+/// A client that sends nothing for this long is dropped.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Create { name: String, size_bytes: u64 },
+    Snapshot { origin: String, name: String, read_only: bool },
+    Delete { name: String },
+    Resize { name: String, size_bytes: u64 },
+    List,
+    Status,
+    Extend { size_bytes: u64 },
+    Message { text: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// errno of the failure (ENOSPC, EEXIST, ENOENT …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+impl Response {
+    fn from_result(r: Result<serde_json::Value, PoolError>) -> Response {
+        match r {
+            Ok(result) => Response { ok: true, error: None, errno: None, result },
+            Err(e) => Response {
+                ok: false,
+                errno: Some(e.errno()),
+                error: Some(e.to_string()),
+                result: Default::default(),
+            },
+        }
+    }
+}
+
+/// Runs a request on an open pool.
+pub fn execute(pool: &Pool, req: &Request) -> Response {
+    let r = (|| -> Result<serde_json::Value, PoolError> {
+        Ok(match req {
+            Request::Create { name, size_bytes } => {
+                pool.create_volume(name, *size_bytes)?;
+                serde_json::to_value(pool.volume_status(name)?).unwrap_or_default()
+            }
+            Request::Snapshot { origin, name, read_only } => {
+                pool.snapshot(origin, name, *read_only)?;
+                serde_json::to_value(pool.volume_status(name)?).unwrap_or_default()
+            }
+            Request::Delete { name } => {
+                pool.delete_volume(name)?;
+                serde_json::Value::Null
+            }
+            Request::Resize { name, size_bytes } => {
+                pool.resize_volume(name, *size_bytes)?;
+                serde_json::to_value(pool.volume_status(name)?).unwrap_or_default()
+            }
+            Request::List => {
+                let mut vols = Vec::new();
+                for (name, _) in pool.list() {
+                    vols.push(pool.volume_status(&name)?);
+                }
+                serde_json::to_value(vols).unwrap_or_default()
+            }
+            Request::Status => status_json(pool)?,
+            Request::Extend { size_bytes } => {
+                pool.extend(*size_bytes)?;
+                status_json(pool)?
+            }
+            Request::Message { text } => serde_json::Value::String(pool.message(text)?),
+        })
+    })();
+    Response::from_result(r)
+}
+
+fn status_json(pool: &Pool) -> Result<serde_json::Value, PoolError> {
+    let status = pool.status();
+    let mut volumes = Vec::new();
+    for (name, _) in pool.list() {
+        volumes.push(pool.volume_status(&name)?);
+    }
+    Ok(serde_json::json!({
+        "pool": status,
+        "kernel_status": status.to_string(),
+        "volumes": volumes,
+    }))
+}
+
+/// Serves the control socket until `stop` is set.
+pub struct ControlServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    path: std::path::PathBuf,
+}
+
+impl ControlServer {
+    pub fn start(pool: Pool, dir: &Path) -> std::io::Result<ControlServer> {
+        let path = dir.join(CONTROL_SOCKET);
+        if path.exists() {
+            // A stale socket from a server that did not exit cleanly: we hold the pool's
+            // lock, so nobody else is serving it.
+            std::fs::remove_file(&path)?;
+        }
+        let listener = UnixListener::bind(&path)?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new().name("thinly-control".into()).spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let pool = pool.clone();
+                            let _ = std::thread::Builder::new()
+                                .name("thinly-control-client".into())
+                                .spawn(move || serve_client(&pool, stream));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        Err(e) => {
+                            tracing::warn!("control socket: {e}");
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                    }
+                }
+            })?
+        };
+        Ok(ControlServer { stop, thread: Some(thread), path })
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve_client(pool: &Pool, stream: UnixStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        match (&mut reader).take(MAX_REQUEST_BYTES).read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let response = match serde_json::from_str::<Request>(line.trim()) {
+            Ok(req) => {
+                tracing::info!(?req, "control request");
+                execute(pool, &req)
+            }
+            Err(e) => Response {
+                ok: false,
+                error: Some(format!("bad request: {e}")),
+                errno: Some(22),
+                result: Default::default(),
+            },
+        };
+        let mut out = serde_json::to_string(&response).unwrap_or_else(|_| "{\"ok\":false}".into());
+        out.push('\n');
+        if writer.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends one request to a serving pool; `None` if nobody answers on the socket.
+pub fn send(dir: &Path, req: &Request) -> Option<std::io::Result<Response>> {
+    let path = dir.join(CONTROL_SOCKET);
+    let mut stream = UnixStream::connect(path).ok()?;
+    Some((|| {
+        let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
+        line.push('\n');
+        stream.write_all(line.as_bytes())?;
+        let mut answer = String::new();
+        BufReader::new(&mut stream).take(16 << 20).read_line(&mut answer)?;
+        serde_json::from_str(&answer).map_err(std::io::Error::other)
+    })())
+}

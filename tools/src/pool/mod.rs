@@ -1,0 +1,202 @@
+//! The pool commands of `thinly`: `serve`, `pool create|status|extend`, `create`,
+//! `snapshot`, `delete`, `resize`, `list`, `status`, `message`. Management works on a pool
+//! that is being served (through its control socket) and on one that is not (opened here,
+//! exclusively, for the one operation); both run `control::execute`.
+
+pub mod control;
+pub mod export;
+pub mod serve;
+pub mod size;
+
+use anyhow::{bail, Context, Result};
+use control::{execute, Request, Response};
+use std::path::{Path, PathBuf};
+use thinly_engine::io::IoMode;
+use thinly_engine::pool::{OutOfSpacePolicy, Pool, PoolOptions, PoolSettings, VolumeStatus};
+
+/// Where the pool lives when --pool is not given.
+pub const DEFAULT_POOL_DIR: &str = "./thinly-pool";
+/// The data size of a pool that `thinly serve` creates on its own.
+pub const DEFAULT_DATA_BYTES: u64 = 16 << 30;
+
+pub fn size_arg(s: &str) -> Result<u64, String> {
+    size::parse_size(s)
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PoolArgs {
+    /// The pool directory.
+    #[arg(long = "pool", value_name = "DIR", default_value = DEFAULT_POOL_DIR)]
+    pub dir: PathBuf,
+}
+
+impl PoolArgs {
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+}
+
+pub fn default_pool_options() -> PoolOptions {
+    PoolOptions { data_size_bytes: DEFAULT_DATA_BYTES, ..PoolOptions::default() }
+}
+
+/// Opens the pool in `dir`, or creates it (with `first_volume`) if there is none.
+pub fn open_or_create(
+    dir: &Path,
+    opts: &PoolOptions,
+    first_volume: Option<(&str, u64)>,
+) -> Result<Pool> {
+    if dir.join("metadata").exists() {
+        return Pool::open(dir, IoMode::Auto)
+            .with_context(|| format!("opening the pool in {}", dir.display()));
+    }
+    let pool =
+        Pool::create(dir, opts).with_context(|| format!("creating a pool in {}", dir.display()))?;
+    eprintln!(
+        "thinly: created a pool in {} ({} of data)",
+        dir.display(),
+        size::format_size(opts.data_size_bytes)
+    );
+    if let Some((name, bytes)) = first_volume {
+        pool.create_volume(name, bytes).with_context(|| format!("creating volume {name}"))?;
+        eprintln!("thinly: created volume {name} ({})", size::format_size(bytes));
+    }
+    Ok(pool)
+}
+
+/// Runs a request on the pool in `dir`: through its control socket if it is being served,
+/// else on the pool opened here.
+pub fn run_request(dir: &Path, req: &Request) -> Result<Response> {
+    if let Some(r) = control::send(dir, req) {
+        return r.with_context(|| format!("talking to the server of {}", dir.display()));
+    }
+    if !dir.join("metadata").exists() {
+        bail!(
+            "no pool in {} (create one with `thinly pool create` or `thinly serve`)",
+            dir.display()
+        );
+    }
+    let pool = Pool::open(dir, IoMode::Auto)
+        .with_context(|| format!("opening the pool in {}", dir.display()))?;
+    let response = execute(&pool, req);
+    pool.close().context("committing the pool")?;
+    Ok(response)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PoolCreateArgs {
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    /// Data size (K/M/G/T).
+    #[arg(long, value_parser = size_arg, default_value = "16G")]
+    pub size: u64,
+    /// Data block size (64K … 1G, a multiple of 64K).
+    #[arg(long, value_parser = size_arg, default_value = "64K")]
+    pub block_size: u64,
+    /// Metadata size [default: thin_metadata_size's estimate for the data size].
+    #[arg(long, value_parser = size_arg)]
+    pub metadata_size: Option<u64>,
+    /// Low water mark, in data blocks.
+    #[arg(long, default_value_t = 0)]
+    pub low_water_mark: u64,
+    /// What a write does when no data block is free.
+    #[arg(long, value_parser = ["queue", "error"], default_value = "queue")]
+    pub out_of_space: String,
+    /// How long `queue` holds a write before failing it with ENOSPC.
+    #[arg(long, default_value_t = 60_000)]
+    pub queue_timeout_ms: u64,
+    /// Do not zero the unwritten rest of new blocks.
+    #[arg(long)]
+    pub no_zeroing: bool,
+    /// Commit at least this often (0: only on flush and management).
+    #[arg(long, default_value_t = 1000)]
+    pub commit_interval_ms: u64,
+}
+
+pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
+    let settings = PoolSettings {
+        data_block_size_bytes: a.block_size,
+        low_water_mark_blocks: a.low_water_mark,
+        out_of_space: if a.out_of_space == "error" {
+            OutOfSpacePolicy::Error
+        } else {
+            OutOfSpacePolicy::Queue { timeout_ms: a.queue_timeout_ms }
+        },
+        zeroing: !a.no_zeroing,
+        commit_interval_ms: a.commit_interval_ms,
+        auto_extend: None,
+    };
+    let opts = PoolOptions {
+        data_size_bytes: a.size,
+        metadata_size_bytes: a.metadata_size,
+        settings,
+        ..Default::default()
+    };
+    let dir = a.pool.dir();
+    let pool = Pool::create(&dir, &opts)
+        .with_context(|| format!("creating a pool in {}", dir.display()))?;
+    let s = pool.status();
+    pool.close()?;
+    println!(
+        "created pool {}: {} data blocks of {}, {} metadata blocks",
+        dir.display(),
+        s.total_data_blocks,
+        size::format_size(s.data_block_size_bytes),
+        s.total_metadata_blocks
+    );
+    Ok(())
+}
+
+/// Prints a response: the JSON result with --json, else `human(result)`.
+pub fn print_response(
+    r: Response,
+    json: bool,
+    human: impl FnOnce(&serde_json::Value) -> String,
+) -> Result<()> {
+    if !r.ok {
+        bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r.result)?);
+    } else {
+        let text = human(&r.result);
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+    Ok(())
+}
+
+/// A table of volumes.
+pub fn volumes_table(v: &serde_json::Value) -> String {
+    let vols: Vec<VolumeStatusRow> = serde_json::from_value(v.clone()).unwrap_or_default();
+    let mut out = format!(
+        "{:<24} {:>6} {:>10} {:>10} {:>4}  {}\n",
+        "NAME", "DEV", "SIZE", "MAPPED", "RO", "SNAPSHOT OF"
+    );
+    for r in vols {
+        out.push_str(&format!(
+            "{:<24} {:>6} {:>10} {:>10} {:>4}  {}\n",
+            r.name,
+            r.dev_id,
+            size::format_size(r.size_bytes),
+            size::format_size(r.mapped_sectors * 512),
+            if r.read_only { "yes" } else { "no" },
+            r.snapshot_of.unwrap_or_default()
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct VolumeStatusRow {
+    name: String,
+    dev_id: u64,
+    size_bytes: u64,
+    read_only: bool,
+    mapped_sectors: u64,
+    snapshot_of: Option<String>,
+}
+
+#[allow(dead_code)]
+fn _uses(_: VolumeStatus) {}

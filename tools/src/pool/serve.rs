@@ -1,0 +1,150 @@
+//! `thinly serve`: open (or create) a pool and serve every volume over NBD, with a control
+//! socket for management, until SIGINT or SIGTERM; then stop accepting, finish what is in
+//! flight, commit and exit 0.
+
+use super::control::ControlServer;
+use super::export::PoolRegistry;
+use super::{default_pool_options, open_or_create, PoolArgs};
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thinly_engine::pool::{AutoExtend, Pool, PoolEvent};
+use thinly_nbd::{Server, ServerConfig};
+
+/// The NBD socket's file name in the pool directory (unless --socket says otherwise).
+pub const NBD_SOCKET: &str = "nbd.sock";
+/// The volume `thinly serve` creates in a new default pool, and its size.
+pub const DEFAULT_VOLUME: &str = "vol0";
+pub const DEFAULT_VOLUME_BYTES: u64 = 10 << 30;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    /// TCP address to serve on ("none" for no TCP). Port 0 picks a free port (logged).
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub listen: String,
+    /// Unix socket to serve on [default: <pool>/nbd.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Command run (by sh -c) when free data blocks fall to the low water mark; the pool's
+    /// figures are in THINLY_POOL, THINLY_FREE_BLOCKS, THINLY_TOTAL_BLOCKS,
+    /// THINLY_BLOCK_SIZE and THINLY_EVENT.
+    #[arg(long, value_name = "CMD")]
+    pub on_low_water: Option<String>,
+    /// Low water mark in data blocks (stored in pool.json).
+    #[arg(long, value_name = "BLOCKS")]
+    pub low_water_mark: Option<u64>,
+    /// At the low water mark, grow the data file by this percentage …
+    #[arg(long, value_name = "PERCENT", requires = "auto_extend_max")]
+    pub auto_extend_percent: Option<u32>,
+    /// … up to this size (K/M/G/T).
+    #[arg(long, value_name = "SIZE", value_parser = super::size_arg)]
+    pub auto_extend_max: Option<u64>,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    // SIGINT and SIGTERM are blocked in every thread and taken by `wait` below.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().context("blocking SIGINT and SIGTERM")?;
+
+    let dir = args.pool.dir();
+    let pool = open_or_create(
+        &dir,
+        &default_pool_options(),
+        Some((DEFAULT_VOLUME, DEFAULT_VOLUME_BYTES)),
+    )?;
+    apply_settings(&pool, args)?;
+    let events = pool.subscribe();
+
+    let mut server =
+        Server::new(Arc::new(PoolRegistry::new(pool.clone())), ServerConfig::default());
+    if args.listen != "none" {
+        let addr = server
+            .listen_tcp(args.listen.as_str())
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!("serving NBD on {addr}");
+        eprintln!("thinly: serving NBD on tcp {addr}");
+    }
+    let socket = args.socket.clone().unwrap_or_else(|| dir.join(NBD_SOCKET));
+    if socket.exists() {
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    server.listen_unix(&socket).with_context(|| format!("listening on {}", socket.display()))?;
+    eprintln!("thinly: serving NBD on unix {}", socket.display());
+    let handle = server.start().context("starting the NBD server")?;
+    let control =
+        ControlServer::start(pool.clone(), &dir).context("starting the control socket")?;
+    eprintln!("thinly: control socket {}", dir.join(super::control::CONTROL_SOCKET).display());
+    let watcher = spawn_event_watcher(events, dir.clone(), args.on_low_water.clone());
+
+    let sig = signals.wait().context("waiting for a signal")?;
+    eprintln!("thinly: {sig:?}: finishing in-flight requests and committing");
+    handle.shutdown();
+    control.stop();
+    let _ = std::fs::remove_file(&socket);
+    pool.close().context("committing the pool")?;
+    drop(pool);
+    drop(watcher);
+    eprintln!("thinly: pool {} closed cleanly", dir.display());
+    Ok(())
+}
+
+fn apply_settings(pool: &Pool, args: &ServeArgs) -> Result<()> {
+    if args.low_water_mark.is_none() && args.auto_extend_percent.is_none() {
+        return Ok(());
+    }
+    let mut s = pool.settings();
+    if let Some(m) = args.low_water_mark {
+        s.low_water_mark_blocks = m;
+    }
+    if let (Some(percent), Some(max_bytes)) = (args.auto_extend_percent, args.auto_extend_max) {
+        s.auto_extend = Some(AutoExtend { percent, max_bytes });
+    }
+    pool.set_settings(s).context("storing the pool's settings")?;
+    Ok(())
+}
+
+/// Logs pool events and runs the low-water hook.
+fn spawn_event_watcher(
+    events: std::sync::mpsc::Receiver<PoolEvent>,
+    dir: PathBuf,
+    hook: Option<String>,
+) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("thinly-events".into())
+        .spawn(move || {
+            for event in events {
+                eprintln!("thinly: pool event: {event:?}");
+                if let (
+                    PoolEvent::LowWaterMark { free_blocks, total_blocks, block_size_bytes },
+                    Some(cmd),
+                ) = (&event, &hook)
+                {
+                    run_hook(cmd, &dir, *free_blocks, *total_blocks, *block_size_bytes);
+                }
+            }
+        })
+        .ok()
+}
+
+fn run_hook(cmd: &str, dir: &Path, free: u64, total: u64, block_size: u64) {
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("THINLY_EVENT", "low_water_mark")
+        .env("THINLY_POOL", dir)
+        .env("THINLY_FREE_BLOCKS", free.to_string())
+        .env("THINLY_TOTAL_BLOCKS", total.to_string())
+        .env("THINLY_BLOCK_SIZE", block_size.to_string())
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("thinly: low-water hook {cmd:?} exited with {s}"),
+        Err(e) => eprintln!("thinly: could not run the low-water hook {cmd:?}: {e}"),
+    }
+}

@@ -82,7 +82,12 @@ thread_local! {
 pub struct FileData {
     file: File,
     uring: bool,
+    /// A block device node (discards use BLKDISCARD) rather than a regular file.
+    block_device: bool,
 }
+
+// BLKDISCARD = _IO(0x12, 119): discard the byte range [start, start + len) of a block device.
+nix::ioctl_write_ptr_bad!(blkdiscard, 0x1277, [u64; 2]);
 
 impl FileData {
     pub fn open(path: &Path, mode: IoMode) -> io::Result<Self> {
@@ -105,7 +110,9 @@ impl FileData {
             }
             IoMode::Auto => io_uring::IoUring::new(RING_ENTRIES).is_ok(),
         };
-        Ok(FileData { file, uring })
+        use std::os::unix::fs::FileTypeExt;
+        let block_device = file.metadata()?.file_type().is_block_device();
+        Ok(FileData { file, uring, block_device })
     }
 
     /// Runs `ops` through this thread's ring: all submitted at once, all awaited.
@@ -234,6 +241,13 @@ impl DataDevice for FileData {
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.block_device {
+            let range = [offset, len];
+            // SAFETY: BLKDISCARD reads exactly one [u64; 2] through the pointer, which points
+            // at `range`, alive and initialised for the whole call; the fd is ours and open.
+            unsafe { blkdiscard(self.file.as_raw_fd(), &range) }.map_err(io::Error::from)?;
+            return Ok(());
+        }
         let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
         match fallocate(self.file.as_raw_fd(), flags, offset as i64, len as i64) {
             Ok(()) => Ok(()),

@@ -18,6 +18,10 @@ pub const MAX_METADATA_BLOCKS: u64 = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP;
 /// Data block numbers in a mapping are 40 bits wide (spec §4.5 block_time).
 pub const MAX_DATA_BLOCKS: u64 = 1 << 40;
 
+/// Data blocks a pool may have: the space maps live in memory at 2 bits a block (plus a
+/// bitmap's bookkeeping), so 2^35 blocks (2 PiB at 64 KiB blocks) cost 8 GiB of memory.
+pub const MAX_DATA_BLOCKS_IN_MEMORY: u64 = 1 << 35;
+
 /// Thin device ids are 24 bits in the kernel's message parser (spec §1).
 pub const MAX_DEV_ID: u64 = (1 << 24) - 1;
 

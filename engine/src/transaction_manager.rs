@@ -52,6 +52,7 @@ impl TransactionManager {
         nr_data_blocks: u64,
         cache_bytes: usize,
     ) -> Result<Self> {
+        check_nr_data_blocks(nr_data_blocks)?;
         let nr_meta = dev.nr_blocks().min(MAX_METADATA_BLOCKS);
         if nr_meta < 16 {
             return Err(Error::Invalid(format!(
@@ -256,12 +257,21 @@ impl TransactionManager {
         if nr_blocks < self.data_sm.nr_blocks() {
             return Err(Error::Invalid("the data space map cannot shrink".into()));
         }
-        if nr_blocks > crate::limits::MAX_DATA_BLOCKS {
-            return Err(Error::Invalid(format!("{nr_blocks} data blocks exceed the 2^40 limit")));
-        }
+        check_nr_data_blocks(nr_blocks)?;
         self.data_sm.extend(nr_blocks);
         Ok(())
     }
+}
+
+/// Data block counts the format (40-bit block numbers) and memory allow.
+fn check_nr_data_blocks(nr_blocks: u64) -> Result<()> {
+    use crate::limits::{MAX_DATA_BLOCKS, MAX_DATA_BLOCKS_IN_MEMORY};
+    if nr_blocks > MAX_DATA_BLOCKS.min(MAX_DATA_BLOCKS_IN_MEMORY) {
+        return Err(Error::Invalid(format!(
+            "{nr_blocks} data blocks: at most {MAX_DATA_BLOCKS_IN_MEMORY} (use larger data blocks)"
+        )));
+    }
+    Ok(())
 }
 
 impl crate::block_manager::ReadBlocks for TransactionManager {

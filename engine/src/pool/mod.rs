@@ -61,10 +61,23 @@ pub enum PoolError {
     /// The pool is opened by another process.
     #[error("pool {0} is in use by another process")]
     Busy(String),
+    // The cause is in the message, not a `source`, so that error chains print it once.
     #[error("data device: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("metadata: {0}")]
-    Metadata(#[from] crate::Error),
+    Metadata(crate::Error),
+}
+
+impl From<io::Error> for PoolError {
+    fn from(e: io::Error) -> Self {
+        PoolError::Io(e)
+    }
+}
+
+impl From<crate::Error> for PoolError {
+    fn from(e: crate::Error) -> Self {
+        PoolError::Metadata(e)
+    }
 }
 
 pub type Result<T, E = PoolError> = std::result::Result<T, E>;

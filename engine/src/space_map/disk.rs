@@ -104,6 +104,12 @@ pub fn load(bm: &mut BlockManager, sb: &Superblock) -> Result<(SpaceMap, SpaceMa
         SpaceMap::loaded(METADATA, m.nr_blocks, bitmaps, load_ref_counts(bm, m.ref_count_root)?);
 
     let d = sb.data_sm_root;
+    if d.nr_blocks > crate::limits::MAX_DATA_BLOCKS_IN_MEMORY {
+        return Err(Error::BadSuperblock(format!(
+            "{} data blocks: more than thinly can hold",
+            d.nr_blocks
+        )));
+    }
     let entries = load_data_index(bm, d.bitmap_root)?;
     if entries.len() != nr_bitmaps(d.nr_blocks) {
         return Err(Error::corrupt(

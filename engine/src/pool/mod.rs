@@ -25,11 +25,14 @@
 mod commit;
 pub mod config;
 mod manage;
+mod open;
 mod prison;
+mod status;
 mod volume;
 
 pub use config::{AutoExtend, OutOfSpacePolicy, PoolConfig, PoolSettings, VolumeConfig};
-pub use manage::{PoolOptions, PoolStatus, VolumeInfo, VolumeStatus};
+pub use open::PoolOptions;
+pub use status::{PoolStatus, VolumeInfo, VolumeStatus};
 pub use volume::{Extent, Volume};
 
 use crate::io::{BlockDevice, DataDevice};
@@ -177,7 +180,7 @@ struct Inner {
     /// The commit timer's thread, woken to stop.
     timer: Mutex<Option<std::thread::Thread>>,
     /// Held for the pool's lifetime: the exclusive lock on the metadata file.
-    _lock: Option<manage::PoolLock>,
+    _lock: Option<open::PoolLock>,
 }
 
 /// A thin pool. Cheap to clone; the last clone closes it (committing).

@@ -1,0 +1,312 @@
+//! Pool lifecycle: create, format, open (with pool.json reconciliation and the exclusive
+//! lock), start (the commit timer and the open-time zeroing of free blocks), close.
+
+use super::commit::spawn_timer;
+use super::config::{
+    ConfigStore, DirConfigStore, PoolConfig, PoolSettings, VolumeConfig, CONFIG_FORMAT,
+};
+use super::manage::volume_state;
+use super::{Inner, Meta, Mode, Pool, PoolError, Result};
+use crate::io::{BlockDevice, DataDevice, FileData, FileDevice, IoMode};
+use crate::thin::{OpenOptions, ThinMetadata};
+use crate::units::DevId;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+pub const METADATA_FILE: &str = "metadata";
+pub const DATA_FILE: &str = "data";
+
+/// Thin devices the default metadata size makes room for (thin_metadata_size's -m).
+const DEFAULT_MAX_THINS: u64 = 1000;
+/// Never make metadata smaller than the kernel's suggested minimum.
+const MIN_METADATA_BYTES: u64 = 2 << 20;
+
+/// How to create a pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub data_size_bytes: u64,
+    /// Default: what the thin_metadata_size formula gives for the data size.
+    pub metadata_size_bytes: Option<u64>,
+    pub settings: PoolSettings,
+    pub io_mode: IoMode,
+    pub cache_bytes: usize,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            data_size_bytes: 16 << 30,
+            metadata_size_bytes: None,
+            settings: PoolSettings::default(),
+            io_mode: IoMode::Auto,
+            cache_bytes: crate::limits::DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+impl PoolOptions {
+    fn metadata_bytes(&self) -> u64 {
+        self.metadata_size_bytes.unwrap_or_else(|| {
+            let nr = self.data_size_bytes / self.settings.data_block_size_bytes;
+            crate::fsck::metadata_size::estimate_bytes_v1(nr, DEFAULT_MAX_THINS)
+                .max(MIN_METADATA_BYTES)
+        })
+    }
+}
+
+impl Pool {
+    /// Creates a pool directory: metadata (formatted), a sparse data file, pool.json.
+    pub fn create(dir: &Path, opts: &PoolOptions) -> Result<Pool> {
+        let bs = opts.settings.data_block_size_bytes;
+        if !bs.is_multiple_of(512)
+            || !(64 << 10..=1 << 30).contains(&bs)
+            || !(bs / 512).is_multiple_of(128)
+        {
+            return Err(PoolError::Invalid(format!(
+                "data block size {bs} bytes: must be a multiple of 64 KiB from 64 KiB to 1 GiB"
+            )));
+        }
+        if opts.data_size_bytes < bs {
+            return Err(PoolError::Invalid("the data device must hold at least one block".into()));
+        }
+        std::fs::create_dir_all(dir)?;
+        let meta_path = dir.join(METADATA_FILE);
+        if meta_path.exists() {
+            return Err(PoolError::Invalid(format!("{} already holds a pool", dir.display())));
+        }
+        let nr_meta_blocks = opts.metadata_bytes().div_ceil(4096);
+        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::create(&meta_path, nr_meta_blocks)?);
+        let lock = lock_file(&meta_path, dir)?;
+        let nr_blocks = opts.data_size_bytes / bs;
+        let data: Arc<dyn DataDevice> =
+            Arc::new(FileData::create(&dir.join(DATA_FILE), nr_blocks * bs, opts.io_mode)?);
+        Self::format_on(
+            dev,
+            data,
+            Box::new(DirConfigStore::new(dir)),
+            opts,
+            Some(lock),
+            &dir.display().to_string(),
+        )
+    }
+
+    /// Formats a pool on the given devices (tests use memory and fault-injecting ones).
+    pub fn format_on(
+        dev: Arc<dyn BlockDevice>,
+        data: Arc<dyn DataDevice>,
+        store: Box<dyn ConfigStore>,
+        opts: &PoolOptions,
+        lock: Option<PoolLock>,
+        label: &str,
+    ) -> Result<Pool> {
+        let bs = opts.settings.data_block_size_bytes;
+        let nr_blocks = data.len_bytes() / bs;
+        let md = ThinMetadata::format(dev.clone(), (bs / 512) as u32, nr_blocks, opts.cache_bytes)?;
+        let config = PoolConfig {
+            format: CONFIG_FORMAT,
+            transaction_id: md.transaction_id(),
+            settings: opts.settings.clone(),
+            volumes: BTreeMap::new(),
+        };
+        store.store(&config)?;
+        Self::start(md, config, dev, data, store, lock, label)
+    }
+
+    /// Opens the pool in `dir` (exclusively).
+    pub fn open(dir: &Path, io_mode: IoMode) -> Result<Pool> {
+        let meta_path = dir.join(METADATA_FILE);
+        if !meta_path.exists() {
+            return Err(PoolError::Invalid(format!(
+                "{} holds no pool (no {METADATA_FILE} file)",
+                dir.display()
+            )));
+        }
+        let lock = lock_file(&meta_path, dir)?;
+        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&meta_path, false)?);
+        let data: Arc<dyn DataDevice> = Arc::new(FileData::open(&dir.join(DATA_FILE), io_mode)?);
+        Self::open_on(
+            dev,
+            data,
+            Box::new(DirConfigStore::new(dir)),
+            Some(lock),
+            &dir.display().to_string(),
+        )
+    }
+
+    /// Opens a pool on the given devices, reconciling pool.json with the metadata.
+    pub fn open_on(
+        dev: Arc<dyn BlockDevice>,
+        data: Arc<dyn DataDevice>,
+        store: Box<dyn ConfigStore>,
+        lock: Option<PoolLock>,
+        label: &str,
+    ) -> Result<Pool> {
+        let mut md = ThinMetadata::open(dev.clone(), OpenOptions::default())?;
+        let bs = md.data_block_size_sectors() as u64 * 512;
+        let stored = store.load()?;
+        let config = reconcile(&mut md, stored, bs)?;
+        if data.len_bytes() < md.nr_data_blocks() * bs {
+            return Err(PoolError::Invalid(format!(
+                "the data file holds {} bytes but the metadata maps {} blocks of {bs}",
+                data.len_bytes(),
+                md.nr_data_blocks()
+            )));
+        }
+        store.store(&config)?;
+        Self::start(md, config, dev, data, store, lock, label)
+    }
+
+    fn start(
+        md: ThinMetadata,
+        config: PoolConfig,
+        dev: Arc<dyn BlockDevice>,
+        data: Arc<dyn DataDevice>,
+        store: Box<dyn ConfigStore>,
+        lock: Option<PoolLock>,
+        label: &str,
+    ) -> Result<Pool> {
+        let block_size = md.data_block_size_sectors() as u64 * 512;
+        let interval = config.settings.commit_interval();
+        let volumes = config
+            .volumes
+            .iter()
+            .map(|(name, v)| (name.clone(), Arc::new(volume_state(name, v))))
+            .collect();
+        let free = md.nr_free_data_blocks();
+        let lwm_armed = free > config.settings.low_water_mark_blocks;
+        let zero_free = config.settings.zeroing;
+        let inner = Arc::new(Inner {
+            label: label.to_string(),
+            meta: Mutex::new(Meta {
+                md,
+                config,
+                mode: Mode::Write,
+                lwm_armed,
+                provisioning: 0,
+                commit_waiting: false,
+                committing: false,
+                committed_writes: 0,
+                unzeroed: Default::default(),
+            }),
+            provisioned: Condvar::new(),
+            space: Condvar::new(),
+            data,
+            metadata_dev: dev,
+            config_store: store,
+            block_size,
+            prison: Default::default(),
+            volumes: RwLock::new(volumes),
+            data_writes: AtomicU64::new(0),
+            subscribers: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+            timer: Mutex::new(None),
+            _lock: lock,
+        });
+        if zero_free {
+            // Free blocks may hold old data (a crash lost the transaction that wrote them,
+            // or another tool wrote the pool): make every one a hole.
+            let mut meta = inner.meta();
+            for (start, n) in meta.md.free_data_runs() {
+                inner.punch_run(&mut meta, start.0, n);
+            }
+        }
+        if !interval.is_zero() {
+            let handle = spawn_timer(&inner, interval)?;
+            *super::lock(&inner.timer) = Some(handle.thread().clone());
+        }
+        Ok(Pool { inner })
+    }
+
+    /// Commits and stops the timer. Further I/O on volumes still works until the last
+    /// handle goes; this is the clean shutdown.
+    pub fn close(&self) -> Result<()> {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        if let Some(t) = super::lock(&self.inner.timer).take() {
+            t.unpark();
+        }
+        self.inner.flush()
+    }
+
+    /// Commits everything written so far.
+    pub fn commit(&self) -> Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The exclusive lock on the metadata file that a pool holds while open.
+pub type PoolLock = nix::fcntl::Flock<std::fs::File>;
+
+/// Takes the exclusive lock on the metadata file (one process per pool).
+fn lock_file(meta_path: &Path, dir: &Path) -> Result<PoolLock> {
+    let f = std::fs::OpenOptions::new().read(true).open(meta_path)?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| PoolError::Busy(dir.display().to_string()))
+}
+
+/// Makes pool.json agree with the metadata after open (see `persist` for the order of
+/// writes): volumes whose device does not exist are dropped (an uncommitted create),
+/// devices no volume names get one (`thin<ID>`, or — when pool.json is one transaction
+/// ahead — are deleted: an uncommitted delete).
+fn reconcile(md: &mut ThinMetadata, stored: Option<PoolConfig>, bs: u64) -> Result<PoolConfig> {
+    let t = md.transaction_id();
+    let mut config = stored.unwrap_or_else(|| PoolConfig {
+        format: CONFIG_FORMAT,
+        transaction_id: t,
+        settings: PoolSettings { data_block_size_bytes: bs, ..PoolSettings::default() },
+        volumes: BTreeMap::new(),
+    });
+    if config.settings.data_block_size_bytes != bs {
+        tracing::warn!(
+            "pool.json says {} byte blocks, the metadata {bs}: using the metadata's",
+            config.settings.data_block_size_bytes
+        );
+        config.settings.data_block_size_bytes = bs;
+    }
+    let ahead = config.transaction_id == t + 1;
+    if config.transaction_id != t && !ahead {
+        tracing::warn!(
+            "pool.json matches transaction {}, the metadata is at {t}: reconciling",
+            config.transaction_id
+        );
+    }
+    let ids = md.device_ids();
+    config.volumes.retain(|name, v| {
+        let keep = ids.contains(&DevId(v.dev_id));
+        if !keep {
+            tracing::warn!(
+                "volume {name}: device {} does not exist (an uncommitted create); dropped",
+                v.dev_id
+            );
+        }
+        keep
+    });
+    let named: Vec<u64> = config.volumes.values().map(|v| v.dev_id).collect();
+    let mut changed = false;
+    for id in ids.into_iter().filter(|d| !named.contains(&d.0)) {
+        if ahead {
+            tracing::warn!("device {id}: no volume names it (an uncommitted delete); deleting it");
+            md.delete(id)?;
+            changed = true;
+        } else {
+            let blocks = md.highest_mapped(id)?.map_or(0, |b| b.0 + 1).max(md.nr_data_blocks());
+            let name = format!("thin{}", id.0);
+            tracing::info!("device {id}: no volume names it; naming it {name}");
+            config.volumes.insert(
+                name,
+                VolumeConfig {
+                    dev_id: id.0,
+                    size_bytes: blocks * bs,
+                    read_only: false,
+                    snapshot_of: None,
+                },
+            );
+        }
+    }
+    if changed {
+        md.commit()?;
+    }
+    config.transaction_id = md.transaction_id();
+    Ok(config)
+}

@@ -103,6 +103,11 @@ impl TransactionManager {
         &self.data_sm
     }
 
+    /// The metadata space map for direct edits (repair tools only).
+    pub(crate) fn metadata_sm_mut(&mut self) -> &mut SpaceMap {
+        &mut self.meta_sm
+    }
+
     pub fn data_sm_mut(&mut self) -> &mut SpaceMap {
         &mut self.data_sm
     }

@@ -66,6 +66,10 @@ pub struct CheckArgs {
     /// Only return a non-zero exit code if a fatal error is found.
     #[arg(long)]
     pub ignore_non_fatal_errors: bool,
+    /// Repair trivial problems (leaked blocks: counts above the references) and clear
+    /// needs_check; fatal problems still fail (use thin_repair).
+    #[arg(long)]
+    pub auto_repair: bool,
     /// Clears the 'needs_check' flag in the superblock (when the check passes).
     #[arg(long = "clear-needs-check-flag")]
     pub clear_needs_check: bool,

@@ -286,3 +286,44 @@ fn clear_needs_check_flag_clears_it_only_on_clean_metadata() {
     assert!(!flags(&meta), "the flag is cleared");
     ok(&run("thin_check", &[s(&meta)]), "thin_check after clearing");
 }
+
+#[test]
+fn auto_repair_fixes_leaks_and_needs_check_but_refuses_fatal_damage() {
+    if !have_tools(&["thin_check", "thin_restore"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
+    let (_, bytes) = write_generated_xml(&GenConfig::small(6), &xml);
+    sized_file(&meta, bytes);
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
+    let clean = std::fs::read(&meta).unwrap();
+    // A leaked metadata block, a metadata count too high, and needs_check.
+    let mut img = Image::load(&meta);
+    let last = img.bytes.len() as u64 / 4096 - 1;
+    let b = img.metadata_bitmap();
+    img.set_bitmap_entry(b, last as usize, 1);
+    let (_, r) = img.deep_device();
+    img.set_bitmap_entry(b, r as usize, 2);
+    img.block_mut(0)[4] = 1; // NEEDS_CHECK
+    img.reseal(0, BlockKind::Superblock);
+    img.save(&meta);
+    assert!(!thinly_run(&["check", "-q", s(&meta)]).status.success());
+    assert!(String::from_utf8_lossy(&run("thin_dump", &[s(&meta)]).stdout).contains("flags=\"1\""));
+    ok(&thinly_run(&["check", "--auto-repair", s(&meta)]), "thinly check --auto-repair");
+    ok(&thinly_run(&["check", s(&meta)]), "thinly check after the repair");
+    ok(&run("thin_check", &[s(&meta)]), "the real thin_check after the repair");
+    assert!(
+        String::from_utf8_lossy(&run("thin_dump", &[s(&meta)]).stdout).contains("flags=\"0\""),
+        "needs_check cleared"
+    );
+    // Fatal damage (a count too low) is left to thin_repair.
+    std::fs::write(&meta, &clean).unwrap();
+    let mut img = Image::load(&meta);
+    let (_, r) = img.deep_device();
+    let b = img.metadata_bitmap();
+    img.set_bitmap_entry(b, r as usize, 0);
+    img.save(&meta);
+    let out = thinly_run(&["check", "--auto-repair", s(&meta)]);
+    assert_eq!(out.status.code(), Some(64), "fatal problems still fail");
+}

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use super::error::Result;
+use super::error::{Error, Result};
 use crate::block_manager::BlockManager;
 use crate::format::node::{self, NodeHeader};
 use crate::format::space_map::{
@@ -46,6 +46,17 @@ pub struct Problem {
     pub keys: Option<(u64, Option<u64>)>,
     pub message: String,
     pub fatal: bool,
+    /// For a count higher than the references (non-fatal): the count it should have.
+    pub fix: Option<CountFix>,
+}
+
+/// A space-map count that `auto_repair` can set right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountFix {
+    /// The data space map (else the metadata one).
+    pub data: bool,
+    pub block: u64,
+    pub count: u32,
 }
 
 impl fmt::Display for Problem {
@@ -200,7 +211,14 @@ impl<'a> Checker<'a> {
     }
 
     fn problem(&mut self, block: Option<u64>, keys: Option<(u64, Option<u64>)>, message: String) {
-        self.problems.push(Problem { block, device: self.device, keys, message, fatal: true });
+        self.problems.push(Problem {
+            block,
+            device: self.device,
+            keys,
+            message,
+            fatal: true,
+            fix: None,
+        });
     }
 
     /// Counts one reference to a metadata block; false if it lies outside the device.
@@ -466,6 +484,7 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions) -> Result<CheckRepo
                 keys: None,
                 message: format!("superblock: {e}"),
                 fatal: true,
+                fix: None,
             });
             return Ok(report);
         }
@@ -655,6 +674,7 @@ fn compare(
                             b,
                             format!("{space} block {b}: count ≥ 3 but no reference count entry"),
                             true,
+                            None,
                         ));
                         continue;
                     }
@@ -671,17 +691,19 @@ fn compare(
                 } else {
                     format!("{space} block {b}: space map says {got}, references {w}")
                 };
-                found.push((b, msg, !leak));
+                found.push((b, msg, !leak, leak.then_some(w)));
             }
         }
     }
-    for (b, msg, fatal) in found {
+    for (b, msg, fatal, fixed) in found {
+        let data = space != "metadata";
         c.problems.push(Problem {
-            block: (space == "metadata").then_some(b),
+            block: (!data).then_some(b),
             device: None,
             keys: None,
             message: msg,
             fatal,
+            fix: fixed.map(|count| CountFix { data, block: b, count }),
         });
     }
 }
@@ -699,4 +721,22 @@ pub fn clear_needs_check(dev: &Arc<dyn BlockDevice>) -> Result<bool> {
     sb.encode(&mut block);
     bm.write_superblock(&block)?;
     Ok(true)
+}
+
+/// Repairs what 1.x's `--auto-repair` repairs: counts higher than the references (leaked
+/// blocks) are set to the references, and needs_check is cleared, in one commit through the
+/// transaction manager. Refuses metadata with any fatal problem. Returns the counts fixed.
+pub fn auto_repair(dev: Arc<dyn BlockDevice>, report: &CheckReport) -> Result<usize> {
+    if report.has_fatal() {
+        return Err(Error::Unusable("fatal problems need thin_repair, not --auto-repair".into()));
+    }
+    let fixes: Vec<CountFix> = report.problems.iter().filter_map(|p| p.fix).collect();
+    let opts = crate::thin::OpenOptions { repair: true, ..Default::default() };
+    let mut md = crate::thin::ThinMetadata::open(dev, opts)?;
+    for f in &fixes {
+        md.set_ref_count(f.data, f.block, f.count)?;
+    }
+    md.clear_needs_check();
+    md.commit()?;
+    Ok(fixes.len())
 }

@@ -20,12 +20,14 @@ use std::sync::Arc;
 pub struct OpenOptions {
     /// Refuse every change; allowed even when needs_check is set.
     pub read_only: bool,
+    /// Open read-write although needs_check is set: the caller is a repair tool.
+    pub repair: bool,
     pub cache_bytes: usize,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { read_only: false, cache_bytes: DEFAULT_CACHE_BYTES }
+        OpenOptions { read_only: false, repair: false, cache_bytes: DEFAULT_CACHE_BYTES }
     }
 }
 
@@ -128,7 +130,7 @@ impl ThinMetadata {
     pub fn open(dev: Arc<dyn BlockDevice>, opts: OpenOptions) -> Result<Self> {
         let sb = read_superblock(&dev)?;
         sb.validate(!opts.read_only)?;
-        if sb.needs_check() && !opts.read_only {
+        if sb.needs_check() && !opts.read_only && !opts.repair {
             return Err(Error::NeedsCheck);
         }
         check_data_block_size(sb.data_block_size_sectors)
@@ -224,7 +226,8 @@ impl ThinMetadata {
     pub fn abort(&mut self) -> Result<()> {
         let dev = self.tm.block_manager().device().clone();
         let cache = crate::limits::DEFAULT_CACHE_BYTES;
-        *self = Self::open(dev, OpenOptions { read_only: self.read_only, cache_bytes: cache })?;
+        let opts = OpenOptions { read_only: self.read_only, repair: true, cache_bytes: cache };
+        *self = Self::open(dev, opts)?;
         Ok(())
     }
 
@@ -285,6 +288,22 @@ impl ThinMetadata {
     pub fn alloc_data_block(&mut self) -> Result<DataBlock> {
         self.begin_change()?;
         self.tm.data_sm_mut().alloc().map(DataBlock)
+    }
+
+    /// Sets a reference count directly (repair tools only: the caller knows the right count).
+    pub(crate) fn set_ref_count(&mut self, data: bool, block: u64, count: u32) -> Result<()> {
+        self.begin_change()?;
+        if data {
+            self.tm.data_sm_mut().set(block, count)
+        } else {
+            self.tm.metadata_sm_mut().set(block, count)
+        }
+    }
+
+    /// Clears needs_check; it is written with the next commit.
+    pub fn clear_needs_check(&mut self) {
+        self.sb.flags &= !crate::format::superblock::FLAG_NEEDS_CHECK;
+        self.changed = true;
     }
 
     /// Gives back a data block from `alloc_data_block` that was never mapped.

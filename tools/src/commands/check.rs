@@ -3,14 +3,14 @@
 //! passes.
 
 use anyhow::{Context, Result};
-use thinly_engine::fsck::check::{check, clear_needs_check, CheckOptions};
+use thinly_engine::fsck::check::{auto_repair, check, clear_needs_check, CheckOptions};
 
 use crate::cli::CheckArgs;
 use crate::exit;
 use crate::files::{open_input, Progress};
 
 pub fn run(a: &CheckArgs) -> Result<u8> {
-    let dev = open_input(&a.input, a.clear_needs_check)?;
+    let dev = open_input(&a.input, a.clear_needs_check || a.auto_repair)?;
     let opts = CheckOptions {
         super_block_only: a.super_block_only,
         skip_mappings: a.skip_mappings,
@@ -43,7 +43,15 @@ pub fn run(a: &CheckArgs) -> Result<u8> {
             eprintln!("{p}{grade}");
         }
     }
-    if a.clear_needs_check && passes {
+    if a.auto_repair && !report.problems.is_empty() && !report.has_fatal() {
+        let fixed = auto_repair(dev.clone(), &report).context("repairing the metadata")?;
+        let again = check(dev.clone(), &opts).context("checking the repaired metadata")?;
+        if !a.quiet {
+            eprintln!("auto-repair: set {fixed} reference counts right");
+        }
+        return Ok(if again.passes(false) { exit::SUCCESS } else { exit::FAILURE });
+    }
+    if (a.clear_needs_check || a.auto_repair) && passes {
         clear_needs_check(&dev).context("clearing the needs_check flag")?;
     }
     Ok(if passes { exit::SUCCESS } else { exit::FAILURE })

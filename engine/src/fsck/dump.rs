@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::error::{Error, Result};
-use super::ir::{Device, MetadataVisitor, Run, Superblock};
+use super::ir::{Device, MetadataVisitor, Superblock};
+use super::stream::RunJoiner;
 use crate::block_manager::{BlockManager, ReadBlocks};
 use crate::btree;
 use crate::format::node;
@@ -208,24 +209,13 @@ pub fn emit_mappings<R: ReadBlocks + ?Sized, V: MetadataVisitor + ?Sized>(
     root: MetaBlock,
     v: &mut V,
 ) -> Result<u64> {
-    let mut run: Option<Run> = None;
+    let mut runs = RunJoiner::default();
     let mut n = 0u64;
     walk_mappings(r, root, &mut |k, bt| {
         n += 1;
-        let next = Run { origin_begin: k, data_begin: bt.block, len: 1, time: bt.time };
-        match &mut run {
-            Some(cur) if cur.continues_with(&next) => cur.len += 1,
-            Some(cur) => {
-                v.map(cur)?;
-                *cur = next;
-            }
-            None => run = Some(next),
-        }
-        Ok(())
+        runs.push(v, k, bt.block, bt.time)
     })?;
-    if let Some(cur) = run {
-        v.map(&cur)?;
-    }
+    runs.finish(v)?;
     Ok(n)
 }
 

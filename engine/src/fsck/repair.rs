@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use super::dump::ir_device;
 use super::error::{Error, Result};
-use super::ir::{MetadataVisitor, Run, Superblock};
+use super::ir::{MetadataVisitor, Superblock};
 use super::restore::Overrides;
+use super::stream::RunJoiner;
 use crate::block_manager::BlockManager;
 use crate::format::checksum;
 use crate::format::node::{self, NodeHeader};
@@ -477,23 +478,12 @@ fn emit<V: MetadataVisitor + ?Sized>(
         d.mapped_blocks = counts.get(id).copied().unwrap_or(0);
         v.device_b(&ir_device(*id, &d))?;
         if !opts.skip_mappings {
-            let mut run: Option<Run> = None;
+            let mut runs = RunJoiner::default();
             for_each_entry(s, &t.leaves, &mut |k, val| {
                 let bt = BlockTime::unpack(val);
-                let next = Run { origin_begin: k, data_begin: bt.block, len: 1, time: bt.time };
-                match &mut run {
-                    Some(cur) if cur.continues_with(&next) => cur.len += 1,
-                    Some(cur) => {
-                        v.map(cur)?;
-                        *cur = next;
-                    }
-                    None => run = Some(next),
-                }
-                Ok(())
+                runs.push(v, k, bt.block, bt.time)
             })?;
-            if let Some(cur) = run {
-                v.map(&cur)?;
-            }
+            runs.finish(v)?;
             s.stats.nr_mappings += d.mapped_blocks;
         }
         v.device_e()?;

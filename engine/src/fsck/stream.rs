@@ -294,3 +294,40 @@ impl<V: MetadataVisitor> MetadataVisitor for ExpandRefs<V> {
         self.inner.eof()
     }
 }
+
+/// Joins single mappings, given in key order, into the longest runs the dumpers print
+/// (both block numbers advancing by one, the same time), handing each finished run to a
+/// visitor.
+#[derive(Debug, Default)]
+pub struct RunJoiner {
+    run: Option<Run>,
+}
+
+impl RunJoiner {
+    pub fn push<V: MetadataVisitor + ?Sized>(
+        &mut self,
+        v: &mut V,
+        origin: u64,
+        data: u64,
+        time: u32,
+    ) -> Result<()> {
+        let next = Run { origin_begin: origin, data_begin: data, len: 1, time };
+        match &mut self.run {
+            Some(cur) if cur.continues_with(&next) => cur.len += 1,
+            Some(cur) => {
+                v.map(cur)?;
+                *cur = next;
+            }
+            None => self.run = Some(next),
+        }
+        Ok(())
+    }
+
+    /// Hands over the last run.
+    pub fn finish<V: MetadataVisitor + ?Sized>(self, v: &mut V) -> Result<()> {
+        match self.run {
+            Some(cur) => v.map(&cur),
+            None => Ok(()),
+        }
+    }
+}

@@ -123,7 +123,11 @@ fn sums_summary(s: Option<&Vec<Sum>>) -> String {
 }
 
 /// Blocks where two sum lists differ: "vblock V: thinly S, kernel S" for the first few.
-fn block_diffs(a: Option<&Vec<Sum>>, b: Option<&Vec<Sum>>) -> (usize, String) {
+fn block_diffs(
+    a: Option<&Vec<Sum>>,
+    b: Option<&Vec<Sum>>,
+    labels: (&str, &str),
+) -> (usize, String) {
     let (Some(a), Some(b)) = (a, b) else { return (0, String::new()) };
     let diffs: Vec<usize> = (0..a.len().max(b.len())).filter(|&i| a.get(i) != b.get(i)).collect();
     let show: Vec<String> = diffs
@@ -133,10 +137,37 @@ fn block_diffs(a: Option<&Vec<Sum>>, b: Option<&Vec<Sum>>) -> (usize, String) {
             let f = |v: Option<&Sum>| {
                 v.map_or("-".into(), |s| if *s == 0 { "zeros".into() } else { format!("{s:016x}") })
             };
-            format!("vblock {i}: thinly {} kernel {}", f(a.get(i)), f(b.get(i)))
+            format!("vblock {i}: {} {} {} {}", labels.0, f(a.get(i)), labels.1, f(b.get(i)))
         })
         .collect();
     (diffs.len(), show.join("; "))
+}
+
+fn mapped(s: &Side, dev: u64) -> String {
+    s.meta.devices.get(&dev).map_or("absent".into(), |d| {
+        let (e, sh) = s.meta.exclusive_shared(dev);
+        format!("{} ({e} excl, {sh} shared)", d.mappings.len())
+    })
+}
+
+/// Device ids as compact ranges: "0-50" or "1,2,4,7-9".
+fn id_list(s: &Side) -> String {
+    let ids: Vec<u64> = s.meta.devices.keys().copied().collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        out.push(if j > i { format!("{}-{}", ids[i], ids[j]) } else { ids[i].to_string() });
+        i = j + 1;
+    }
+    if out.is_empty() {
+        "none".into()
+    } else {
+        out.join(",")
+    }
 }
 
 /// Compares the two runs of one script.
@@ -155,37 +186,66 @@ pub fn compare(title: &str, t: &Side, k: &Side) -> Report {
         String::new()
     };
     r.push("ops", "outcomes", summary(t.outcomes, &ft), summary(k.outcomes, &fk), detail);
-    // Devices.
-    let ids = |s: &Side| s.meta.devices.keys().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
-    r.push("pool", "devices", ids(t), ids(k), String::new());
+    // Devices: one summary row per field; a row per device only where the device differs.
+    r.push("pool", "devices", id_list(t), id_list(k), String::new());
     let all: std::collections::BTreeSet<u64> =
         t.meta.devices.keys().chain(k.meta.devices.keys()).copied().collect();
-    for dev in all {
+    let mut per_dev = Report { title: String::new(), rows: Vec::new() };
+    for &dev in &all {
         let scope = format!("dev {dev}");
         let (rt, rk) = (t.reader.get(&dev), k.reader.get(&dev));
-        let (n, detail) = block_diffs(rt, rk);
+        let (n, detail) = block_diffs(rt, rk, ("thinly", "kernel"));
         let mut a = sums_summary(rt);
         let mut b = sums_summary(rk);
         if n > 0 {
             a.push_str(&format!(" ({n} differ)"));
             b.push_str(&format!(" ({n} differ)"));
         }
-        r.push(&scope, "block checksums (reader)", a, b, detail);
-        let mapped = |s: &Side| {
-            s.meta.devices.get(&dev).map_or("absent".into(), |d| {
-                let (e, sh) = s.meta.exclusive_shared(dev);
-                format!("{} ({e} excl, {sh} shared)", d.mappings.len())
-            })
-        };
-        r.push(&scope, "mapped blocks", mapped(t), mapped(k), String::new());
+        per_dev.push(&scope, "block checksums (reader)", a, b, detail);
+        per_dev.push(&scope, "mapped blocks", mapped(t, dev), mapped(k, dev), String::new());
         let details = |s: &Side| {
             s.meta
                 .devices
                 .get(&dev)
                 .map_or("absent".into(), |d| d.details_mapped_blocks.to_string())
         };
-        r.push(&scope, "details.mapped_blocks", details(t), details(k), String::new());
+        per_dev.push(&scope, "details.mapped_blocks", details(t), details(k), String::new());
     }
+    let total = |s: &Side, f: &dyn Fn(&Side, u64) -> u64| all.iter().map(|&d| f(s, d)).sum::<u64>();
+    let nonzero = |s: &Side, d: u64| {
+        s.reader.get(&d).map_or(0, |v| v.iter().filter(|&&x| x != 0).count() as u64)
+    };
+    let nblocks = |s: &Side, d: u64| s.reader.get(&d).map_or(0, |v| v.len() as u64);
+    let nmapped = |s: &Side, d: u64| s.meta.devices.get(&d).map_or(0, |x| x.mappings.len() as u64);
+    let ndetails = |s: &Side, d: u64| s.meta.devices.get(&d).map_or(0, |x| x.details_mapped_blocks);
+    let differing = |what: &str| {
+        per_dev.rows.iter().filter(|x| x.what == what && x.verdict == Verdict::Differs).count()
+    };
+    for (what, a, b) in [
+        (
+            "block checksums (reader)",
+            format!("{} nonzero/{}", total(t, &nonzero), total(t, &nblocks)),
+            format!("{} nonzero/{}", total(k, &nonzero), total(k, &nblocks)),
+        ),
+        ("mapped blocks", total(t, &nmapped).to_string(), total(k, &nmapped).to_string()),
+        ("details.mapped_blocks", total(t, &ndetails).to_string(), total(k, &ndetails).to_string()),
+    ] {
+        let n = differing(what);
+        let verdict = if n == 0 { Verdict::Same } else { Verdict::Differs };
+        let detail =
+            if n == 0 { String::new() } else { format!("{n} device(s) differ (rows below)") };
+        r.rows.push(Row {
+            scope: format!("all devs ({})", all.len()),
+            what: what.into(),
+            thinly: a,
+            kernel: b,
+            verdict,
+            detail,
+        });
+    }
+    let diff_rows: Vec<Row> =
+        per_dev.rows.into_iter().filter(|x| x.verdict == Verdict::Differs).collect();
+    r.rows.extend(diff_rows);
     // Each side's reads agree with its own mappings and data (checked by the caller and
     // passed in as `consistent`), and its space map with what the mappings use.
     let users = |s: &Side| s.meta.data_block_users().len() as u64;
@@ -258,7 +318,7 @@ pub fn consistency_row(
 pub fn check_consistent(reader: &ReaderView, from_files: &ReaderView) -> Result<(), String> {
     let mut bad = Vec::new();
     for (dev, sums) in reader {
-        let (n, d) = block_diffs(Some(sums), from_files.get(dev));
+        let (n, d) = block_diffs(Some(sums), from_files.get(dev), ("read", "files"));
         if from_files.get(dev).is_none() {
             bad.push(format!("dev {dev} is not in the metadata"));
         } else if n > 0 {

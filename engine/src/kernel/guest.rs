@@ -9,7 +9,9 @@
 //! - `create_snap` → suspends the origin, `create_snap`, resumes it, activates the snapshot;
 //! - `write` → `dd oflag=direct` of a payload file (the host writes the bytes);
 //! - `discard` → `blkdiscard -o OFFSET -l LEN`;
-//! - `delete` → removes the device, then `delete`.
+//! - `delete` → removes the device, then `delete`;
+//! - `commit` → `reserve_metadata_snap` and `release_metadata_snap` (the kernel commits
+//!   after every pool message).
 //!
 //! Each outcome goes to `results.txt` ("LINE ok" or "LINE fail MESSAGE"). At the end the
 //! guest copies every device that should exist into a scratch disk (the host takes
@@ -93,6 +95,7 @@ create_snap() {{ dmsetup suspend {p}-t$2 || return 1; dmsetup message $POOL 0 "c
 wr() {{ dd if=$D/$2 of=/dev/mapper/{p}-t$1 bs=$3 seek=$4 count=$5 oflag=direct conv=notrunc; }}
 discard() {{ blkdiscard -o $2 -l $3 /dev/mapper/{p}-t$1; }}
 delete() {{ dmsetup remove {p}-t$1 && dmsetup message $POOL 0 "delete $1"; }}
+commit() {{ dmsetup message $POOL 0 reserve_metadata_snap && dmsetup message $POOL 0 release_metadata_snap; }}
 "#
     ));
     let mut payloads = Vec::new();
@@ -113,6 +116,7 @@ delete() {{ dmsetup remove {p}-t$1 && dmsetup message $POOL 0 "delete $1"; }}
                 s.push_str(&format!("run {l} discard {dev} {offset} {len}\n"))
             }
             Op::Delete { dev } => s.push_str(&format!("run {l} delete {dev}\n")),
+            Op::Commit => s.push_str(&format!("run {l} commit\n")),
         }
     }
     let devs: Vec<(u64, u64)> =

@@ -9,6 +9,7 @@
 //! write DEV OFFSET LEN PATTERN
 //! discard DEV OFFSET LEN
 //! delete DEV
+//! commit
 //! ```
 //!
 //! Sizes and offsets are bytes, with an optional suffix: `s` (512-byte sectors), `k`, `m`,
@@ -17,6 +18,12 @@
 //! block size). PATTERN is `0xNN` (every byte NN), `zero`, or any other word: a seed for
 //! pseudo-random bytes that depend on the word and the byte's offset in the device, so that
 //! two writes of one word at different places differ.
+//!
+//! `commit` makes both sides commit their metadata now (thinly: `Pool::commit`; the kernel:
+//! a pool message, after which it always commits). It matters after the pool ran out of
+//! data space: the kernel then fails provisioning writes until a commit finds free blocks
+//! (a flush, a message, or its 1 s timer), while thinly commits on demand; a script that
+//! frees blocks in a full pool commits before it writes again, so both sides agree.
 //!
 //! The parser checks that every operation names devices that exist at that point (ids are
 //! dm-thin's 24-bit device ids); an operation may still fail at run time (no space), and
@@ -113,6 +120,7 @@ pub enum Op {
     Write { dev: u64, offset: u64, len: u64, pattern: Pattern },
     Discard { dev: u64, offset: u64, len: u64 },
     Delete { dev: u64 },
+    Commit,
 }
 
 impl fmt::Display for Op {
@@ -125,6 +133,7 @@ impl fmt::Display for Op {
             }
             Op::Discard { dev, offset, len } => write!(f, "discard {dev} {offset} {len}"),
             Op::Delete { dev } => write!(f, "delete {dev}"),
+            Op::Commit => write!(f, "commit"),
         }
     }
 }
@@ -218,6 +227,7 @@ fn check_devices(op: &Op, live: &mut BTreeSet<u64>) -> Result<(), String> {
             need(dev, live)?;
             live.remove(dev);
         }
+        Op::Commit => {}
     }
     Ok(())
 }
@@ -328,6 +338,10 @@ fn parse_op(words: &[&str], g: &Geometry) -> Result<Op, String> {
         "delete" => {
             argc(1)?;
             Op::Delete { dev: n(1)? }
+        }
+        "commit" => {
+            argc(0)?;
+            Op::Commit
         }
         other => return Err(format!("unknown operation {other:?}")),
     })

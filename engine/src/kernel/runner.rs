@@ -96,6 +96,7 @@ fn apply(
             pool.message(&format!("delete {dev}"))?;
             names.remove(dev);
         }
+        Op::Commit => pool.commit()?,
     }
     Ok(())
 }

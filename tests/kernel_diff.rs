@@ -10,7 +10,9 @@ mod harness;
 
 use harness::{Guest, Work};
 use std::path::{Path, PathBuf};
-use thinly_engine::kernel::compare::{check_consistent, compare, consistency_row, Report, Side};
+use thinly_engine::kernel::compare::{
+    check_consistent, compare, consistency_row, status_rows, Report, Side,
+};
 use thinly_engine::kernel::guest::{guest_plan, parse_results, GuestNames};
 use thinly_engine::kernel::observe::{reader_view_from_dump, MetaView};
 use thinly_engine::kernel::opscript::Script;
@@ -35,7 +37,8 @@ fn standard_scripts() -> Vec<Script> {
 
 /// A larger random script (THINLY_KERNEL_HEAVY=1).
 fn heavy_script() -> Script {
-    let mut s = String::from("pool data_blocks=4096 block_size=64k thin_size=64m metadata_size=16m\n");
+    let mut s =
+        String::from("pool data_blocks=4096 block_size=64k thin_size=64m metadata_size=16m\n");
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut rnd = |n: u64| {
         x ^= x << 13;
@@ -142,9 +145,11 @@ fn run_differential(scripts: Vec<Script>, work: &Work) -> Vec<Report> {
 fn report_for(c: &Case) -> Report {
     let g = &c.script.geometry;
     // thinly.
-    let (t_out, t_reader) = run_thinly(&c.thinly_dir, &c.script).expect("running the script on thinly");
+    let t = run_thinly(&c.thinly_dir, &c.script).expect("running the script on thinly");
+    let (t_out, t_reader) = (t.outcomes, t.reader);
     let t_meta = MetaView::read(&c.thinly_dir.join("metadata")).expect("reading thinly's metadata");
-    let t_files = t_meta.reader_view_from_data(&c.thinly_dir.join("data"), g.thin_blocks()).unwrap();
+    let t_files =
+        t_meta.reader_view_from_data(&c.thinly_dir.join("data"), g.thin_blocks()).unwrap();
     // The kernel.
     let results = std::fs::read_to_string(c.share.join("results.txt")).unwrap_or_default();
     let k_out: Vec<OpOutcome> = parse_results(&results)
@@ -155,7 +160,8 @@ fn report_for(c: &Case) -> Report {
     if let Ok(e) = std::fs::read_to_string(c.share.join("dump-errors.txt")) {
         panic!("{}: the guest could not read devices: {e}", c.tag);
     }
-    let k_meta = MetaView::read(&c.meta).expect("reading the kernel's metadata with thinly's engine");
+    let k_meta =
+        MetaView::read(&c.meta).expect("reading the kernel's metadata with thinly's engine");
     let k_reader = reader_view_from_dump(&c.scratch, &c.slots, g.block_size_bytes).unwrap();
     let k_files = k_meta.reader_view_from_data(&c.data, g.thin_blocks()).unwrap();
     let mut report = compare(
@@ -163,7 +169,13 @@ fn report_for(c: &Case) -> Report {
         &Side { meta: &t_meta, reader: &t_reader, outcomes: &t_out },
         &Side { meta: &k_meta, reader: &k_reader, outcomes: &k_out },
     );
-    consistency_row(&mut report, check_consistent(&t_reader, &t_files), check_consistent(&k_reader, &k_files));
+    consistency_row(
+        &mut report,
+        check_consistent(&t_reader, &t_files),
+        check_consistent(&k_reader, &k_files),
+    );
+    let status = std::fs::read_to_string(c.share.join("pool-status.txt")).unwrap_or_default();
+    status_rows(&mut report, &t.status, status.trim());
     // Both metadata files check clean, with the real tool and the engine's checker; the
     // guest's own thin_check too.
     let guest_check = std::fs::read_to_string(c.share.join("thin_check.txt")).unwrap_or_default();
@@ -175,7 +187,6 @@ fn report_for(c: &Case) -> Report {
         let problems = harness::engine_check(&meta);
         assert!(problems.is_empty(), "{}: engine check of the {who} pool: {problems:?}", c.tag);
     }
-    let status = std::fs::read_to_string(c.share.join("pool-status.txt")).unwrap_or_default();
     println!("{report}kernel status before teardown: {}", status.trim());
     for (o, k) in t_out.iter().zip(&k_out) {
         if o.ok != k.ok {
@@ -189,7 +200,19 @@ fn assert_identical(reports: &[Report]) {
     let bad: Vec<String> = reports
         .iter()
         .filter(|r| !r.identical())
-        .map(|r| format!("{}:\n{}", r.title, r.differences().map(|d| format!("  {} {}: thinly {} kernel {} {}", d.scope, d.what, d.thinly, d.kernel, d.detail)).collect::<Vec<_>>().join("\n")))
+        .map(|r| {
+            format!(
+                "{}:\n{}",
+                r.title,
+                r.differences()
+                    .map(|d| format!(
+                        "  {} {}: thinly {} kernel {} {}",
+                        d.scope, d.what, d.thinly, d.kernel, d.detail
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
         .collect();
     assert!(bad.is_empty(), "thinly and the kernel differ:\n{}", bad.join("\n"));
 }
@@ -225,7 +248,8 @@ fn differential_on_scripts_named_in_the_environment() {
 fn scripts_run_on_thinly_and_translate_for_the_guest() {
     for script in standard_scripts() {
         let dir = tempfile::tempdir().unwrap();
-        let (out, reader) = run_thinly(&dir.path().join("pool"), &script).unwrap();
+        let run = run_thinly(&dir.path().join("pool"), &script).unwrap();
+        let (out, reader) = (run.outcomes, run.reader);
         assert_eq!(out.len(), script.steps.len());
         assert_eq!(reader.keys().copied().collect::<Vec<_>>(), script.final_devices());
         let plan = guest_plan(

@@ -24,4 +24,9 @@ dump_dev() { dd if="$1" of="$2" bs=1M seek="$3" count="$4" conv=notrunc 2>/dev/n
 wait_for() {
   n=0; while [ ! -e "$1" ]; do sleep 0.2; n=$((n + 1)); [ $n -ge $((${2:-60} * 5)) ] && return 1; done; return 0
 }
-finish() { log "guest: $FAILS failure(s)"; sync; exit $FAILS; }
+# The guest never has a network device: only lo may exist.
+no_network() { [ "$(ls /sys/class/net | tr '\n' ' ')" = "lo " ]; }
+finish() {
+  check "no network device in the guest (only lo: $(ls /sys/class/net | tr '\n' ' '))" no_network
+  log "guest: $FAILS failure(s)"; sync; exit $FAILS
+}

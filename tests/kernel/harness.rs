@@ -70,7 +70,8 @@ impl Work {
     pub fn new(tag: &str) -> Work {
         let run = cache_dir().join("run");
         std::fs::create_dir_all(&run).expect("creating the lab's run directory");
-        let d = tempfile::Builder::new().prefix(&format!("{tag}.")).tempdir_in(&run).expect("work dir");
+        let d =
+            tempfile::Builder::new().prefix(&format!("{tag}.")).tempdir_in(&run).expect("work dir");
         Work { dir: d.keep() }
     }
 
@@ -170,7 +171,8 @@ impl Guest {
     /// Writes `script` (after the guest library) into `share` as NAME and boots the guest.
     pub fn run(self, share: &Path, name: &str, script: &str) -> GuestRun {
         let script_path = share.join(name);
-        std::fs::write(&script_path, format!("{GUEST_LIB}\n{script}")).expect("writing the guest script");
+        std::fs::write(&script_path, format!("{GUEST_LIB}\n{script}"))
+            .expect("writing the guest script");
         let mut cmd = Command::new(kit_dir().join("run-guest.sh"));
         cmd.arg("-q").arg("-t").arg(self.timeout_s.to_string()).arg("-w").arg(share);
         for d in &self.disks {
@@ -219,7 +221,9 @@ pub fn require_thinly() -> Option<PathBuf> {
     match thinly_bin() {
         Some(p) => Some(p),
         None => {
-            skip_or_fail("no thinly binary (build it: cargo build -p thinly-tools, or set THINLY_BIN)");
+            skip_or_fail(
+                "no thinly binary (build it: cargo build -p thinly-tools, or set THINLY_BIN)",
+            );
             None
         }
     }
@@ -331,7 +335,8 @@ impl PortRelay {
                 eprintln!("relay: cannot connect to {}", server.display());
                 return;
             };
-            let (mut g2, mut n2) = (guest.try_clone().expect("clone"), nbd.try_clone().expect("clone"));
+            let (mut g2, mut n2) =
+                (guest.try_clone().expect("clone"), nbd.try_clone().expect("clone"));
             let up = std::thread::spawn(move || {
                 let _ = std::io::copy(&mut g2, &mut n2);
                 let _ = n2.shutdown(std::net::Shutdown::Write);
@@ -377,7 +382,9 @@ pub fn real_thin_check(meta: &Path) -> Option<(bool, String)> {
 pub fn engine_check(meta: &Path) -> Vec<String> {
     use std::sync::Arc;
     use thinly_engine::io::{BlockDevice, FileDevice};
-    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(meta, true).expect("opening metadata"));
-    let r = thinly_engine::thin::check(dev, Default::default()).expect("running the engine's check");
+    let dev: Arc<dyn BlockDevice> =
+        Arc::new(FileDevice::open(meta, true).expect("opening metadata"));
+    let r =
+        thinly_engine::thin::check(dev, Default::default()).expect("running the engine's check");
     r.problems.iter().map(|p| format!("{p:?}")).collect()
 }

@@ -314,6 +314,27 @@ pub fn consistency_row(
     });
 }
 
+/// Adds rows comparing the live status lines: thinly's `PoolStatus` and the kernel's
+/// `dmsetup status` of the pool (`0 LEN thin-pool TID META/TOTAL DATA/TOTAL HELD MODE …`).
+pub fn status_rows(report: &mut Report, thinly: &crate::pool::PoolStatus, kernel_line: &str) {
+    let w: Vec<&str> = kernel_line.split_whitespace().collect();
+    let field = |i: usize| w.get(i).copied().unwrap_or("?").to_string();
+    report.push(
+        "status",
+        "used/total data blocks",
+        format!("{}/{}", thinly.used_data_blocks, thinly.total_data_blocks),
+        field(5),
+        String::new(),
+    );
+    report.push("status", "mode", thinly.mode.clone(), field(7), String::new());
+    report.info(
+        "status",
+        "used/total metadata blocks",
+        format!("{}/{}", thinly.used_metadata_blocks, thinly.total_metadata_blocks),
+        field(4),
+    );
+}
+
 /// Whether a reader view equals the view rebuilt from the mappings and the data file.
 pub fn check_consistent(reader: &ReaderView, from_files: &ReaderView) -> Result<(), String> {
     let mut bad = Vec::new();

@@ -37,9 +37,18 @@ pub fn pool_options(g: &Geometry) -> PoolOptions {
     }
 }
 
+/// What thinly did with a script.
+#[derive(Debug, Clone)]
+pub struct ThinlyRun {
+    pub outcomes: Vec<OpOutcome>,
+    pub reader: ReaderView,
+    /// `Pool::status()` at the end, before the pool closed (the kernel's status fields).
+    pub status: crate::pool::PoolStatus,
+}
+
 /// Creates a pool in `dir` (which must not hold one), runs `script`, reads back every block
 /// of every device that exists at the end, and closes the pool.
-pub fn run_thinly(dir: &Path, script: &Script) -> Result<(Vec<OpOutcome>, ReaderView), PoolError> {
+pub fn run_thinly(dir: &Path, script: &Script) -> Result<ThinlyRun, PoolError> {
     let g = &script.geometry;
     let pool = Pool::create(dir, &pool_options(g))?;
     let mut names: BTreeMap<u64, String> = BTreeMap::new();
@@ -64,8 +73,9 @@ pub fn run_thinly(dir: &Path, script: &Script) -> Result<(Vec<OpOutcome>, Reader
         }
         reader.insert(dev, sums);
     }
+    let status = pool.status();
     pool.close()?;
-    Ok((outcomes, reader))
+    Ok(ThinlyRun { outcomes, reader, status })
 }
 
 fn apply(

@@ -98,7 +98,11 @@ fn thinly_opens_and_serves_a_pool_the_kernel_made() {
     std::fs::write(share.join("p1.bin"), p("k1", 20001 * 512, 300 * 512)).unwrap();
     std::fs::write(share.join("p2.bin"), p("k2", 100 * 4096, 4096)).unwrap();
     std::fs::write(share.join("p3.bin"), p("k3", 7 * 512, 512)).unwrap();
-    let run = Guest::new().disk(&meta).disk(&data).disk(&scratch).run(&share, "kernel-pool.sh", KERNEL_SCRIPT);
+    let run = Guest::new().disk(&meta).disk(&data).disk(&scratch).run(
+        &share,
+        "kernel-pool.sh",
+        KERNEL_SCRIPT,
+    );
     print!("{}", std::fs::read_to_string(share.join("guest.out")).unwrap_or_default());
     run.expect_ok("the kernel making a pool");
 
@@ -119,8 +123,12 @@ fn thinly_opens_and_serves_a_pool_the_kernel_made() {
             let mut buf = vec![0u8; size as usize];
             vol.read(0, &mut buf).unwrap();
             let sums: Vec<u64> = buf.chunks(BS as usize).map(block_sum).collect();
-            let bad: Vec<usize> = (0..sums.len()).filter(|&i| sums[i] != kernel_view[&id][i]).collect();
-            assert!(bad.is_empty(), "thinly reads thin{id} differently from the kernel at blocks {bad:?}");
+            let bad: Vec<usize> =
+                (0..sums.len()).filter(|&i| sums[i] != kernel_view[&id][i]).collect();
+            assert!(
+                bad.is_empty(),
+                "thinly reads thin{id} differently from the kernel at blocks {bad:?}"
+            );
         }
         println!("thinly's status of the kernel's pool: {}", pool.status());
         pool.close().unwrap();
@@ -135,10 +143,11 @@ fn thinly_opens_and_serves_a_pool_the_kernel_made() {
     let share2 = work.sub("share2");
     std::fs::copy(share.join("ext4.md5"), share2.join("ext4.md5")).unwrap();
     std::fs::copy(share.join("thin0.md5"), share2.join("thin0.md5")).unwrap();
-    let run = Guest::new()
-        .nbd(&server.socket, "thin1")
-        .port(&relay.listen, "nbd0")
-        .run(&share2, "kernel-pool-nbd.sh", NBD_SCRIPT);
+    let run = Guest::new().nbd(&server.socket, "thin1").port(&relay.listen, "nbd0").run(
+        &share2,
+        "kernel-pool-nbd.sh",
+        NBD_SCRIPT,
+    );
     print!("{}", std::fs::read_to_string(share2.join("guest.out")).unwrap_or_default());
     run.expect_ok("the guest on thinly's NBD exports of the kernel's pool");
     server.stop();

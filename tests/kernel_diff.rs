@@ -38,7 +38,7 @@ fn standard_scripts() -> Vec<Script> {
 /// A larger random script (THINLY_KERNEL_HEAVY=1).
 fn heavy_script() -> Script {
     let mut s =
-        String::from("pool data_blocks=4096 block_size=64k thin_size=64m metadata_size=16m\n");
+        String::from("pool data_blocks=4096 block_size=64k thin_size=32m metadata_size=16m\n");
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut rnd = |n: u64| {
         x ^= x << 13;
@@ -63,12 +63,12 @@ fn heavy_script() -> Script {
             }
             2..=4 => {
                 let len = (1 + rnd(64)) * 16384;
-                let off = rnd((64 << 20) - len) / 512 * 512;
+                let off = rnd((32 << 20) - len) / 512 * 512;
                 s.push_str(&format!("discard {d} {off} {len}\n"));
             }
             _ => {
                 let len = (1 + rnd(256)) * 1024;
-                let off = rnd((64 << 20) - len) / 512 * 512;
+                let off = rnd((32 << 20) - len) / 512 * 512;
                 s.push_str(&format!("write {d} {off} {len} h{i}\n"));
             }
         }

@@ -138,3 +138,46 @@ fn a_linux_guest_runs_on_thinly_volumes_and_a_live_snapshot_mounts() {
     println!("{list}");
     assert!(list.contains("snap-b"), "{list}");
 }
+
+/// NBD SERVER LIMITATION (found by the kernel tests; nbd-server/ is not changed here):
+/// `thinly serve` drops a client that has not finished the NBD handshake 10 s after it
+/// connected (nbd-server `DEFAULT_HANDSHAKE_TIMEOUT`, not configurable from `thinly serve`).
+/// QEMU connects a virtio-serial port's socket (`run-guest.sh -p SOCKET`) when it starts, but
+/// the guest's nbd-client speaks only after the boot (about 7 s under TCG, more under load),
+/// so pointing `-p` straight at thinly's socket, as the lab's README suggests for nbdkit,
+/// fails or flakes. The tests above go through `PortRelay`, which connects on demand. This
+/// test connects straight, after 12 s of guest uptime; ignored so the suite stays green:
+/// `cargo test --test kernel_nbd_host -- --ignored`.
+#[test]
+#[ignore = "NBD SERVER LIMITATION: 10 s handshake timeout vs a client behind a virtio-serial port"]
+fn the_kernel_nbd_client_reaches_thinly_serve_straight_through_a_port() {
+    if !harness::lab_ready() {
+        return;
+    }
+    let Some(bin) = harness::require_thinly() else { return };
+    let work = Work::new("kernel-nbd-straight");
+    let dir = work.path("pool");
+    let d = dir.to_str().unwrap();
+    harness::thinly(&bin, &["pool", "create", "--pool", d, "--size", "256M"]);
+    harness::thinly(&bin, &["create", "vol", "--size", "64M", "--pool", d]);
+    let socks = harness::socket_dir();
+    let server = Server::start(&bin, &dir, &socks.path().join("nbd.sock"));
+    let share = work.sub("share");
+    // THINLY_STRAIGHT_UPTIME (default 12): the guest uptime at which nbd-client starts; at
+    // 0 (right after boot, about 7-8 s after QEMU connected) it usually gets through.
+    let uptime = std::env::var("THINLY_STRAIGHT_UPTIME").unwrap_or_else(|_| "12".into());
+    let script = format!("UPTIME={uptime}\n")
+        + r#"
+while [ "$(cut -d. -f1 /proc/uptime)" -lt $UPTIME ]; do sleep 0.5; done
+exec 3<>/dev/virtio-ports/nbd0
+socat UNIX-LISTEN:/run/n.sock FD:3 &
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -S /run/n.sock ] && break; sleep 0.2; done
+log "uptime $(cut -d' ' -f1 /proc/uptime) s"
+check "nbd-client negotiates with thinly serve" nbd-client -u /run/n.sock /dev/nbd0 -N vol
+finish
+"#;
+    let run = Guest::new().port(&server.socket, "nbd0").run(&share, "straight.sh", &script);
+    print!("{}", std::fs::read_to_string(share.join("guest.out")).unwrap_or_default());
+    run.expect_ok("nbd-client straight to thinly serve");
+    server.stop();
+}

@@ -110,6 +110,13 @@ fn thinly_opens_and_serves_a_pool_the_kernel_made() {
         assert!(clean, "thin_check of the kernel's pool:\n{out}");
     }
     assert!(harness::engine_check(&meta).is_empty(), "{:?}", harness::engine_check(&meta));
+    // `thinly kernel-script` on it (no pool.json): the kernel's devices as thin<ID>, the
+    // pool's 256-sector blocks.
+    let act = thinly_engine::kernel::activate::Activation::from_pool_dir(&dir, &Default::default())
+        .unwrap();
+    let names: Vec<&str> = act.thins.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["thin0", "thin1", "thin2"]);
+    assert_eq!((act.pool.block_sectors, act.pool.nr_data_blocks), (256, 2048));
     // thinly opens it: no pool.json, so devices 0, 1, 2 become volumes thin0, thin1, thin2.
     let kernel_view = reader_view_from_dump(&scratch, &slots, BS).unwrap();
     {

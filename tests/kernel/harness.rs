@@ -213,6 +213,15 @@ pub fn thinly_bin() -> Option<PathBuf> {
     }
     let exe = std::env::current_exe().ok()?;
     let p = exe.parent()?.parent()?.join("thinly");
+    let modified = |f: &Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    if let (Some(bin), Some(test)) = (modified(&p), modified(&exe)) {
+        if bin < test {
+            eprintln!(
+                "warning: {} is older than this test; `cargo build -p thinly-tools` if it is stale",
+                p.display()
+            );
+        }
+    }
     p.exists().then_some(p)
 }
 

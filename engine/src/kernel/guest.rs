@@ -19,6 +19,8 @@
 //! thin_check on the metadata. The guest script fails only when the harness itself fails.
 
 use super::observe::{dump_layout, DumpSlot};
+#[cfg(test)]
+use super::opscript::Pattern;
 use super::opscript::{Op, Script};
 use super::{disk_serial, sh_quote};
 
@@ -57,47 +59,9 @@ fn dd_bs(offset: u64, len: u64) -> u64 {
     bs
 }
 
+/// Translates `script` for the guest (see the module's comment).
 pub fn guest_plan(script: &Script, n: &GuestNames) -> GuestPlan {
-    let g = &script.geometry;
-    let p = &n.prefix;
-    let thin_sectors = g.thin_size_bytes / 512;
-    let mut s = String::new();
-    s.push_str(&format!(
-        "# operation script {:?}, translated for the guest kernel by thinly\nset -u\nD={}\n",
-        script.name,
-        sh_quote(&n.dir)
-    ));
-    s.push_str(
-        "disk_by_serial() {\n  for b in /sys/block/vd*; do\n    \
-         [ \"$(cat \"$b/serial\" 2>/dev/null)\" = \"$1\" ] && { echo \"/dev/${b##*/}\"; return 0; }\n  \
-         done\n  echo \"no disk with serial $1\" >&2; return 1\n}\n",
-    );
-    for (var, file) in
-        [("META", &n.meta_file), ("DATA", &n.data_file), ("SCRATCH", &n.scratch_file)]
-    {
-        s.push_str(&format!(
-            "{var}=$(disk_by_serial {}) || exit 2\n",
-            sh_quote(&disk_serial(file))
-        ));
-    }
-    s.push_str(&format!(
-        "POOL={p}-pool\nTS={thin_sectors}\n: > $D/results.txt\n\
-         dd if=/dev/zero of=$META bs=4096 count=1 conv=fsync 2>/dev/null || exit 2\n\
-         dmsetup create $POOL --table \"0 {} thin-pool $META $DATA {} 0 1 error_if_no_space\" || exit 2\n",
-        g.nr_data_blocks * g.block_sectors() as u64,
-        g.block_sectors()
-    ));
-    s.push_str(&format!(
-        r#"run() {{ n=$1; shift; if "$@" >/tmp/op.out 2>&1; then echo "$n ok" >> $D/results.txt; else echo "$n fail $(tr '\n' ' ' </tmp/op.out | cut -c1-200)" >> $D/results.txt; fi; }}
-activate() {{ dmsetup create {p}-t$1 --table "0 $TS thin /dev/mapper/$POOL $1"; }}
-create_thin() {{ dmsetup message $POOL 0 "create_thin $1" && activate $1; }}
-create_snap() {{ dmsetup suspend {p}-t$2 || return 1; dmsetup message $POOL 0 "create_snap $1 $2"; rc=$?; dmsetup resume {p}-t$2 || rc=1; [ $rc = 0 ] && activate $1; }}
-wr() {{ dd if=$D/$2 of=/dev/mapper/{p}-t$1 bs=$3 seek=$4 count=$5 oflag=direct conv=notrunc; }}
-discard() {{ blkdiscard -o $2 -l $3 /dev/mapper/{p}-t$1; }}
-delete() {{ dmsetup remove {p}-t$1 && dmsetup message $POOL 0 "delete $1"; }}
-commit() {{ dmsetup message $POOL 0 reserve_metadata_snap && dmsetup message $POOL 0 release_metadata_snap; }}
-"#
-    ));
+    let mut s = prologue(script, n);
     let mut payloads = Vec::new();
     for step in &script.steps {
         let l = step.line;
@@ -119,14 +83,66 @@ commit() {{ dmsetup message $POOL 0 reserve_metadata_snap && dmsetup message $PO
             Op::Commit => s.push_str(&format!("run {l} commit\n")),
         }
     }
+    let g = &script.geometry;
     let devs: Vec<(u64, u64)> =
         script.final_devices().into_iter().map(|d| (d, g.thin_size_bytes)).collect();
     let slots = dump_layout(&devs);
     let scratch_bytes = slots.last().map_or(1 << 20, |s| s.offset_bytes + s.len_bytes);
+    s.push_str(&epilogue(&slots, &n.prefix));
+    GuestPlan { script: s, payloads, slots, scratch_bytes }
+}
+
+/// Finds the disks, formats the pool, defines one shell function per operation.
+fn prologue(script: &Script, n: &GuestNames) -> String {
+    let g = &script.geometry;
+    let p = &n.prefix;
+    let mut s = format!(
+        "# operation script {:?}, translated for the guest kernel by thinly\nset -u\nD={}\n",
+        script.name,
+        sh_quote(&n.dir)
+    );
     s.push_str(
+        "disk_by_serial() {\n  for b in /sys/block/vd*; do\n    \
+         [ \"$(cat \"$b/serial\" 2>/dev/null)\" = \"$1\" ] && { echo \"/dev/${b##*/}\"; return 0; }\n  \
+         done\n  echo \"no disk with serial $1\" >&2; return 1\n}\n",
+    );
+    for (var, file) in
+        [("META", &n.meta_file), ("DATA", &n.data_file), ("SCRATCH", &n.scratch_file)]
+    {
+        s.push_str(&format!(
+            "{var}=$(disk_by_serial {}) || exit 2\n",
+            sh_quote(&disk_serial(file))
+        ));
+    }
+    s.push_str(&format!(
+        "POOL={p}-pool\nTS={}\n: > $D/results.txt\n\
+         dd if=/dev/zero of=$META bs=4096 count=1 conv=fsync 2>/dev/null || exit 2\n\
+         dmsetup create $POOL --table \"0 {} thin-pool $META $DATA {} 0 1 error_if_no_space\" || exit 2\n",
+        g.thin_size_bytes / 512,
+        g.nr_data_blocks * g.block_sectors() as u64,
+        g.block_sectors()
+    ));
+    s.push_str(&format!(
+        r#"run() {{ n=$1; shift; if "$@" >/tmp/op.out 2>&1; then echo "$n ok" >> $D/results.txt; else echo "$n fail $(tr '\n' ' ' </tmp/op.out | cut -c1-200)" >> $D/results.txt; fi; }}
+activate() {{ dmsetup create {p}-t$1 --table "0 $TS thin /dev/mapper/$POOL $1"; }}
+create_thin() {{ dmsetup message $POOL 0 "create_thin $1" && activate $1; }}
+create_snap() {{ dmsetup suspend {p}-t$2 || return 1; dmsetup message $POOL 0 "create_snap $1 $2"; rc=$?; dmsetup resume {p}-t$2 || rc=1; [ $rc = 0 ] && activate $1; }}
+wr() {{ dd if=$D/$2 of=/dev/mapper/{p}-t$1 bs=$3 seek=$4 count=$5 oflag=direct conv=notrunc; }}
+discard() {{ blkdiscard -o $2 -l $3 /dev/mapper/{p}-t$1; }}
+delete() {{ dmsetup remove {p}-t$1 && dmsetup message $POOL 0 "delete $1"; }}
+commit() {{ dmsetup message $POOL 0 reserve_metadata_snap && dmsetup message $POOL 0 release_metadata_snap; }}
+"#
+    ));
+    s
+}
+
+/// Saves the pool's status, copies every final device into the scratch disk, tears down,
+/// runs thin_check.
+fn epilogue(slots: &[DumpSlot], p: &str) -> String {
+    let mut s = String::from(
         "sync\ndmsetup status $POOL > $D/pool-status.txt 2>&1\necho 3 > /proc/sys/vm/drop_caches\n",
     );
-    for sl in &slots {
+    for sl in slots {
         s.push_str(&format!(
             "dd if=/dev/mapper/{p}-t{} of=$SCRATCH bs=1M seek={} count={} conv=notrunc 2>/dev/null || echo \"dump of device {} failed\" >> $D/dump-errors.txt\n",
             sl.dev_id,
@@ -141,7 +157,7 @@ commit() {{ dmsetup message $POOL 0 reserve_metadata_snap && dmsetup message $PO
          thin_check $META > $D/thin_check.txt 2>&1; echo \"exit $?\" >> $D/thin_check.txt\n\
          sync\nexit 0\n"
     ));
-    GuestPlan { script: s, payloads, slots, scratch_bytes }
+    s
 }
 
 /// Reads `results.txt` as written by the guest: line → (ok, message).
@@ -154,4 +170,49 @@ pub fn parse_results(text: &str) -> Vec<(usize, bool, String)> {
             Some((line, ok, w.next().unwrap_or("").to_string()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_becomes_dmsetup_messages_dd_and_blkdiscard() {
+        let s = Script::parse(
+            "t",
+            "pool data_blocks=64 thin_size=2m\ncreate_thin 0\nwrite 0 4096 8192 a\n\
+             create_snap 1 0\ndiscard 1 0 1m\ndelete 0\ncommit\n",
+        )
+        .unwrap();
+        let names = GuestNames {
+            prefix: "x".into(),
+            meta_file: "x-meta".into(),
+            data_file: "x-data".into(),
+            scratch_file: "x-dump".into(),
+            dir: "/host/x".into(),
+        };
+        let plan = guest_plan(&s, &names);
+        for want in [
+            "dmsetup create $POOL --table \"0 8192 thin-pool $META $DATA 128 0 1 error_if_no_space\"",
+            "run 2 create_thin 0\n",
+            "run 3 wr 0 p3.bin 4096 1 2\n",
+            "run 4 create_snap 1 0\n",
+            "run 5 discard 1 0 1048576\n",
+            "run 6 delete 0\n",
+            "run 7 commit\n",
+            "dd if=/dev/mapper/x-t1 of=$SCRATCH bs=1M seek=0 count=2",
+            "thin_check $META",
+        ] {
+            assert!(plan.script.contains(want), "{want:?} not in\n{}", plan.script);
+        }
+        assert_eq!(
+            plan.payloads,
+            vec![("p3.bin".to_string(), Pattern::Seed("a".into()).bytes(4096, 8192))]
+        );
+        assert_eq!(plan.scratch_bytes, 2 << 20);
+        assert_eq!(
+            parse_results("2 ok\n3 fail dd: No space\n"),
+            vec![(2, true, String::new()), (3, false, "dd: No space".to_string())]
+        );
+    }
 }

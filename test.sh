@@ -18,4 +18,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The kernel tests (tests/kernel_*.rs) boot the real Linux dm-thin and NBD client in a QEMU
+# guest from the kernel lab; they skip loudly without it, and fail when CI is set. Prepare
+# the lab (idempotent: 0.3 s when it is ready) where the kit exists beside this checkout.
+LAB_SETUP="$PWD/../shared/kernel-lab/setup.sh"   # $(dirname "$0")/../shared/…: we cd'ed there above
+if [ -d "$(dirname "$LAB_SETUP")" ]; then
+  "$LAB_SETUP"
+fi
+
 cargo test --workspace "$@"

@@ -11,6 +11,7 @@ pub mod error;
 pub mod format;
 pub mod fsck;
 pub mod io;
+pub mod kernel;
 pub mod limits;
 pub mod pool;
 pub mod recount;

@@ -321,6 +321,8 @@ enum ThinlyCommand {
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
+    /// Print the dmsetup commands that activate the pool under the kernel's dm-thin.
+    KernelScript(crate::kernel::KernelScriptArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,6 +376,7 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
             return pool::serve::run(&a);
         }
         ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
+        ThinlyCommand::KernelScript(a) => return crate::kernel::run(&a),
         ThinlyCommand::Pool(PoolCommand::Status { json, pool }) => {
             let r = pool::run_request(&pool.dir(), &Request::Status)?;
             if json {

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod exit;
 mod files;
+mod kernel;
 mod pool;
 
 use std::ffi::OsString;

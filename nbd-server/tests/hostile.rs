@@ -183,7 +183,7 @@ fn structured_reads_send_holes_for_unallocated_ranges_and_df_sends_one_chunk() {
 #[test]
 fn silent_clients_hit_the_handshake_timeout_and_idle_ones_the_idle_timeout() {
     let config = ServerConfig {
-        handshake_timeout: Duration::from_millis(300),
+        handshake_timeout: Some(Duration::from_millis(300)),
         idle_timeout: Some(Duration::from_millis(300)),
         ..ServerConfig::default()
     };

@@ -259,6 +259,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(bin: &Path, pool: &Path, socket: &Path) -> Server {
+        Self::start_with(bin, pool, socket, &[])
+    }
+
+    /// As `start`, with more `thinly serve` arguments.
+    pub fn start_with(bin: &Path, pool: &Path, socket: &Path, extra: &[&str]) -> Server {
         let log = pool.with_extension("serve.log");
         let f = std::fs::File::create(&log).expect("serve log");
         let child = Command::new(bin)
@@ -266,6 +271,7 @@ impl Server {
             .arg(pool)
             .arg("--socket")
             .arg(socket)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
@@ -314,9 +320,11 @@ impl Drop for Server {
 
 /// A relay for the guest kernel's nbd-client over a virtio-serial port: QEMU connects to
 /// `listen` at start-up, but the guest speaks only much later, so the relay connects to the
-/// NBD server only when the guest sends its first line, "CONNECT\n" (thinly's server drops a
-/// client that does not finish the handshake within its handshake timeout). Then it copies
-/// bytes both ways until either side closes.
+/// NBD server only when the guest sends its first line, "CONNECT\n". Connecting the server
+/// straight to the port cannot work: an NBD server greets first, and the guest's
+/// virtio-console driver drops bytes that arrive before the guest opens the port (nbd-client
+/// then reports "INIT_PASSWD bad"), whatever the handshake timeout. Then it copies bytes both
+/// ways until either side closes.
 pub struct PortRelay {
     pub listen: PathBuf,
     thread: Option<std::thread::JoinHandle<()>>,

@@ -85,7 +85,12 @@ impl Pool {
         };
         PoolStatus {
             transaction_id: s.transaction_id,
-            used_metadata_blocks: s.used_metadata_blocks,
+            // The kernel reports total − free, where free leaves out its metadata reserve.
+            used_metadata_blocks: {
+                let reserve = crate::limits::metadata_reserve_blocks(s.total_metadata_blocks);
+                let free = s.total_metadata_blocks - s.used_metadata_blocks;
+                s.total_metadata_blocks - free.saturating_sub(reserve)
+            },
             total_metadata_blocks: s.total_metadata_blocks,
             used_data_blocks: s.used_data_blocks,
             total_data_blocks: s.total_data_blocks,
@@ -95,7 +100,8 @@ impl Pool {
             discard_passdown: true,
             out_of_space_policy: meta.config.settings.out_of_space.kernel_name().to_string(),
             needs_check: s.needs_check,
-            metadata_low_watermark: crate::limits::metadata_reserve_blocks(s.total_metadata_blocks),
+            // dm-thin's calc_metadata_threshold: min(1024, metadata blocks / 4).
+            metadata_low_watermark: (s.total_metadata_blocks / 4).min(1024),
             data_block_size_bytes: self.inner.block_size,
             low_water_mark_blocks: meta.config.settings.low_water_mark_blocks,
             data_io: self.inner.data.io_path().to_string(),

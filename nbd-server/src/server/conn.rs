@@ -83,7 +83,7 @@ pub(super) fn serve(stream: Stream, shared: &Shared) {
 /// Drives the handshake state machine over the socket, within the handshake timeout.
 /// Returns the negotiated state and any bytes already read past the handshake.
 fn handshake(stream: &Stream, shared: &Shared) -> io::Result<Option<(Negotiated, Vec<u8>)>> {
-    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let deadline = shared.config.handshake_timeout.map(|t| Instant::now() + t);
     let mut hs = Handshake::new(Arc::clone(&shared.registry));
     let mut rd = stream.try_clone()?;
     let mut wr = stream.try_clone()?;
@@ -99,11 +99,11 @@ fn handshake(stream: &Stream, shared: &Shared) -> io::Result<Option<(Negotiated,
         if shared.shutting_down() {
             hs.set_shutting_down();
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake timeout"));
         }
-        stream.set_read_timeout(Some(left))?;
+        stream.set_read_timeout(left)?;
         let n = rd.read(&mut buf)?;
         if n == 0 {
             return Ok(None);

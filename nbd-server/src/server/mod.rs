@@ -36,8 +36,9 @@ use crate::limits::{
 /// Tunables of a server; `Default` gives the values in `limits`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Time allowed from accept to the end of option haggling.
-    pub handshake_timeout: Duration,
+    /// Time allowed from accept to the end of option haggling; `None`: no limit (for
+    /// clients that connect long before they speak, like a VM's virtio-serial port).
+    pub handshake_timeout: Option<Duration>,
     /// Close connections idle (nothing in flight, nothing received) this long.
     pub idle_timeout: Option<Duration>,
     /// Worker threads per connection.
@@ -49,7 +50,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             workers_per_connection: WORKERS_PER_CONNECTION,
             max_connections: MAX_CONNECTIONS,

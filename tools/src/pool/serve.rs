@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// … up to this size (K/M/G/T).
     #[arg(long, value_name = "SIZE", value_parser = super::size_arg)]
     pub auto_extend_max: Option<u64>,
+    /// Seconds a client may take from connecting to the end of the handshake (0: no
+    /// limit, for clients that connect long before they speak, like a VM's serial port).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub handshake_timeout: u64,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {

@@ -75,9 +75,8 @@ impl Control {
     pub fn usage(&mut self) -> Result<(u64, u64)> {
         let v = self.request(&json!({"op": "status"}))?;
         let p = &v["pool"];
-        let field = |k: &str| {
-            p[k].as_u64().with_context(|| format!("status has no numeric pool.{k}: {v}"))
-        };
+        let field =
+            |k: &str| p[k].as_u64().with_context(|| format!("status has no numeric pool.{k}: {v}"));
         let data = field("used_data_blocks")? * field("data_block_size_bytes")?;
         let meta = field("used_metadata_blocks")? * 4096;
         Ok((data, meta))

@@ -38,7 +38,9 @@ impl Tools {
             [("qemu-nbd", &self.qemu_nbd), ("qemu-img", &self.qemu_img), ("nbdkit", &self.nbdkit)]
         {
             if path.is_none() {
-                out.push(format!("{name} is not installed; the engines that need it are reported as missing"));
+                out.push(format!(
+                    "{name} is not installed; the engines that need it are reported as missing"
+                ));
             }
         }
         out
@@ -77,13 +79,14 @@ pub fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| {
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             .unwrap_or(false)
     })
 }
 
 /// The machine, as recorded with the results.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     pub nproc: usize,
     pub memory_bytes: u64,
@@ -109,10 +112,12 @@ impl Machine {
         let kernel = run_bounded(Command::new("uname").arg("-r"), Duration::from_secs(5))
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_else(|e| format!("? ({e:#})"));
-        let filesystem =
-            run_bounded(Command::new("stat").args(["-f", "-c", "%T"]).arg(dir), Duration::from_secs(5))
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_default();
+        let filesystem = run_bounded(
+            Command::new("stat").args(["-f", "-c", "%T"]).arg(dir),
+            Duration::from_secs(5),
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
         Machine {
             nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             memory_bytes: memory_kib * 1024,
@@ -152,7 +157,11 @@ impl Workspace {
         let p = self.sockets.join(name);
         let len = p.as_os_str().len();
         if len > limits::MAX_SOCKET_PATH {
-            bail!("socket path {} is {len} bytes (at most {})", p.display(), limits::MAX_SOCKET_PATH);
+            bail!(
+                "socket path {} is {len} bytes (at most {})",
+                p.display(),
+                limits::MAX_SOCKET_PATH
+            );
         }
         Ok(p)
     }

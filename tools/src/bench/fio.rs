@@ -28,7 +28,15 @@ pub struct Job {
 
 impl Job {
     /// A time-based run: `ramp` of warm-up, then `runtime` measured.
-    pub fn timed(rw: &str, bs: u64, qd: u32, off: u64, size: u64, ramp: Duration, runtime: Duration) -> Job {
+    pub fn timed(
+        rw: &str,
+        bs: u64,
+        qd: u32,
+        off: u64,
+        size: u64,
+        ramp: Duration,
+        runtime: Duration,
+    ) -> Job {
         Job {
             rw: rw.into(),
             bs_bytes: bs,
@@ -101,7 +109,8 @@ pub fn run(fio: &Path, job: &Job, uri: &str) -> Result<(IoSample, String)> {
             env::tail(&String::from_utf8_lossy(&out.stderr))
         );
     }
-    let sample = parse(&stdout, job.is_read()).with_context(|| format!("parsing the output of {shown}"))?;
+    let sample =
+        parse(&stdout, job.is_read()).with_context(|| format!("parsing the output of {shown}"))?;
     Ok((sample, shown))
 }
 
@@ -115,7 +124,8 @@ pub fn parse(stdout: &str, read: bool) -> Result<IoSample> {
         bail!("fio reported error {e}");
     }
     let dir = &job[if read { "read" } else { "write" }];
-    let num = |v: &Value, what: &str| v.as_f64().with_context(|| format!("fio's JSON has no {what}"));
+    let num =
+        |v: &Value, what: &str| v.as_f64().with_context(|| format!("fio's JSON has no {what}"));
     let total_ios = num(&dir["total_ios"], "total_ios")?;
     if total_ios <= 0.0 {
         bail!("fio did no I/O");

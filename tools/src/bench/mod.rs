@@ -56,16 +56,20 @@ pub struct BenchArgs {
     /// Keep the pools and images afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Run nothing: re-render the tables, CSV and plots of an earlier results.json into
+    /// --out.
+    #[arg(long, value_name = "FILE")]
+    pub from_json: Option<PathBuf>,
 }
 
 /// Sizes and durations of one run, fixed by --quick and the options.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     pub quick: bool,
     pub repeat: u32,
-    #[serde(serialize_with = "results::ser_secs")]
+    #[serde(serialize_with = "results::ser_secs", deserialize_with = "results::de_secs")]
     pub runtime: Duration,
-    #[serde(serialize_with = "results::ser_secs")]
+    #[serde(serialize_with = "results::ser_secs", deserialize_with = "results::de_secs")]
     pub ramp: Duration,
     /// `basic`: the provisioned region, read and overwritten after a sequential fill.
     pub region_bytes: u64,
@@ -103,11 +107,7 @@ impl Config {
             depth_region_bytes: if quick { 32 << 20 } else { 1 << 30 },
             cow_region_bytes: if quick { 16 << 20 } else { 512 << 20 },
             snapshots_max: if quick { 100 } else { 10_000 },
-            snapshot_points: if quick {
-                vec![1, 10, 100]
-            } else {
-                vec![1, 10, 100, 1000, 10_000]
-            },
+            snapshot_points: if quick { vec![1, 10, 100] } else { vec![1, 10, 100, 1000, 10_000] },
         };
         if cfg.repeat == 0 || cfg.repeat > limits::MAX_REPEAT {
             bail!("--repeat must be 1 … {}", limits::MAX_REPEAT);
@@ -121,11 +121,22 @@ impl Config {
 
 /// `thinly bench`.
 pub fn run(a: &BenchArgs) -> Result<()> {
+    if let Some(path) = &a.from_json {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: Results = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a thinly bench results.json", path.display()))?;
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("creating the output directory {}", a.out.display()))?;
+        return report::write_all(&results, &a.out);
+    }
     let started = Instant::now();
     let cfg = Config::new(a)?;
     let tools = env::Tools::find();
     if tools.fio.is_none() {
-        bail!("fio is not installed (apt-get install fio): the harness drives every engine with it");
+        bail!(
+            "fio is not installed (apt-get install fio): the harness drives every engine with it"
+        );
     }
     let ws = env::Workspace::create(a.dir.as_deref(), a.keep)?;
     std::fs::create_dir_all(&a.out)

@@ -52,11 +52,17 @@ pub fn ratio(r: &Results, row: &Row) -> Option<f64> {
     let others = r
         .rows
         .iter()
-        .filter(|o| o.suite == row.suite && o.case == row.case && o.engine != row.engine && !o.ceiling)
+        .filter(|o| {
+            o.suite == row.suite && o.case == row.case && o.engine != row.engine && !o.ceiling
+        })
         .filter_map(|o| o.headline().map(|s| s.median));
     match row.kind {
-        Kind::Io => others.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v)))).map(|b| mine / b),
-        Kind::TimeMs => others.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v)))).map(|b| b / mine),
+        Kind::Io => {
+            others.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v)))).map(|b| mine / b)
+        }
+        Kind::TimeMs => {
+            others.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v)))).map(|b| b / mine)
+        }
     }
 }
 
@@ -172,7 +178,10 @@ pub fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
     let thinly = "thinly";
     let mut check = |name: String, a: Option<f64>, b: Option<f64>, min_ratio: f64| {
         let (measured, met) = match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => (format!("{:.2}× ({} vs {})", a / b, f(Some(a)), f(Some(b))), Some(a / b >= min_ratio)),
+            (Some(a), Some(b)) if b > 0.0 => (
+                format!("{:.3}× ({} vs {})", a / b, f(Some(a)), f(Some(b))),
+                Some(a / b >= min_ratio),
+            ),
             _ => ("not measured".to_string(), None),
         };
         t.push((name, measured, met));
@@ -180,32 +189,86 @@ pub fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
     let maxd = r.config.depths.iter().copied().max().unwrap_or(0);
     for qd in [1, 32] {
         let c = |d: u32| format!("rand read 4K qd{qd}, depth {d}");
-        check(format!("thinly depth {maxd} ≥ 0.9× thinly depth 1 (4K rand read qd{qd})"), median(r, "depth", &c(maxd), thinly), median(r, "depth", &c(1), thinly), 0.9);
+        check(
+            format!("thinly depth {maxd} ≥ 0.9× thinly depth 1 (4K rand read qd{qd})"),
+            median(r, "depth", &c(maxd), thinly),
+            median(r, "depth", &c(1), thinly),
+            0.9,
+        );
         if r.config.depths.contains(&500) {
-            check(format!("thinly ≥ 50× qemu-nbd qcow2 at depth 500 (4K rand read qd{qd})"), median(r, "depth", &c(500), thinly), median(r, "depth", &c(500), "qemu-nbd qcow2"), 50.0);
+            check(
+                format!("thinly ≥ 50× qemu-nbd qcow2 at depth 500 (4K rand read qd{qd})"),
+                median(r, "depth", &c(500), thinly),
+                median(r, "depth", &c(500), "qemu-nbd qcow2"),
+                50.0,
+            );
         }
     }
     for qd in [1, 32] {
         for what in ["rand read", "rand write"] {
             let c = format!("{what} 4K qd{qd}, provisioned");
-            let label = if what == "rand read" { "random read" } else { "overwrite (random write, provisioned)" };
-            check(format!("thinly 4K {label} qd{qd} ≥ 1.0× qemu-nbd raw"), median(r, "basic", &c, thinly), median(r, "basic", &c, "qemu-nbd raw"), 1.0);
+            let label = if what == "rand read" {
+                "random read"
+            } else {
+                "overwrite (random write, provisioned)"
+            };
+            check(
+                format!("thinly 4K {label} qd{qd} ≥ 1.0× qemu-nbd raw"),
+                median(r, "basic", &c, thinly),
+                median(r, "basic", &c, "qemu-nbd raw"),
+                1.0,
+            );
         }
     }
     for bs in ["4K", "64K"] {
         for qd in [1, 32] {
             let c = format!("first write {bs} qd{qd} (shared block)");
-            check(format!("thinly first write (COW) {bs} qd{qd} ≥ 1.5× qemu-nbd qcow2 overlay"), median(r, "cow", &c, thinly), median(r, "cow", &c, "qemu-nbd qcow2"), 1.5);
+            check(
+                format!("thinly first write (COW) {bs} qd{qd} ≥ 1.5× qemu-nbd qcow2 overlay"),
+                median(r, "cow", &c, thinly),
+                median(r, "cow", &c, "qemu-nbd qcow2"),
+                1.5,
+            );
         }
     }
     for qd in [1, 32] {
         let c = format!("rand write 4K qd{qd}, fresh");
-        check(format!("thinly first write (fresh) 4K qd{qd} ≥ 1.5× qemu-nbd qcow2"), median(r, "basic", &c, thinly), median(r, "basic", &c, "qemu-nbd qcow2"), 1.5);
+        check(
+            format!("thinly first write (fresh) 4K qd{qd} ≥ 1.5× qemu-nbd qcow2"),
+            median(r, "basic", &c, thinly),
+            median(r, "basic", &c, "qemu-nbd qcow2"),
+            1.5,
+        );
     }
     let max = r.config.snapshots_max;
     let c = |n: u32| format!("create snapshot, N = {n}");
-    // Flat: time(N = max) ≤ 1.5 × time(N = 1), i.e. time(1)/time(max) ≥ 1/1.5.
-    check(format!("thinly snapshot create at N = {max} within 1.5× of N = 1 (ratio = t(1)/t({max}))"), median(r, "snapshots", &c(1), thinly), median(r, "snapshots", &c(max), thinly), 1.0 / 1.5);
+    // Flat: t(max) ≤ 1.5 × t(1). A single early point is noise-prone on a shared machine
+    // (fdatasync latency), so the baseline is the fastest report point, N = 1 included.
+    let baseline = r
+        .config
+        .snapshot_points
+        .iter()
+        .filter_map(|n| median(r, "snapshots", &c(*n), thinly))
+        .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v))));
+    let (a, b) = (median(r, "snapshots", &c(max), thinly), baseline);
+    let (measured, met) = match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => (
+            format!(
+                "{:.2}× ({} ms at N = {max} vs {} ms, the fastest point; N = 1: {} ms)",
+                a / b,
+                f(Some(a)),
+                f(Some(b)),
+                f(median(r, "snapshots", &c(1), thinly))
+            ),
+            Some(a / b <= 1.5),
+        ),
+        _ => ("not measured".to_string(), None),
+    };
+    t.push((
+        format!("thinly snapshot create time flat: N = {max} within 1.5× of N = 1"),
+        measured,
+        met,
+    ));
     t
 }
 
@@ -223,7 +286,9 @@ fn markdown(r: &Results, plots: &[&str]) -> String {
         m.filesystem
     );
     out.push_str("Tools: ");
-    out.push_str(&r.tools.iter().map(|(t, v)| format!("{t}: `{v}`")).collect::<Vec<_>>().join("; "));
+    out.push_str(
+        &r.tools.iter().map(|(t, v)| format!("{t}: `{v}`")).collect::<Vec<_>>().join("; "),
+    );
     let c = &r.config;
     let _ = writeln!(
         out,
@@ -234,12 +299,16 @@ fn markdown(r: &Results, plots: &[&str]) -> String {
     );
     if !r.load.is_empty() {
         out.push_str("Load average (1/5/15 min; the machine may be shared): ");
-        out.push_str(&r.load.iter().map(|(w, l)| format!("{w}: {l}")).collect::<Vec<_>>().join("; "));
+        out.push_str(
+            &r.load.iter().map(|(w, l)| format!("{w}: {l}")).collect::<Vec<_>>().join("; "),
+        );
         out.push_str("\n\n");
     }
     if !r.skipped.is_empty() {
         out.push_str("**Skipped engines:** ");
-        out.push_str(&r.skipped.iter().map(|(e, w)| format!("{e} ({w})")).collect::<Vec<_>>().join("; "));
+        out.push_str(
+            &r.skipped.iter().map(|(e, w)| format!("{e} ({w})")).collect::<Vec<_>>().join("; "),
+        );
         out.push_str("\n\n");
     }
     out.push_str("## Tables\n");
@@ -263,14 +332,23 @@ fn markdown(r: &Results, plots: &[&str]) -> String {
     if !errors.is_empty() {
         out.push_str("\n## Errors\n\n");
         for row in errors {
-            let _ = writeln!(out, "- {} / {} / {}:\n\n```\n{}\n```", row.suite, row.case, row.engine, row.error.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                out,
+                "- {} / {} / {}:\n\n```\n{}\n```",
+                row.suite,
+                row.case,
+                row.engine,
+                row.error.as_deref().unwrap_or("")
+            );
         }
     }
     out.push_str("\n## How to reproduce\n\nServers:\n\n");
     for (e, cmd) in &r.servers {
         let _ = writeln!(out, "- {e}: `{cmd}`");
     }
-    out.push_str("\n<details><summary>fio and management command lines (first round)</summary>\n\n");
+    out.push_str(
+        "\n<details><summary>fio and management command lines (first round)</summary>\n\n",
+    );
     for row in &r.rows {
         for cmd in &row.commands {
             let _ = writeln!(out, "- {} / {} / {}: `{cmd}`", row.suite, row.case, row.engine);
@@ -323,13 +401,16 @@ fn plots(r: &Results) -> Vec<(String, String)> {
         }
     }
     for (suite, s) in series {
-        let rows: Vec<&Row> = r.rows.iter().filter(|x| x.suite == suite && x.series.as_ref() == Some(&s)).collect();
+        let rows: Vec<&Row> =
+            r.rows.iter().filter(|x| x.suite == suite && x.series.as_ref() == Some(&s)).collect();
         let mut lines: Vec<svg::Line> = Vec::new();
         for row in &rows {
             let (Some(x), Some(y)) = (row.x, row.headline()) else { continue };
             match lines.iter_mut().find(|l| l.label == row.engine) {
                 Some(l) => l.points.push((x, y.median)),
-                None => lines.push(svg::Line { label: row.engine.clone(), points: vec![(x, y.median)] }),
+                None => {
+                    lines.push(svg::Line { label: row.engine.clone(), points: vec![(x, y.median)] })
+                }
             }
         }
         let io = rows.first().is_some_and(|x| x.kind == Kind::Io);
@@ -339,7 +420,10 @@ fn plots(r: &Results) -> Vec<(String, String)> {
             ("N (snapshot number)", "milliseconds (median of the window at N)")
         };
         let name = format!("{suite}-{}.svg", slug(&s));
-        out.push((name, svg::line_chart(&format!("{suite}: {s}"), x_label, if io { y_label } else { y_label }, true, !io, &lines)));
+        out.push((
+            name,
+            svg::line_chart(&format!("{suite}: {s}"), x_label, y_label, true, !io, &lines),
+        ));
     }
     // Every snapshot operation, bucketed to at most 400 points per engine.
     for op in ["create snapshot", "delete snapshot"] {
@@ -347,19 +431,35 @@ fn plots(r: &Results) -> Vec<(String, String)> {
             .curves
             .iter()
             .filter(|c| c.name == op)
-            .map(|c| svg::Line { label: format!("{} (every N)", c.engine), points: bucket(&c.points, 400) })
+            .map(|c| svg::Line {
+                label: format!("{} (every N)", c.engine),
+                points: bucket(&c.points, 400),
+            })
             .collect();
         if lines.is_empty() {
             continue;
         }
-        for row in r.rows.iter().filter(|x| x.series.as_deref() == Some(op) && x.engine != "thinly") {
+        for row in r.rows.iter().filter(|x| x.series.as_deref() == Some(op) && x.engine != "thinly")
+        {
             let (Some(x), Some(y)) = (row.x, row.headline()) else { continue };
             match lines.iter_mut().find(|l| l.label == row.engine) {
                 Some(l) => l.points.push((x, y.median)),
-                None => lines.push(svg::Line { label: row.engine.clone(), points: vec![(x, y.median)] }),
+                None => {
+                    lines.push(svg::Line { label: row.engine.clone(), points: vec![(x, y.median)] })
+                }
             }
         }
-        out.push((format!("snapshots-all-{}.svg", slug(op)), svg::line_chart(&format!("{op}: time of operation N"), "N", "milliseconds", true, true, &lines)));
+        out.push((
+            format!("snapshots-all-{}.svg", slug(op)),
+            svg::line_chart(
+                &format!("{op}: time of operation N"),
+                "N",
+                "milliseconds",
+                true,
+                true,
+                &lines,
+            ),
+        ));
     }
     // Bars for basic and cow.
     for suite in ["basic", "cow"] {
@@ -384,7 +484,10 @@ fn plots(r: &Results) -> Vec<(String, String)> {
                 (c.clone(), v)
             })
             .collect();
-        out.push((format!("{suite}-iops.svg"), svg::bar_chart(&format!("{suite}: IOPS (median)"), "IOPS", &engines, &groups)));
+        out.push((
+            format!("{suite}-iops.svg"),
+            svg::bar_chart(&format!("{suite}: IOPS (median)"), "IOPS", &engines, &groups),
+        ));
     }
     out
 }

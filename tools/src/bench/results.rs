@@ -107,7 +107,7 @@ pub struct Curve {
     pub points: Vec<[f64; 2]>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     pub started_unix: u64,
     pub total_secs: f64,
@@ -187,6 +187,11 @@ impl Results {
             self.servers.push((engine.into(), command.into()));
         }
     }
+}
+
+pub fn de_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let secs = f64::deserialize(d)?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
 }
 
 pub fn ser_secs<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 /// qemu-nbd's cache mode: the page cache with fdatasync on flush — the same caching class
 /// as thinly (buffered I/O, fdatasync at commit) and nbdkit's file plugin.
 pub const QEMU_CACHE: &str = "writeback";
-/// qemu-nbd's AIO mode: `threads` (io_uring measured no faster with the page cache).
-pub const QEMU_AIO: &str = "threads";
+/// qemu-nbd's AIO mode: io_uring (measured here 1.4-1.5x `threads` on 4 KiB random reads at
+/// qd32 and about 1.1x on writes, with the page cache), so the peer runs at its best.
+pub const QEMU_AIO: &str = "io_uring";
 
 /// An engine: one NBD server program over one kind of backing store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -52,10 +53,9 @@ impl Engine {
         let need: &[(&str, bool)] = match self {
             Engine::Thinly => &[],
             Engine::QemuRaw => &[("qemu-nbd", tools.qemu_nbd.is_some())],
-            Engine::QemuQcow2 => &[
-                ("qemu-nbd", tools.qemu_nbd.is_some()),
-                ("qemu-img", tools.qemu_img.is_some()),
-            ],
+            Engine::QemuQcow2 => {
+                &[("qemu-nbd", tools.qemu_nbd.is_some()), ("qemu-img", tools.qemu_img.is_some())]
+            }
             Engine::NbdkitFile | Engine::NbdkitNull => &[("nbdkit", tools.nbdkit.is_some())],
         };
         let absent: Vec<&str> = need.iter().filter(|n| !n.1).map(|n| n.0).collect();
@@ -108,7 +108,7 @@ impl Server {
         let mut cmd = Command::new(&tools.thinly);
         cmd.arg("serve").arg("--pool").arg(&link).args(["--listen", "none", "--socket"]);
         cmd.arg(&socket);
-        let mut s = Server::start("thinly", cmd, socket, &[control.clone()], ws)?;
+        let mut s = Server::start("thinly", cmd, socket, std::slice::from_ref(&control), ws)?;
         s.control = Some(control);
         s.link = Some(link);
         Ok(s)
@@ -168,14 +168,8 @@ impl Server {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {what}: {command}"))?;
-        let mut server = Server {
-            child: Some(child),
-            socket,
-            command,
-            control: None,
-            log,
-            link: None,
-        };
+        let mut server =
+            Server { child: Some(child), socket, command, control: None, log, link: None };
         server.wait_ready(what, also)?;
         Ok(server)
     }
@@ -213,6 +207,12 @@ impl Server {
     /// The fio/libnbd URI of the export.
     pub fn uri(&self, export: &str) -> String {
         format!("nbd+unix:///{export}?socket={}", self.socket.display())
+    }
+
+    /// Why the server is gone, if it has exited (it crashed under a client, say).
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        Some(format!("the server exited ({status}); its stderr:\n{}", self.stderr()))
     }
 
     /// The tail of the server's stderr.

@@ -99,7 +99,14 @@ fn header(out: &mut String, title: &str) {
 }
 
 /// A line chart with one line per entry of `lines`.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, log_x: bool, log_y: bool, lines: &[Line]) -> String {
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    log_x: bool,
+    log_y: bool,
+    lines: &[Line],
+) -> String {
     let xs = Axis::new(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)), log_x, false);
     let ys = Axis::new(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)), log_y, true);
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
@@ -109,35 +116,87 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, log_x: bool, log_y:
     header(&mut out, title);
     for t in xs.ticks() {
         let x = px(t);
-        let _ = writeln!(out, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##, TOP + ph, TOP + ph + 16.0, fmt_num(t));
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            TOP + ph,
+            TOP + ph + 16.0,
+            fmt_num(t)
+        );
     }
     for t in ys.ticks() {
         let y = py(t);
-        let _ = writeln!(out, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##, LEFT + pw, LEFT - 6.0, y + 4.0, fmt_num(t));
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            LEFT + pw,
+            LEFT - 6.0,
+            y + 4.0,
+            fmt_num(t)
+        );
     }
-    let _ = writeln!(out, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##);
-    let _ = writeln!(out, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, LEFT + pw / 2.0, H - 18.0, esc(x_label));
-    let _ = writeln!(out, r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#, TOP + ph / 2.0, TOP + ph / 2.0, esc(y_label));
+    let _ = writeln!(
+        out,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        LEFT + pw / 2.0,
+        H - 18.0,
+        esc(x_label)
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#,
+        TOP + ph / 2.0,
+        TOP + ph / 2.0,
+        esc(y_label)
+    );
     for (i, l) in lines.iter().enumerate() {
         let mut pts: Vec<(f64, f64)> = l.points.clone();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let path: Vec<String> = pts.iter().map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y))).collect();
-        let _ = writeln!(out, r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#, color(i), path.join(" "));
+        let path: Vec<String> =
+            pts.iter().map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y))).collect();
+        let _ = writeln!(
+            out,
+            r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
+            color(i),
+            path.join(" ")
+        );
         if pts.len() <= 60 {
             for (x, y) in &pts {
-                let _ = writeln!(out, r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{}"/>"#, px(*x), py(*y), color(i));
+                let _ = writeln!(
+                    out,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{}"/>"#,
+                    px(*x),
+                    py(*y),
+                    color(i)
+                );
             }
         }
         let ly = TOP + 10.0 + i as f64 * 20.0;
         let lx = W - RIGHT + 14.0;
-        let _ = writeln!(out, r#"<rect x="{lx}" y="{ly}" width="14" height="4" fill="{}"/><text x="{}" y="{}">{}</text>"#, color(i), lx + 20.0, ly + 6.0, esc(&l.label));
+        let _ = writeln!(
+            out,
+            r#"<rect x="{lx}" y="{ly}" width="14" height="4" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            color(i),
+            lx + 20.0,
+            ly + 6.0,
+            esc(&l.label)
+        );
     }
     out.push_str("</svg>\n");
     out
 }
 
 /// Horizontal grouped bars: for each group (a case), one bar per (engine, value).
-pub fn bar_chart(title: &str, x_label: &str, engines: &[String], groups: &[(String, Vec<Option<f64>>)]) -> String {
+pub fn bar_chart(
+    title: &str,
+    x_label: &str,
+    engines: &[String],
+    groups: &[(String, Vec<Option<f64>>)],
+) -> String {
     let bar = 9.0;
     let gap = 10.0;
     let label_w = 250.0;
@@ -159,23 +218,53 @@ pub fn bar_chart(title: &str, x_label: &str, engines: &[String], groups: &[(Stri
     let bottom = height - BOTTOM;
     for t in xs.ticks() {
         let x = px(t);
-        let _ = writeln!(out, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{bottom:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##, bottom + 14.0, fmt_num(t));
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{bottom:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            bottom + 14.0,
+            fmt_num(t)
+        );
     }
-    let _ = writeln!(out, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, label_w + pw / 2.0, height - 20.0, esc(x_label));
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        label_w + pw / 2.0,
+        height - 20.0,
+        esc(x_label)
+    );
     for (gi, (name, values)) in groups.iter().enumerate() {
         let y0 = TOP + gi as f64 * group_h;
-        let _ = writeln!(out, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, label_w - 6.0, y0 + group_h / 2.0, esc(name));
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            label_w - 6.0,
+            y0 + group_h / 2.0,
+            esc(name)
+        );
         for (ei, v) in values.iter().enumerate() {
             if let Some(v) = v {
                 let y = y0 + ei as f64 * bar;
-                let _ = writeln!(out, r#"<rect x="{label_w}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}"/>"#, (px(*v) - label_w).max(0.5), bar - 1.0, color(ei));
+                let _ = writeln!(
+                    out,
+                    r#"<rect x="{label_w}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}"/>"#,
+                    (px(*v) - label_w).max(0.5),
+                    bar - 1.0,
+                    color(ei)
+                );
             }
         }
     }
     for (i, e) in engines.iter().enumerate() {
         let ly = TOP + 10.0 + i as f64 * 20.0;
         let lx = W - RIGHT + 14.0;
-        let _ = writeln!(out, r#"<rect x="{lx}" y="{ly}" width="14" height="8" fill="{}"/><text x="{}" y="{}">{}</text>"#, color(i), lx + 20.0, ly + 8.0, esc(e));
+        let _ = writeln!(
+            out,
+            r#"<rect x="{lx}" y="{ly}" width="14" height="8" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            color(i),
+            lx + 20.0,
+            ly + 8.0,
+            esc(e)
+        );
     }
     out.push_str("</svg>\n");
     out

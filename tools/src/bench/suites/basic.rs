@@ -47,7 +47,11 @@ fn run_round(ctx: &mut Ctx, engine: Engine, dir: &std::path::Path, round: u32) -
     let fill = Job::pass("write", MIB, SEQ_QD, 0, p, crate::bench::limits::FIO_PASS_MAX);
     ctx.fio(&case("seq write", MIB, SEQ_QD, "fresh"), &mut inst, &fill);
     for qd in [1, 32] {
-        ctx.fio(&case("rand read", 4 * KIB, qd, "fresh"), &mut inst, &rand("randread", qd, z_off, f));
+        ctx.fio(
+            &case("rand read", 4 * KIB, qd, "fresh"),
+            &mut inst,
+            &rand("randread", qd, z_off, f),
+        );
     }
     ctx.fio(&case("seq read", MIB, SEQ_QD, "fresh"), &mut inst, &seq("read", z_off, f));
     for (qd, off) in [(1, f1_off), (32, f2_off)] {
@@ -56,7 +60,11 @@ fn run_round(ctx: &mut Ctx, engine: Engine, dir: &std::path::Path, round: u32) -
     }
     // Then the provisioned region P.
     for qd in [1, 32] {
-        ctx.fio(&case("rand read", 4 * KIB, qd, "provisioned"), &mut inst, &rand("randread", qd, 0, p));
+        ctx.fio(
+            &case("rand read", 4 * KIB, qd, "provisioned"),
+            &mut inst,
+            &rand("randread", qd, 0, p),
+        );
     }
     for qd in [1, 32] {
         let c = case("rand write", 4 * KIB, qd, "provisioned");
@@ -65,7 +73,11 @@ fn run_round(ctx: &mut Ctx, engine: Engine, dir: &std::path::Path, round: u32) -
     ctx.fio(&case("seq read", MIB, SEQ_QD, "provisioned"), &mut inst, &seq("read", 0, p));
     ctx.fio(&case("seq write", MIB, SEQ_QD, "provisioned"), &mut inst, &seq("write", 0, p));
     if round == 0 {
-        ctx.record_space(SUITE, &mut inst, "one round: fill of P, first writes to F1/F2, overwrites of P");
+        ctx.record_space(
+            SUITE,
+            &mut inst,
+            "one round: fill of P, first writes to F1/F2, overwrites of P",
+        );
     }
     Ok(())
 }

@@ -43,7 +43,9 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                 ready.push((engine, inst.written_bytes));
             }
             Ok(None) => {}
-            Err(e) => ctx.record_error(&Case::new(SUITE, "(server)"), engine, Kind::Io, &format!("{e:#}")),
+            Err(e) => {
+                ctx.record_error(&Case::new(SUITE, "(server)"), engine, Kind::Io, &format!("{e:#}"))
+            }
         }
     }
     let mut written = std::collections::BTreeMap::new();
@@ -51,11 +53,19 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         for (bs, qd) in CASES {
             if let Some(inst) = thinly.as_mut() {
                 let snap = format!("vol-snap-{round}-{}-{qd}", size_label(bs));
-                match inst.control.as_mut().context("no control connection")
+                match inst
+                    .control
+                    .as_mut()
+                    .context("no control connection")
                     .and_then(|c| c.snapshot("vol", &snap))
                 {
                     Ok(()) => passes(ctx, inst, bs, qd, true),
-                    Err(e) => ctx.record_error(&first_case(bs, qd), Engine::Thinly, Kind::Io, &format!("{e:#}")),
+                    Err(e) => ctx.record_error(
+                        &first_case(bs, qd),
+                        Engine::Thinly,
+                        Kind::Io,
+                        &format!("{e:#}"),
+                    ),
                 }
             }
             for &(engine, _) in &ready {
@@ -63,18 +73,26 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                 let r = overlay_round(ctx, engine, &sub, round, bs, qd);
                 match r {
                     Ok(w) => *written.entry(engine).or_insert(0u64) += w,
-                    Err(e) => ctx.record_error(&first_case(bs, qd), engine, Kind::Io, &format!("{e:#}")),
+                    Err(e) => {
+                        ctx.record_error(&first_case(bs, qd), engine, Kind::Io, &format!("{e:#}"))
+                    }
                 }
             }
         }
     }
     if let Some(mut inst) = thinly {
-        ctx.record_space(SUITE, &mut inst, "filled volume, a snapshot per case, every block of it rewritten after each");
+        ctx.record_space(
+            SUITE,
+            &mut inst,
+            "filled volume, a snapshot per case, every block of it rewritten after each",
+        );
     }
     for (engine, fill_bytes) in ready {
         let sub = dir.join(format!("{engine:?}"));
         let data = crate::bench::env::allocated_bytes(&sub)?;
-        if let Some(s) = ctx.results.space.iter_mut().find(|s| s.suite == SUITE && s.engine == engine.label()) {
+        if let Some(s) =
+            ctx.results.space.iter_mut().find(|s| s.suite == SUITE && s.engine == engine.label())
+        {
             s.data_bytes = data;
             s.written_bytes = fill_bytes + written.get(&engine).copied().unwrap_or(0);
             s.note = if engine == Engine::QemuQcow2 {
@@ -88,10 +106,18 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
 }
 
 /// One case on qemu-nbd: a new overlay on the qcow2 base, or the raw file itself.
-fn overlay_round(ctx: &mut Ctx, engine: Engine, dir: &Path, round: u32, bs: u64, qd: u32) -> Result<u64> {
+fn overlay_round(
+    ctx: &mut Ctx,
+    engine: Engine,
+    dir: &Path,
+    round: u32,
+    bs: u64,
+    qd: u32,
+) -> Result<u64> {
     let (format, file, shared) = if engine == Engine::QemuQcow2 {
         let ov = dir.join(format!("overlay-{round}-{}-{qd}.qcow2", size_label(bs)));
-        let cmd = qemu_img_create(ctx.tools, &ov, Some("disk.qcow2"), ctx.cfg.cow_region_bytes, false)?;
+        let cmd =
+            qemu_img_create(ctx.tools, &ov, Some("disk.qcow2"), ctx.cfg.cow_region_bytes, false)?;
         ctx.results.server_command("qemu-img (cow overlay)", &cmd);
         ("qcow2", ov, true)
     } else {
@@ -106,7 +132,8 @@ fn overlay_round(ctx: &mut Ctx, engine: Engine, dir: &Path, round: u32, bs: u64,
 /// The first pass (COW breaks when `shared`) and the second (overwrite in place).
 fn passes(ctx: &mut Ctx, inst: &mut Instance, bs: u64, qd: u32, shared: bool) {
     let size = ctx.cfg.cow_region_bytes;
-    let rw = if bs < 64 * KIB { format!("write:{}k", (64 * KIB - bs) / KIB) } else { "write".into() };
+    let rw =
+        if bs < 64 * KIB { format!("write:{}k", (64 * KIB - bs) / KIB) } else { "write".into() };
     let job = Job::pass(&rw, bs, qd, 0, size, limits::FIO_PASS_MAX);
     if shared {
         ctx.fio(&first_case(bs, qd), inst, &job);

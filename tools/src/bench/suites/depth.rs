@@ -44,13 +44,23 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     for &depth in &ctx.cfg.depths.clone() {
         if let Some(inst) = thinly.as_mut() {
             if let Err(e) = grow_thinly(ctx, inst, &mut thinly_depth, depth) {
-                ctx.record_error(&Case::new(SUITE, "(chain)"), Engine::Thinly, Kind::Io, &format!("{e:#}"));
+                ctx.record_error(
+                    &Case::new(SUITE, "(chain)"),
+                    Engine::Thinly,
+                    Kind::Io,
+                    &format!("{e:#}"),
+                );
                 thinly = None;
             }
         }
         if qcow2_ready {
             if let Err(e) = grow_qcow2(ctx, &qdir, &mut qcow2_depth, depth) {
-                ctx.record_error(&Case::new(SUITE, "(chain)"), Engine::QemuQcow2, Kind::Io, &format!("{e:#}"));
+                ctx.record_error(
+                    &Case::new(SUITE, "(chain)"),
+                    Engine::QemuQcow2,
+                    Kind::Io,
+                    &format!("{e:#}"),
+                );
                 qcow2_ready = false;
             }
         }
@@ -62,7 +72,8 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
                 let top = qdir.join(top_name(depth));
                 match Server::qemu_nbd(ctx.tools, ctx.ws, "qcow2", &top) {
                     Ok(server) => {
-                        let mut inst = Instance::new(Engine::QemuQcow2, server, "bench", None, None);
+                        let mut inst =
+                            Instance::new(Engine::QemuQcow2, server, "bench", None, None);
                         measure(ctx, &mut inst, depth);
                     }
                     Err(e) => {
@@ -81,7 +92,12 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         for e in std::fs::read_dir(&qdir)? {
             total += crate::bench::env::allocated_bytes(&e?.path())?;
         }
-        if let Some(s) = ctx.results.space.iter_mut().find(|s| s.suite == SUITE && s.engine == Engine::QemuQcow2.label()) {
+        if let Some(s) = ctx
+            .results
+            .space
+            .iter_mut()
+            .find(|s| s.suite == SUITE && s.engine == Engine::QemuQcow2.label())
+        {
             s.data_bytes = total;
             s.note = "the filled base image and every overlay of the chain".into();
         }
@@ -103,7 +119,7 @@ fn grow_thinly(ctx: &mut Ctx, inst: &mut Instance, at: &mut u32, depth: u32) -> 
     while *at < depth {
         let origin = if *at == 0 { "vol".to_string() } else { format!("d{at}") };
         let next = *at + 1;
-        if next % 100 == 0 {
+        if next.is_multiple_of(100) {
             ctx.progress.step(&format!("depth: thinly snapshot chain {next}/{depth}"));
         }
         control.snapshot(&origin, &format!("d{next}"))?;
@@ -125,10 +141,16 @@ fn grow_qcow2(ctx: &mut Ctx, dir: &Path, at: &mut u32, depth: u32) -> Result<()>
     let size = ctx.cfg.depth_region_bytes;
     while *at < depth {
         let next = *at + 1;
-        if next % 100 == 0 {
+        if next.is_multiple_of(100) {
             ctx.progress.step(&format!("depth: qcow2 backing chain {next}/{depth}"));
         }
-        let cmd = qemu_img_create(ctx.tools, &dir.join(top_name(next)), Some(&top_name(*at)), size, true)?;
+        let cmd = qemu_img_create(
+            ctx.tools,
+            &dir.join(top_name(next)),
+            Some(&top_name(*at)),
+            size,
+            true,
+        )?;
         if next == 1 {
             ctx.results.server_command("qemu-img (depth chain)", &cmd);
         }

@@ -117,7 +117,8 @@ impl Ctx<'_> {
                 Some(sample)
             }
             Err(e) => {
-                self.record_error(case, inst.engine, Kind::Io, &format!("{e:#}"));
+                let server = inst.server.exited().map(|s| format!("{s}\n")).unwrap_or_default();
+                self.record_error(case, inst.engine, Kind::Io, &format!("{server}{e:#}"));
                 None
             }
         }
@@ -133,9 +134,19 @@ impl Ctx<'_> {
     }
 
     /// Fills `[offset, offset+size)` of `inst` sequentially (1 MiB writes).
-    pub fn fill(&mut self, suite: &'static str, inst: &mut Instance, offset: u64, size: u64) -> Result<()> {
+    pub fn fill(
+        &mut self,
+        suite: &'static str,
+        inst: &mut Instance,
+        offset: u64,
+        size: u64,
+    ) -> Result<()> {
         let fio = self.tools.fio.clone().context("fio is not installed")?;
-        self.progress.step(&format!("{suite}: filling {} MiB on {}", size / MIB, inst.engine.label()));
+        self.progress.step(&format!(
+            "{suite}: filling {} MiB on {}",
+            size / MIB,
+            inst.engine.label()
+        ));
         let job = Job::pass("write", MIB, SEQ_QD, offset, size, limits::FIO_PASS_MAX);
         let (s, _) = fio::run(&fio, &job, &inst.server.uri(&inst.export))?;
         inst.written_bytes += s.write_bytes;
@@ -189,7 +200,8 @@ impl Instance {
             Engine::Thinly => {
                 let pool = dir.join("pool");
                 let server = Server::thinly(ctx.tools, ctx.ws, &pool)?;
-                let mut control = Control::connect(server.control.as_deref().context("no control socket")?)?;
+                let mut control =
+                    Control::connect(server.control.as_deref().context("no control socket")?)?;
                 control.create("vol", size_bytes)?;
                 Instance::new(engine, server, "vol", Some(control), Some(pool))
             }
@@ -273,7 +285,7 @@ pub fn qemu_img_create(
 
 /// "4K", "64K", "1M".
 pub fn size_label(bytes: u64) -> String {
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{}M", bytes / MIB)
     } else {
         format!("{}K", bytes / KIB)

@@ -73,7 +73,7 @@ fn thinly(ctx: &mut Ctx, dir: &Path) -> Result<()> {
     control.delete("warm-up")?;
     let mut create_ms = Vec::with_capacity(max as usize);
     for n in 1..=max {
-        if n % 250 == 0 {
+        if n.is_multiple_of(250) {
             ctx.progress.step(&format!("snapshots: thinly create {n}/{max}"));
         }
         let t = Instant::now();
@@ -83,7 +83,7 @@ fn thinly(ctx: &mut Ctx, dir: &Path) -> Result<()> {
     ctx.record_space(SUITE, &mut inst, &format!("filled volume and {max} snapshots of it"));
     let mut delete_ms = vec![0.0; max as usize];
     for n in (1..=max).rev() {
-        if n % 250 == 0 {
+        if n.is_multiple_of(250) {
             ctx.progress.step(&format!("snapshots: thinly delete {n}"));
         }
         let t = Instant::now();
@@ -122,36 +122,16 @@ fn qcow2(ctx: &mut Ctx, dir: &Path) -> Result<()> {
         .collect();
     let point_of = |n: u32| windows.iter().find(|(_, w)| w.contains(&n)).map(|(p, _)| *p);
     let mut skip_from = None; // first point not attempted
-    let mut last: Option<(u32, f64)> = None; // (n, ms) of the last timed create
     let mut built = 0;
     for n in 1..=max {
         let point = point_of(n).filter(|p| skip_from.is_none_or(|s| *p < s));
-        if let (Some(p), Some((ln, lms))) = (point, last) {
-            // qemu-img opens the whole chain, so a create is at least linear in N and was
-            // measured superlinear (5 s at N = 1000, 39 s at N = 2000): extrapolate
-            // quadratically.
-            let predicted_ms = lms * (n as f64 / ln as f64).powi(2);
-            if predicted_ms > limits::QEMU_DEEP_OP.as_secs_f64() * 1e3 && Some(p) != point_of(ln) {
-                let why = format!(
-                    "not attempted: a safe create took {:.1} s at N = {ln}; quadratic \
-                     extrapolation gives {:.0} s at N = {p}, past the {} s limit",
-                    lms / 1e3,
-                    predicted_ms / 1e3,
-                    limits::QEMU_DEEP_OP.as_secs()
-                );
-                for op in ["create", "delete"] {
-                    ctx.record_error(&case(op, p), Engine::QemuQcow2, Kind::TimeMs, &why);
-                }
-                skip_from = Some(p);
-                break;
-            }
-        }
-        if n % 250 == 0 {
+        if n.is_multiple_of(250) {
             ctx.progress.step(&format!("snapshots: qcow2 chain {n}/{max}"));
         }
         let t = Instant::now();
         let file = dir.join(name(n));
-        let cmd = match qemu_img_create(ctx.tools, &file, Some(&name(n - 1)), size, point.is_none()) {
+        let cmd = match qemu_img_create(ctx.tools, &file, Some(&name(n - 1)), size, point.is_none())
+        {
             Ok(cmd) => cmd,
             Err(e) if point.is_some() => {
                 let p = point.unwrap_or(n);
@@ -165,12 +145,35 @@ fn qcow2(ctx: &mut Ctx, dir: &Path) -> Result<()> {
             }
             Err(e) => return Err(e),
         };
+        built = n;
         if let Some(p) = point {
             let ms = t.elapsed().as_secs_f64() * 1e3;
             ctx.time(&case("create", p), Engine::QemuQcow2, ms, Some(cmd));
-            last = Some((n, ms));
+            // At the end of a window, look ahead: qemu-img opens the whole chain, so a
+            // create is at least linear in N and was measured superlinear (5 s at N = 1000,
+            // 39 s at N = 2000); extrapolate quadratically to the next point.
+            let next = points.iter().copied().find(|q| *q > p && *q <= max);
+            if let (Some(q), true) = (next, windows.iter().any(|(wp, w)| *wp == p && *w.end() == n))
+            {
+                let predicted_ms = ms * (q as f64 / n as f64).powi(2);
+                if predicted_ms > limits::QEMU_DEEP_OP.as_secs_f64() * 1e3 {
+                    let why = format!(
+                        "not attempted: a safe create took {:.1} s at N = {n}; quadratic \
+                         extrapolation gives {:.0} s at N = {q}, past the {} s limit",
+                        ms / 1e3,
+                        predicted_ms / 1e3,
+                        limits::QEMU_DEEP_OP.as_secs()
+                    );
+                    for r in points.iter().filter(|r| **r >= q) {
+                        for op in ["create", "delete"] {
+                            ctx.record_error(&case(op, *r), Engine::QemuQcow2, Kind::TimeMs, &why);
+                        }
+                    }
+                    skip_from = Some(q);
+                    break;
+                }
+            }
         }
-        built = n;
     }
     let data = env::allocated_bytes(dir)?;
     ctx.results.space.push(crate::bench::results::SpaceRow {
@@ -191,7 +194,12 @@ fn qcow2(ctx: &mut Ctx, dir: &Path) -> Result<()> {
             let t = Instant::now();
             env::run_ok(&mut cmd, limits::QEMU_DEEP_OP)?;
             std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
-            ctx.time(&case("delete", p), Engine::QemuQcow2, t.elapsed().as_secs_f64() * 1e3, Some(shown));
+            ctx.time(
+                &case("delete", p),
+                Engine::QemuQcow2,
+                t.elapsed().as_secs_f64() * 1e3,
+                Some(shown),
+            );
         } else {
             std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
         }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::bench;
 use crate::commands;
 use crate::exit;
 use crate::pool;
@@ -264,6 +265,8 @@ enum ThinlyCommand {
     /// Serve every volume of a pool over NBD (creating ./thinly-pool with a 10 GiB vol0 if
     /// there is no pool yet).
     Serve(pool::serve::ServeArgs),
+    /// Benchmark thinly against qemu-nbd and nbdkit with fio (tables and plots in --out).
+    Bench(bench::BenchArgs),
     /// Pool-wide commands: create, status, extend.
     #[command(subcommand)]
     Pool(PoolCommand),
@@ -375,6 +378,7 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
             init_logging();
             return pool::serve::run(&a);
         }
+        ThinlyCommand::Bench(a) => return bench::run(&a),
         ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
         ThinlyCommand::KernelScript(a) => return crate::kernel::run(&a),
         ThinlyCommand::Pool(PoolCommand::Status { json, pool }) => {

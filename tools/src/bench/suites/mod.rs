@@ -1,0 +1,293 @@
+//! The suites (`basic`, `depth`, `cow`, `snapshots`) and what they share: the run context,
+//! starting an engine on a fresh image or volume (`Instance`), running one fio job into a
+//! result row, and recording space usage. A failure of one engine (missing tool, server
+//! that does not start, failed run) is recorded in the results and the run goes on.
+
+mod basic;
+mod cow;
+mod depth;
+mod snapshots;
+
+use super::control::Control;
+use super::env::{self, Tools, Workspace};
+use super::fio::{self, Job};
+use super::limits;
+use super::progress::Progress;
+use super::results::{IoSample, Kind, Results, SpaceRow};
+use super::server::{Engine, Server};
+use super::Config;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const ALL: [&str; 4] = ["basic", "depth", "cow", "snapshots"];
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+/// Queue depth of the sequential 1 MiB runs and of fills.
+const SEQ_QD: u32 = 8;
+
+pub struct Ctx<'a> {
+    pub cfg: &'a Config,
+    pub tools: &'a Tools,
+    pub ws: &'a Workspace,
+    pub results: &'a mut Results,
+    pub progress: Progress,
+}
+
+pub fn run(ctx: &mut Ctx, suite: &str) -> Result<()> {
+    match suite {
+        "basic" => basic::run(ctx),
+        "depth" => depth::run(ctx),
+        "cow" => cow::run(ctx),
+        "snapshots" => snapshots::run(ctx),
+        other => anyhow::bail!("no suite {other:?} (one of {ALL:?})"),
+    }
+}
+
+/// Where a result goes: suite, case, and for plotted cases the series and its x.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub suite: &'static str,
+    pub name: String,
+    pub series: Option<(String, f64)>,
+}
+
+impl Case {
+    pub fn new(suite: &'static str, name: impl Into<String>) -> Case {
+        Case { suite, name: name.into(), series: None }
+    }
+
+    pub fn at(suite: &'static str, series: &str, x_label: &str, x: f64) -> Case {
+        Case { suite, name: format!("{series}, {x_label} {x}"), series: Some((series.into(), x)) }
+    }
+}
+
+impl Ctx<'_> {
+    /// The engines of `wanted` that can run here; the others are recorded as skipped.
+    pub fn available(&mut self, suite: &str, wanted: &[Engine]) -> Vec<Engine> {
+        let mut out = Vec::new();
+        for e in wanted {
+            match e.missing(self.tools) {
+                None => out.push(*e),
+                Some(why) => {
+                    self.progress.warn(&format!("{suite}: skipping {}: {why}", e.label()));
+                    self.record_error(&Case::new(leak(suite), "(engine)"), *e, Kind::Io, &why);
+                    if !self.results.skipped.iter().any(|s| s.0 == e.label()) {
+                        self.results.skipped.push((e.label().into(), why));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Records an error on a row (the first error of a row is kept).
+    pub fn record_error(&mut self, case: &Case, engine: Engine, kind: Kind, err: &str) {
+        self.progress.warn(&format!("{} / {} / {}: {err}", case.suite, case.name, engine.label()));
+        let row = self.row(case, engine, kind);
+        if row.error.is_none() {
+            row.error = Some(err.to_string());
+        }
+    }
+
+    fn row(&mut self, case: &Case, engine: Engine, kind: Kind) -> &mut super::results::Row {
+        let row = self.results.row(case.suite, &case.name, engine.label(), kind);
+        row.ceiling = engine.is_ceiling();
+        if let Some((series, x)) = &case.series {
+            row.series = Some(series.clone());
+            row.x = Some(*x);
+        }
+        row
+    }
+
+    /// Runs `job` on `inst` and records the figures (or the error) under `case`.
+    pub fn fio(&mut self, case: &Case, inst: &mut Instance, job: &Job) -> Option<IoSample> {
+        self.progress.step(&format!("{}: {} — {}", case.suite, case.name, inst.engine.label()));
+        let fio = self.tools.fio.clone()?;
+        let uri = inst.server.uri(&inst.export);
+        match fio::run(&fio, job, &uri) {
+            Ok((sample, cmd)) => {
+                inst.written_bytes += sample.write_bytes;
+                let row = self.row(case, inst.engine, Kind::Io);
+                row.io.push(sample);
+                if row.commands.is_empty() {
+                    row.commands.push(cmd);
+                }
+                Some(sample)
+            }
+            Err(e) => {
+                let server = inst.server.exited().map(|s| format!("{s}\n")).unwrap_or_default();
+                self.record_error(case, inst.engine, Kind::Io, &format!("{server}{e:#}"));
+                None
+            }
+        }
+    }
+
+    /// Records one timing (milliseconds) under `case`.
+    pub fn time(&mut self, case: &Case, engine: Engine, ms: f64, command: Option<String>) {
+        let row = self.row(case, engine, Kind::TimeMs);
+        row.time_ms.push(ms);
+        if let (true, Some(c)) = (row.commands.is_empty(), command) {
+            row.commands.push(c);
+        }
+    }
+
+    /// Fills `[offset, offset+size)` of `inst` sequentially (1 MiB writes).
+    pub fn fill(
+        &mut self,
+        suite: &'static str,
+        inst: &mut Instance,
+        offset: u64,
+        size: u64,
+    ) -> Result<()> {
+        let fio = self.tools.fio.clone().context("fio is not installed")?;
+        self.progress.step(&format!(
+            "{suite}: filling {} MiB on {}",
+            size / MIB,
+            inst.engine.label()
+        ));
+        let job = Job::pass("write", MIB, SEQ_QD, offset, size, limits::FIO_PASS_MAX);
+        let (s, _) = fio::run(&fio, &job, &inst.server.uri(&inst.export))?;
+        inst.written_bytes += s.write_bytes;
+        Ok(())
+    }
+
+    /// Records the space `inst` uses now (after `suite`).
+    pub fn record_space(&mut self, suite: &str, inst: &mut Instance, note: &str) {
+        let (data, meta) = match inst.usage() {
+            Ok(u) => u,
+            Err(e) => {
+                self.progress.warn(&format!("{suite}: space of {}: {e:#}", inst.engine.label()));
+                return;
+            }
+        };
+        self.results.space.retain(|s| !(s.suite == suite && s.engine == inst.engine.label()));
+        self.results.space.push(SpaceRow {
+            suite: suite.into(),
+            engine: inst.engine.label().into(),
+            written_bytes: inst.written_bytes,
+            data_bytes: data,
+            metadata_bytes: meta,
+            note: note.into(),
+        });
+    }
+}
+
+/// Suite names are 'static; the "(engine)" row of `available` needs one.
+fn leak(suite: &str) -> &'static str {
+    ALL.iter().copied().find(|s| *s == suite).unwrap_or("?")
+}
+
+/// One engine serving one fresh image (or thinly volume) for a suite.
+pub struct Instance {
+    pub engine: Engine,
+    pub server: Server,
+    pub export: String,
+    /// thinly: the control connection.
+    pub control: Option<Control>,
+    /// The image file (raw, qcow2, nbdkit file); thinly: the pool directory.
+    pub path: Option<PathBuf>,
+    pub written_bytes: u64,
+}
+
+impl Instance {
+    /// Starts `engine` on a new, never-written image of `size_bytes` in `dir` (thinly: a
+    /// pool in `dir/pool` with a volume `vol`).
+    pub fn fresh(ctx: &mut Ctx, engine: Engine, dir: &Path, size_bytes: u64) -> Result<Instance> {
+        ctx.progress.step(&format!("starting {}", engine.label()));
+        let inst = match engine {
+            Engine::Thinly => {
+                let pool = dir.join("pool");
+                let server = Server::thinly(ctx.tools, ctx.ws, &pool)?;
+                let mut control =
+                    Control::connect(server.control.as_deref().context("no control socket")?)?;
+                control.create("vol", size_bytes)?;
+                Instance::new(engine, server, "vol", Some(control), Some(pool))
+            }
+            Engine::QemuRaw | Engine::NbdkitFile => {
+                let file = dir.join("disk.raw");
+                sparse_file(&file, size_bytes)?;
+                let server = if engine == Engine::QemuRaw {
+                    Server::qemu_nbd(ctx.tools, ctx.ws, "raw", &file)?
+                } else {
+                    Server::nbdkit(ctx.tools, ctx.ws, Some(&file), size_bytes)?
+                };
+                Instance::new(engine, server, "bench", None, Some(file))
+            }
+            Engine::QemuQcow2 => {
+                let file = dir.join("disk.qcow2");
+                qemu_img_create(ctx.tools, &file, None, size_bytes, false)?;
+                let server = Server::qemu_nbd(ctx.tools, ctx.ws, "qcow2", &file)?;
+                Instance::new(engine, server, "bench", None, Some(file))
+            }
+            Engine::NbdkitNull => {
+                let server = Server::nbdkit(ctx.tools, ctx.ws, None, size_bytes)?;
+                Instance::new(engine, server, "bench", None, None)
+            }
+        };
+        ctx.results.server_command(engine.label(), &inst.server.command);
+        Ok(inst)
+    }
+
+    pub fn new(
+        engine: Engine,
+        server: Server,
+        export: &str,
+        control: Option<Control>,
+        path: Option<PathBuf>,
+    ) -> Instance {
+        Instance { engine, server, export: export.into(), control, path, written_bytes: 0 }
+    }
+
+    /// (data bytes, metadata bytes) in use.
+    pub fn usage(&mut self) -> Result<(u64, Option<u64>)> {
+        if let Some(c) = self.control.as_mut() {
+            let (data, meta) = c.usage()?;
+            return Ok((data, Some(meta)));
+        }
+        match &self.path {
+            Some(p) => Ok((env::allocated_bytes(p)?, None)),
+            None => Ok((0, None)),
+        }
+    }
+}
+
+pub fn sparse_file(path: &Path, size_bytes: u64) -> Result<()> {
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(size_bytes))
+        .with_context(|| format!("creating the sparse file {}", path.display()))
+}
+
+/// `qemu-img create -f qcow2 [-u] [-b BACKING -F qcow2] FILE SIZE`; returns the command
+/// line. `unsafe_backing` skips opening the backing chain (-u).
+pub fn qemu_img_create(
+    tools: &Tools,
+    file: &Path,
+    backing: Option<&str>,
+    size_bytes: u64,
+    unsafe_backing: bool,
+) -> Result<String> {
+    let prog = tools.qemu_img.as_ref().context("qemu-img is not installed")?;
+    let mut cmd = Command::new(prog);
+    cmd.args(["create", "-q", "-f", "qcow2"]);
+    if let Some(b) = backing {
+        if unsafe_backing {
+            cmd.arg("-u");
+        }
+        cmd.args(["-b", b, "-F", "qcow2"]);
+    }
+    cmd.arg(file).arg(size_bytes.to_string());
+    let shown = format!("{cmd:?}");
+    env::run_ok(&mut cmd, limits::QEMU_DEEP_OP)?;
+    Ok(shown)
+}
+
+/// "4K", "64K", "1M".
+pub fn size_label(bytes: u64) -> String {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{}M", bytes / MIB)
+    } else {
+        format!("{}K", bytes / KIB)
+    }
+}

@@ -195,3 +195,27 @@ fn the_status_line_has_the_kernels_fields() {
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["used_data_blocks"], 1);
 }
+
+#[test]
+fn the_config_journal_folds_into_checkpoints_and_reopens_with_every_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default metadata size makes room for 1000 thin devices; this test needs more.
+    let opts = PoolOptions { metadata_size_bytes: Some(16 << 20), ..options() };
+    let pool = Pool::create(dir.path(), &opts).unwrap();
+    // More operations than one journal holds, so at least one checkpoint happens.
+    for i in 0..1100u32 {
+        pool.create_volume(&format!("v{i}"), 1 << 20).unwrap();
+    }
+    pool.snapshot("v7", "s7", true).unwrap();
+    pool.delete_volume("v8").unwrap();
+    pool.resize_volume("v9", 2 << 20).unwrap();
+    let journal = std::fs::read_to_string(dir.path().join("pool.log")).unwrap();
+    assert!(journal.lines().count() < 1024, "the journal was folded into pool.json");
+    let want = pool.list();
+    drop(pool);
+    let pool = Pool::open(dir.path(), IoMode::Auto).unwrap();
+    assert_eq!(pool.list(), want);
+    assert_eq!(want.len(), 1100);
+    assert_eq!(pool.volume("v9").unwrap().size_bytes(), 2 << 20);
+    assert!(pool.volume("s7").unwrap().is_read_only());
+}

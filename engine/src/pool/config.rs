@@ -99,10 +99,53 @@ pub struct PoolConfig {
     pub transaction_id: u64,
     pub settings: PoolSettings,
     pub volumes: BTreeMap<String, VolumeConfig>,
+    /// The last journal entry folded into this checkpoint.
+    #[serde(default)]
+    pub journal_seq: u64,
+}
+
+/// One change to the config, as the journal records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ConfigChange {
+    PutVolume { name: String, volume: VolumeConfig },
+    RemoveVolume { name: String },
+    Settings { settings: PoolSettings },
+}
+
+/// A journal line: the changes of one operation and the transaction id after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JournalEntry {
+    seq: u64,
+    transaction_id: u64,
+    changes: Vec<ConfigChange>,
+}
+
+impl PoolConfig {
+    /// Applies journalled changes.
+    pub fn apply(&mut self, transaction_id: u64, changes: &[ConfigChange]) {
+        for c in changes {
+            match c {
+                ConfigChange::PutVolume { name, volume } => {
+                    self.volumes.insert(name.clone(), volume.clone());
+                }
+                ConfigChange::RemoveVolume { name } => {
+                    self.volumes.remove(name);
+                }
+                ConfigChange::Settings { settings } => self.settings = settings.clone(),
+            }
+        }
+        self.transaction_id = transaction_id;
+    }
 }
 
 pub const CONFIG_FORMAT: u32 = 1;
 pub const CONFIG_FILE: &str = "pool.json";
+/// The journal of changes since `pool.json` was written.
+pub const JOURNAL_FILE: &str = "pool.log";
+/// Entries after which the journal is folded into a new `pool.json`: keeps replay short
+/// while a management operation stays O(1) (one appended line) instead of O(volumes).
+pub const MAX_JOURNAL_ENTRIES: u64 = 1024;
 
 /// Longest volume name (it becomes an NBD export name and a file-name-safe label).
 pub const MAX_VOLUME_NAME: usize = 128;
@@ -122,25 +165,30 @@ pub fn validate_volume_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Where `pool.json` lives: a directory, or memory (tests; survives simulated crashes).
+/// Where the pool's config lives: a directory, or memory (tests; survives simulated
+/// crashes). Both `store` and `append` are atomic: after a crash the config is as before or
+/// as after the call.
 pub trait ConfigStore: Send + Sync {
+    /// The config: the last checkpoint with every journalled change after it.
     fn load(&self) -> io::Result<Option<PoolConfig>>;
-    /// Replaces the stored config atomically: after a crash it is the old or the new one.
+    /// Writes a checkpoint of the whole config (and empties the journal).
     fn store(&self, config: &PoolConfig) -> io::Result<()>;
+    /// Records `changes` (which `after` already contains) in O(1); may checkpoint `after`.
+    fn append(&self, changes: &[ConfigChange], after: &mut PoolConfig) -> io::Result<()>;
 }
 
 pub struct DirConfigStore {
     dir: PathBuf,
+    /// Entries in the journal since the last checkpoint.
+    entries: std::sync::Mutex<u64>,
 }
 
 impl DirConfigStore {
     pub fn new(dir: &Path) -> Self {
-        DirConfigStore { dir: dir.to_path_buf() }
+        DirConfigStore { dir: dir.to_path_buf(), entries: std::sync::Mutex::new(0) }
     }
-}
 
-impl ConfigStore for DirConfigStore {
-    fn load(&self) -> io::Result<Option<PoolConfig>> {
+    fn read_checkpoint(&self) -> io::Result<Option<PoolConfig>> {
         let path = self.dir.join(CONFIG_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -151,6 +199,29 @@ impl ConfigStore for DirConfigStore {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
         })
     }
+}
+
+impl ConfigStore for DirConfigStore {
+    fn load(&self) -> io::Result<Option<PoolConfig>> {
+        let Some(mut config) = self.read_checkpoint()? else { return Ok(None) };
+        let journal = match std::fs::read_to_string(self.dir.join(JOURNAL_FILE)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let mut n = 0;
+        for line in journal.lines() {
+            // A line a crash tore is the last one; nothing after it was acknowledged.
+            let Ok(entry) = serde_json::from_str::<JournalEntry>(line) else { break };
+            if entry.seq > config.journal_seq {
+                config.apply(entry.transaction_id, &entry.changes);
+                config.journal_seq = entry.seq;
+                n += 1;
+            }
+        }
+        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = n;
+        Ok(Some(config))
+    }
 
     fn store(&self, config: &PoolConfig) -> io::Result<()> {
         let tmp = self.dir.join(format!(".{CONFIG_FILE}.tmp"));
@@ -160,7 +231,33 @@ impl ConfigStore for DirConfigStore {
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(CONFIG_FILE))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        // The checkpoint holds every entry (its journal_seq says so): start a new journal.
+        std::fs::File::create(self.dir.join(JOURNAL_FILE))?.sync_all()?;
+        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        Ok(())
+    }
+
+    fn append(&self, changes: &[ConfigChange], after: &mut PoolConfig) -> io::Result<()> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        after.journal_seq += 1;
+        if *entries >= MAX_JOURNAL_ENTRIES {
+            drop(entries);
+            return self.store(after);
+        }
+        let entry = JournalEntry {
+            seq: after.journal_seq,
+            transaction_id: after.transaction_id,
+            changes: changes.to_vec(),
+        };
+        let mut line = serde_json::to_string(&entry).map_err(io::Error::other)?;
+        line.push('\n');
+        let path = self.dir.join(JOURNAL_FILE);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(line.as_bytes())?;
+        f.sync_data()?;
+        *entries += 1;
+        Ok(())
     }
 }
 
@@ -178,6 +275,11 @@ impl ConfigStore for MemConfigStore {
     fn store(&self, config: &PoolConfig) -> io::Result<()> {
         *self.value.lock().unwrap_or_else(|e| e.into_inner()) = Some(config.clone());
         Ok(())
+    }
+
+    fn append(&self, _changes: &[ConfigChange], after: &mut PoolConfig) -> io::Result<()> {
+        after.journal_seq += 1;
+        self.store(after)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Volume management: create, snapshot, delete, resize, list; extending the data device;
 //! settings. Every change is persisted with `persist` (pool.json first, then the commit).
 
-use super::config::{validate_volume_name, PoolSettings, VolumeConfig};
+use super::config::{validate_volume_name, ConfigChange, PoolSettings, VolumeConfig};
 use super::status::VolumeInfo;
 use super::{Meta, Pool, PoolError, Result, Volume, VolumeState};
 use crate::io::BlockDevice;
@@ -34,7 +34,10 @@ impl Pool {
         meta.md.create_thin(id).map_err(|e| self.inner.metadata_failed(&mut meta, e))?;
         let v = VolumeConfig { dev_id: id.0, size_bytes, read_only: false, snapshot_of: None };
         meta.config.volumes.insert(name.to_string(), v.clone());
-        self.persist(meta)?;
+        self.persist(
+            meta,
+            vec![ConfigChange::PutVolume { name: name.to_string(), volume: v.clone() }],
+        )?;
         Ok(self.register(name, &v))
     }
 
@@ -61,7 +64,10 @@ impl Pool {
             snapshot_of: Some(origin.to_string()),
         };
         meta.config.volumes.insert(name.to_string(), v.clone());
-        self.persist(meta)?;
+        self.persist(
+            meta,
+            vec![ConfigChange::PutVolume { name: name.to_string(), volume: v.clone() }],
+        )?;
         Ok(self.register(name, &v))
     }
 
@@ -75,7 +81,7 @@ impl Pool {
         meta.config.volumes.remove(name);
         state.deleted.store(true, Ordering::SeqCst);
         self.inner.volumes.write().unwrap_or_else(|e| e.into_inner()).remove(name);
-        self.persist(meta)
+        self.persist(meta, vec![ConfigChange::RemoveVolume { name: name.to_string() }])
     }
 
     /// Grows or shrinks a volume; shrinking discards everything past the new end.
@@ -97,11 +103,13 @@ impl Pool {
             vol.zero_block_tail(size_bytes / bs, size_bytes % bs)?;
             meta = self.inner.meta();
         }
+        let mut changes = Vec::new();
         if let Some(v) = meta.config.volumes.get_mut(name) {
             v.size_bytes = size_bytes;
+            changes.push(ConfigChange::PutVolume { name: name.to_string(), volume: v.clone() });
         }
         state.size_bytes.store(size_bytes, Ordering::SeqCst);
-        self.persist(meta)
+        self.persist(meta, changes)
     }
 
     /// The pool's settings.
@@ -115,10 +123,11 @@ impl Pool {
         if settings.data_block_size_bytes != meta.config.settings.data_block_size_bytes {
             return Err(PoolError::Invalid("the data block size cannot change".into()));
         }
-        meta.config.settings = settings;
+        meta.config.settings = settings.clone();
         let free = meta.md.nr_free_data_blocks();
         meta.lwm_armed = free > meta.config.settings.low_water_mark_blocks;
-        self.inner.config_store.store(&meta.config)?;
+        let meta = &mut *meta;
+        self.inner.config_store.append(&[ConfigChange::Settings { settings }], &mut meta.config)?;
         Ok(())
     }
 
@@ -131,15 +140,22 @@ impl Pool {
         r
     }
 
-    /// (so after a crash, reconcile can tell an uncommitted change from a committed one).
-    /// Stores pool.json with the next transaction id, then commits the metadata with it
-    pub(super) fn persist(&self, mut meta: std::sync::MutexGuard<'_, Meta>) -> Result<()> {
+    /// Records a management operation's config `changes` (already applied to
+    /// `meta.config`) with the next transaction id, then commits the metadata with that id:
+    /// after a crash, reconcile can tell an uncommitted change (the config one transaction
+    /// ahead) from a committed one. One journal line each: O(1) whatever the volume count.
+    pub(super) fn persist(
+        &self,
+        mut meta: std::sync::MutexGuard<'_, Meta>,
+        changes: Vec<ConfigChange>,
+    ) -> Result<()> {
         let t = meta.md.transaction_id();
         if let Err(e) = meta.md.set_transaction_id(t, t + 1) {
             return Err(self.inner.metadata_failed(&mut meta, e));
         }
         meta.config.transaction_id = t + 1;
-        if let Err(e) = self.inner.config_store.store(&meta.config) {
+        let m = &mut *meta;
+        if let Err(e) = self.inner.config_store.append(&changes, &mut m.config) {
             self.inner.fail(&mut meta, &format!("writing pool.json failed: {e}"));
             return Err(e.into());
         }

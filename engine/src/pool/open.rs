@@ -109,6 +109,7 @@ impl Pool {
             transaction_id: md.transaction_id(),
             settings: opts.settings.clone(),
             volumes: BTreeMap::new(),
+            journal_seq: 0,
         };
         store.store(&config)?;
         Self::start(md, config, dev, data, store, lock, label)
@@ -256,6 +257,7 @@ fn reconcile(md: &mut ThinMetadata, stored: Option<PoolConfig>, bs: u64) -> Resu
         transaction_id: t,
         settings: PoolSettings { data_block_size_bytes: bs, ..PoolSettings::default() },
         volumes: BTreeMap::new(),
+        journal_seq: 0,
     });
     if config.settings.data_block_size_bytes != bs {
         tracing::warn!(

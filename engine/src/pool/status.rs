@@ -1,7 +1,7 @@
 //! Status in the kernel's thin-pool and thin target formats, and the kernel's message
 //! vocabulary (create_thin, create_snap, delete, set_transaction_id, metadata snapshots).
 
-use super::config::VolumeConfig;
+use super::config::{ConfigChange, VolumeConfig};
 use super::{Meta, Mode, Pool, PoolError, Result, VolumeState};
 use crate::units::DevId;
 use std::sync::atomic::Ordering;
@@ -191,7 +191,8 @@ impl Pool {
                 self.inner.check_writable(&meta)?;
                 meta.md.set_transaction_id(old, new)?;
                 meta.config.transaction_id = new;
-                self.inner.config_store.store(&meta.config)?;
+                let m = &mut *meta;
+                self.inner.config_store.append(&[], &mut m.config)?;
                 let (_m, r) = self.inner.commit_locked(meta);
                 r.map(|()| String::new())
             }
@@ -240,7 +241,10 @@ impl Pool {
         let id = id.ok_or_else(|| PoolError::Invalid("the new device has no id".into()))?;
         let v = VolumeConfig { dev_id: id.0, size_bytes: size, read_only: false, snapshot_of };
         meta.config.volumes.insert(name.clone(), v.clone());
-        self.persist(meta)?;
+        self.persist(
+            meta,
+            vec![ConfigChange::PutVolume { name: name.clone(), volume: v.clone() }],
+        )?;
         self.register(&name, &v);
         Ok(name)
     }

@@ -31,6 +31,9 @@ use crate::proto::{
     reply, validate, Command, Handshake, Negotiated, ReplyTo, RequestHeader, Session, Status,
 };
 
+/// Largest READ or WRITE the reader serves itself (larger ones overlap better on workers).
+const INLINE_MAX_BYTES: u64 = 256 << 10;
+
 /// A request ready for a worker.
 struct Job {
     to: ReplyTo,
@@ -175,7 +178,7 @@ enum End {
 
 /// The reader loop. Returns when the client is done or the stream is lost; dropping
 /// `tx` then lets the workers drain the queue and exit.
-fn read_requests<R: BufRead>(reader: &mut R, conn: &Conn, tx: Sender<Job>) {
+fn read_requests<R: Read>(reader: &mut BufReader<R>, conn: &Conn, tx: Sender<Job>) {
     let mode = conn.session.mode;
     let end = loop {
         if conn.broken.load(Ordering::Relaxed) {
@@ -214,6 +217,15 @@ fn read_requests<R: BufRead>(reader: &mut R, conn: &Conn, tx: Sender<Job>) {
         }
         let to = ReplyTo { mode, cookie: header.cookie, offset: header.offset };
         match validate(&header, &conn.session) {
+            Ok(command) if serve_inline(&command, conn, reader.buffer().is_empty()) => {
+                // The client waits for this reply (nothing else in flight, nothing more
+                // received): answer it here rather than hand it to a worker and back.
+                let mut out = Vec::new();
+                execute(conn.export.as_ref(), &conn.session, to, command, &payload, &mut out);
+                drop(payload);
+                conn.send(&out);
+                conn.budget.release(charged);
+            }
             Ok(command) => {
                 if let Err(mpsc::SendError(job)) = tx.send(Job { to, command, payload, charged }) {
                     conn.budget.release(job.charged);
@@ -235,6 +247,19 @@ fn read_requests<R: BufRead>(reader: &mut R, conn: &Conn, tx: Sender<Job>) {
         }
         other => debug!(end = ?other, "client finished"),
     }
+}
+
+/// Whether the reader serves a request itself: only when it is the one request in flight
+/// and no other is waiting in the buffer (a client at queue depth 1), and only short work —
+/// a flush may take a commit's time and must not keep the reader from later requests.
+fn serve_inline(command: &Command, conn: &Conn, nothing_buffered: bool) -> bool {
+    let short = match command {
+        Command::Flush => false,
+        Command::Read { len, .. } | Command::Write { len, .. } => *len <= INLINE_MAX_BYTES,
+        Command::Trim { fua, .. } | Command::WriteZeroes { fua, .. } => !fua,
+        Command::Cache { .. } | Command::BlockStatus { .. } => true,
+    };
+    short && nothing_buffered && conn.budget.requests_in_flight() == 1
 }
 
 fn is_timeout(e: &io::Error) -> bool {

@@ -33,12 +33,7 @@ impl Pool {
         let id = next_dev_id(&meta);
         meta.md.create_thin(id).map_err(|e| self.inner.metadata_failed(&mut meta, e))?;
         let v = VolumeConfig { dev_id: id.0, size_bytes, read_only: false, snapshot_of: None };
-        meta.config.volumes.insert(name.to_string(), v.clone());
-        self.persist(
-            meta,
-            vec![ConfigChange::PutVolume { name: name.to_string(), volume: v.clone() }],
-        )?;
-        Ok(self.register(name, &v))
+        self.add_volume(meta, name, v)
     }
 
     /// Snapshots `origin` as `name`: a consistent point (in-flight writes to the origin
@@ -63,12 +58,7 @@ impl Pool {
             read_only,
             snapshot_of: Some(origin.to_string()),
         };
-        meta.config.volumes.insert(name.to_string(), v.clone());
-        self.persist(
-            meta,
-            vec![ConfigChange::PutVolume { name: name.to_string(), volume: v.clone() }],
-        )?;
-        Ok(self.register(name, &v))
+        self.add_volume(meta, name, v)
     }
 
     /// Deletes a volume, freeing what no other volume shares. Waits for its in-flight I/O.
@@ -161,6 +151,20 @@ impl Pool {
         }
         let (_m, r) = self.inner.commit_locked(meta);
         r
+    }
+
+    /// Names a new device `name` in the config, persists that with the metadata change the
+    /// caller made, and registers the volume for I/O.
+    pub(super) fn add_volume(
+        &self,
+        mut meta: std::sync::MutexGuard<'_, Meta>,
+        name: &str,
+        v: VolumeConfig,
+    ) -> Result<Volume> {
+        meta.config.volumes.insert(name.to_string(), v.clone());
+        let change = ConfigChange::PutVolume { name: name.to_string(), volume: v.clone() };
+        self.persist(meta, vec![change])?;
+        Ok(self.register(name, &v))
     }
 
     pub(super) fn register(&self, name: &str, v: &VolumeConfig) -> Volume {

@@ -1,7 +1,7 @@
 //! Status in the kernel's thin-pool and thin target formats, and the kernel's message
 //! vocabulary (create_thin, create_snap, delete, set_transaction_id, metadata snapshots).
 
-use super::config::{ConfigChange, VolumeConfig};
+use super::config::VolumeConfig;
 use super::{Meta, Mode, Pool, PoolError, Result, VolumeState};
 use crate::units::DevId;
 use std::sync::atomic::Ordering;
@@ -240,12 +240,7 @@ impl Pool {
             ids.iter().copied().find(|d| !meta.config.volumes.values().any(|v| v.dev_id == d.0));
         let id = id.ok_or_else(|| PoolError::Invalid("the new device has no id".into()))?;
         let v = VolumeConfig { dev_id: id.0, size_bytes: size, read_only: false, snapshot_of };
-        meta.config.volumes.insert(name.clone(), v.clone());
-        self.persist(
-            meta,
-            vec![ConfigChange::PutVolume { name: name.clone(), volume: v.clone() }],
-        )?;
-        self.register(&name, &v);
+        self.add_volume(meta, &name, v)?;
         Ok(name)
     }
 }

@@ -254,6 +254,7 @@ fn fio_random_writes_on_two_connections_verify_with_crc32c() {
             "--offset_increment=16M",
             "--iodepth=16",
             "--verify=crc32c",
+            "--verify_state_save=0",
             "--do_verify=1",
             "--group_reporting",
             "--output-format=json",

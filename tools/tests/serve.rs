@@ -299,6 +299,7 @@ fn fio(uri_export: &str, socket: &str, extra: &[&str]) -> String {
         "--iodepth=16",
         "--numjobs=2",
         "--verify=crc32c",
+        "--verify_state_save=0",
         "--group_reporting",
         "--output-format=terse",
     ];

@@ -68,6 +68,11 @@ impl BlockManager {
         }
     }
 
+    /// The cache's byte budget.
+    pub fn cache_bytes(&self) -> usize {
+        self.capacity_blocks * META_BLOCK_SIZE
+    }
+
     pub fn device(&self) -> &Arc<dyn BlockDevice> {
         &self.dev
     }

@@ -187,16 +187,22 @@ fn check_corpus(base: &Path, dir: &Path, label: &str) -> (usize, usize) {
     (agree, documented)
 }
 
+/// A small generated pool written by the real `thin_restore`: the clean base each test damages.
+fn restored_pool(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
+    let (xml, meta) = (dir.join("gen.xml"), dir.join("gen.meta"));
+    let (_, bytes) = write_generated_xml(&GenConfig::small(seed), &xml);
+    sized_file(&meta, bytes);
+    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
+    meta
+}
+
 #[test]
 fn thinly_check_agrees_with_thin_check_on_every_corruption_class() {
     if !have_tools(&["thin_check", "thin_restore"]) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
-    let (_, bytes) = write_generated_xml(&GenConfig::small(3), &xml);
-    sized_file(&meta, bytes);
-    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
+    let meta = restored_pool(dir.path(), 3);
     ok(&run("thin_check", &[s(&meta)]), "thin_check of the clean base");
     ok(&thinly_run(&["check", s(&meta)]), "thinly check of the clean base");
     let (agree, documented) = check_corpus(&meta, dir.path(), "restored pool");
@@ -209,10 +215,7 @@ fn leaks_are_non_fatal_and_pass_with_ignore_non_fatal_errors_in_both() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
-    let (_, bytes) = write_generated_xml(&GenConfig::small(4), &xml);
-    sized_file(&meta, bytes);
-    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
+    let meta = restored_pool(dir.path(), 4);
     let mut img = Image::load(&meta);
     let last = img.bytes.len() as u64 / 4096 - 1;
     let b = img.metadata_bitmap();
@@ -235,10 +238,7 @@ fn super_block_only_and_skip_mappings_limit_what_is_checked() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
-    let (_, bytes) = write_generated_xml(&GenConfig::small(5), &xml);
-    sized_file(&meta, bytes);
-    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
+    let meta = restored_pool(dir.path(), 5);
     let mut img = Image::load(&meta);
     let (_, r) = img.deep_device();
     let (l, _) = img.first_leaf(r);
@@ -264,10 +264,7 @@ fn clear_needs_check_flag_clears_it_only_on_clean_metadata() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
-    let (_, bytes) = write_generated_xml(&GenConfig::small(6), &xml);
-    sized_file(&meta, bytes);
-    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
+    let meta = restored_pool(dir.path(), 6);
     let mut img = Image::load(&meta);
     img.block_mut(0)[4] = 1; // flags: NEEDS_CHECK
     img.reseal(0, BlockKind::Superblock);
@@ -293,10 +290,7 @@ fn auto_repair_fixes_leaks_and_needs_check_but_refuses_fatal_damage() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (xml, meta) = (dir.path().join("gen.xml"), dir.path().join("gen.meta"));
-    let (_, bytes) = write_generated_xml(&GenConfig::small(6), &xml);
-    sized_file(&meta, bytes);
-    ok(&run("thin_restore", &["-i", s(&xml), "-o", s(&meta)]), "thin_restore");
+    let meta = restored_pool(dir.path(), 6);
     let clean = std::fs::read(&meta).unwrap();
     // A leaked metadata block, a metadata count too high, and needs_check.
     let mut img = Image::load(&meta);

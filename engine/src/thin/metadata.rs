@@ -224,9 +224,10 @@ impl ThinMetadata {
 
     /// Drops everything since the last commit by reloading the committed state.
     pub fn abort(&mut self) -> Result<()> {
-        let dev = self.tm.block_manager().device().clone();
-        let cache = crate::limits::DEFAULT_CACHE_BYTES;
-        let opts = OpenOptions { read_only: self.read_only, repair: true, cache_bytes: cache };
+        let bm = self.tm.block_manager();
+        let (dev, cache_bytes) = (bm.device().clone(), bm.cache_bytes());
+        // `repair`: the failure path aborts, then sets needs_check; a later abort must still open.
+        let opts = OpenOptions { read_only: self.read_only, repair: true, cache_bytes };
         *self = Self::open(dev, opts)?;
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! the commit timer.
 
 use super::{Inner, Meta, Mode, OutOfSpacePolicy, PoolError, PoolEvent, Result};
-use crate::units::DataBlock;
+use crate::units::{DataBlock, DevId, VirtBlock};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,28 +12,36 @@ type Guard<'a> = MutexGuard<'a, Meta>;
 impl Inner {
     /// Commits whatever changed since the last commit. One commit runs at a time; callers
     /// that arrive during one wait for it and then commit only what it did not cover (group
-    /// commit). Steps: stop new allocations and wait for in-flight provisioning (so no
-    /// allocated block is committed without its mapping); sync the data file with the
-    /// metadata lock released, so reads and in-place writes go on; commit the metadata;
-    /// hole-punch the blocks the transaction freed.
+    /// commit). Steps:
+    /// 1. stop new allocations and wait for in-flight provisioning, so every allocated
+    ///    block has its mapping (a crash never leaks one);
+    /// 2. sync the data file with the metadata lock released. Reads, writes and new
+    ///    provisioning go on; a mapping provisioned now is parked, not inserted, because
+    ///    its data may miss this sync;
+    /// 3. wait for provisioning again (it parks), then commit the metadata with the parked
+    ///    blocks counted free, hole-punch what the transaction freed, and insert the parked
+    ///    mappings into the next transaction.
     pub(super) fn commit_locked<'a>(&'a self, mut meta: Guard<'a>) -> (Guard<'a>, Result<()>) {
         while meta.committing {
             meta = self.provisioned.wait(meta).unwrap_or_else(|e| e.into_inner());
         }
         meta.committing = true;
-        meta.commit_waiting = true;
-        while meta.provisioning > 0 {
-            meta = self.provisioned.wait(meta).unwrap_or_else(|e| e.into_inner());
-        }
+        meta.commit_gen += 1;
+        meta = self.drain_provisioning(meta);
         let writes = self.data_writes.load(Ordering::SeqCst);
         let needed = meta.md.has_changes() || writes != meta.committed_writes;
         let mut r = match (&meta.mode, needed) {
             (_, false) => Ok(()),
             (Mode::ReadOnly(reason), true) => Err(PoolError::ReadOnly(reason.clone())),
             _ => {
+                meta.commit_waiting = false;
+                meta.syncing = true;
+                self.provisioned.notify_all();
                 drop(meta);
                 let synced = self.data.sync();
                 meta = self.meta();
+                meta.syncing = false;
+                meta = self.drain_provisioning(meta);
                 synced.map_err(PoolError::from)
             }
         };
@@ -53,15 +61,57 @@ impl Inner {
         (meta, r)
     }
 
+    /// Stops new allocations and waits until no provisioning is in flight.
+    fn drain_provisioning<'a>(&'a self, mut meta: Guard<'a>) -> Guard<'a> {
+        meta.commit_waiting = true;
+        while meta.provisioning > 0 {
+            meta = self.provisioned.wait(meta).unwrap_or_else(|e| e.into_inner());
+        }
+        meta
+    }
+
     fn commit_metadata(&self, meta: &mut Meta, writes: u64) -> Result<()> {
         if let Mode::ReadOnly(reason) = &meta.mode {
             // The pool failed while the data was syncing.
             return Err(PoolError::ReadOnly(reason.clone()));
         }
-        let freed = meta.md.commit()?;
-        meta.committed_writes = writes;
-        self.punch_freed(meta, freed);
-        Ok(())
+        // Parked blocks are free in this commit: their data may have missed its sync. (A
+        // crash leaves them free but written; open punches every free block.)
+        let mut parked = std::mem::take(&mut meta.parked);
+        // Inserted below in key order: neighbouring inserts share their b-tree path.
+        parked.sort_unstable_by_key(|p| (p.dev, p.vblock));
+        let mut r = parked.iter().try_for_each(|p| meta.md.release_data_block(p.block));
+        if r.is_ok() {
+            r = meta.md.commit().map(|mut freed| {
+                meta.committed_writes = writes;
+                let mut kept: Vec<DataBlock> = parked.iter().map(|p| p.block).collect();
+                kept.sort_unstable();
+                freed.retain(|b| kept.binary_search(b).is_err());
+                self.punch_freed(meta, freed);
+            });
+        }
+        let mut cells = Vec::with_capacity(parked.len());
+        for p in parked {
+            if r.is_ok() {
+                r = meta.md.take_data_block(p.block).and_then(|()| {
+                    meta.md.insert_mapping(DevId(p.dev), VirtBlock(p.vblock), p.block).map(drop)
+                });
+            }
+            cells.push(p.cell);
+        }
+        for cell in cells {
+            self.prison.release(cell);
+        }
+        r.map_err(PoolError::from)
+    }
+
+    /// Waits until `dev` has no parked mapping (`dev` None: no device has): for paths that
+    /// read mappings without taking cells (block status, discard's scan, snapshots, status).
+    pub(super) fn settled<'a>(&'a self, mut meta: Guard<'a>, dev: Option<u64>) -> Guard<'a> {
+        while meta.parked.iter().any(|p| dev.is_none_or(|d| p.dev == d)) {
+            meta = self.provisioned.wait(meta).unwrap_or_else(|e| e.into_inner());
+        }
+        meta
     }
 
     /// Deallocates freed data blocks in the data file, a run at a time. Nothing can reuse
@@ -98,6 +148,10 @@ impl Inner {
         tracing::error!(pool = %self.label, "pool turns read-only: {reason}");
         meta.mode = Mode::ReadOnly(reason.to_string());
         meta.provisioning = 0;
+        // Parked mappings die with the open transaction, like every uncommitted change.
+        for p in std::mem::take(&mut meta.parked) {
+            self.prison.release(p.cell);
+        }
         if meta.md.abort().is_ok() {
             if let Err(e) = meta.md.set_needs_check() {
                 tracing::error!(pool = %self.label, "could not set needs_check: {e}");

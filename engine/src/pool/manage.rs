@@ -42,7 +42,7 @@ impl Pool {
         validate_volume_name(name).map_err(PoolError::Invalid)?;
         let origin_state = self.volume(origin)?.state;
         let _quiesced = origin_state.gate.write().unwrap_or_else(|e| e.into_inner());
-        let mut meta = self.inner.meta();
+        let mut meta = self.inner.settled(self.inner.meta(), Some(origin_state.dev));
         self.inner.check_writable(&meta)?;
         if meta.config.volumes.contains_key(name) {
             return Err(PoolError::VolumeExists(name.to_string()));
@@ -65,7 +65,7 @@ impl Pool {
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         let state = self.volume(name)?.state;
         let _quiesced = state.gate.write().unwrap_or_else(|e| e.into_inner());
-        let mut meta = self.inner.meta();
+        let mut meta = self.inner.settled(self.inner.meta(), Some(state.dev));
         self.inner.check_writable(&meta)?;
         meta.md.delete(DevId(state.dev)).map_err(|e| self.inner.metadata_failed(&mut meta, e))?;
         meta.config.volumes.remove(name);
@@ -79,7 +79,7 @@ impl Pool {
         check_size(size_bytes)?;
         let state = self.volume(name)?.state;
         let _quiesced = state.gate.write().unwrap_or_else(|e| e.into_inner());
-        let mut meta = self.inner.meta();
+        let mut meta = self.inner.settled(self.inner.meta(), Some(state.dev));
         self.inner.check_writable(&meta)?;
         let bs = self.inner.block_size;
         let keep = size_bytes.div_ceil(bs);

@@ -16,6 +16,10 @@
 //! metadata. Commits happen on flush, on FUA writes, on every management operation and on a
 //! timer. A data block allocated for a write is counted in the metadata only together with
 //! its mapping: a commit waits for in-flight provisioning, so a crash never leaks it.
+//! Provisioning does not stop while a commit syncs the data file (that sync is the slow
+//! part of a commit): a mapping made meanwhile is parked, its block counted free in that
+//! commit and its cell held, and joins the next transaction when the commit ends — so no
+//! commit ever holds a mapping whose data its sync may have missed.
 //!
 //! Zeroing: every free data block is a hole. Open punches every free run (which also clears
 //! blocks written by a transaction a crash lost); each commit punches the blocks it freed
@@ -142,12 +146,30 @@ struct Meta {
     commit_waiting: bool,
     /// A commit is running (possibly with the lock released for the data sync).
     committing: bool,
+    /// The running commit is syncing the data file: provisioning goes on, but a mapping
+    /// whose data was written now may miss the sync, so it is parked, not inserted.
+    syncing: bool,
+    /// Counts commits started; a provisioning remembers the one whose sync it overlapped.
+    commit_gen: u64,
+    /// Mappings provisioned during the running commit's data sync, inserted when that
+    /// commit ends (into the next transaction). Their cells stay held meanwhile, so reads
+    /// and writes of those blocks wait; paths that read mappings without cells wait for
+    /// them with `Inner::settled`.
+    parked: Vec<Parked>,
     /// `Inner::data_writes` as of the last commit.
     committed_writes: u64,
     /// Free blocks whose hole-punch failed: zeroed before reuse. Every other free block is
     /// a hole (punched at open and after the commit that frees it), so a new block reads as
     /// zeros without a zeroing write.
     unzeroed: std::collections::BTreeSet<u64>,
+}
+
+/// A mapping whose data was written during a commit's data sync (see `Meta::parked`).
+struct Parked {
+    dev: u64,
+    vblock: u64,
+    block: crate::units::DataBlock,
+    cell: prison::HeldCell,
 }
 
 pub(crate) struct VolumeState {

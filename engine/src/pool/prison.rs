@@ -92,26 +92,55 @@ impl Prison {
     }
 }
 
-impl Drop for CellGuard<'_> {
-    fn drop(&mut self) {
-        let shard = self.prison.shard(self.key);
-        let mut cells = Prison::cells(shard);
+impl<'a> CellGuard<'a> {
+    /// Keeps the cell locked past this guard's scope (a parked mapping holds its cell
+    /// until the commit that inserts it); `Prison::release` ends it.
+    pub fn into_held(self) -> HeldCell {
+        let held = HeldCell { key: self.key, exclusive: self.exclusive };
+        std::mem::forget(self);
+        held
+    }
+}
+
+/// A cell kept locked with no guard in scope; give it back with `Prison::release`.
+#[derive(Debug)]
+#[must_use = "a held cell stays locked until it is released"]
+pub struct HeldCell {
+    key: u64,
+    exclusive: bool,
+}
+
+impl Prison {
+    /// Unlocks a cell kept with `CellGuard::into_held`.
+    pub fn release(&self, held: HeldCell) {
+        self.unlock(held.key, held.exclusive);
+    }
+
+    fn unlock(&self, key: u64, exclusive: bool) {
+        let shard = self.shard(key);
+        let mut cells = Self::cells(shard);
         let mut wake = false;
-        if let Some(cell) = cells.get_mut(&self.key) {
-            if self.exclusive {
+        if let Some(cell) = cells.get_mut(&key) {
+            if exclusive {
                 cell.writer = false;
             } else {
                 cell.readers -= 1;
             }
             wake = cell.waiters > 0;
             if !cell.writer && cell.readers == 0 && cell.waiters == 0 {
-                cells.remove(&self.key);
+                cells.remove(&key);
             }
         }
         drop(cells);
         if wake {
             shard.released.notify_all();
         }
+    }
+}
+
+impl Drop for CellGuard<'_> {
+    fn drop(&mut self) {
+        self.prison.unlock(self.key, self.exclusive);
     }
 }
 
@@ -140,6 +169,26 @@ mod tests {
         assert!(!done.load(Ordering::SeqCst));
         drop(r1);
         drop(r2);
+        t.join().unwrap();
+        assert!(done.load(Ordering::SeqCst));
+        assert_eq!(p.nr_held(), 0);
+    }
+
+    #[test]
+    fn a_held_cell_stays_locked_until_released() {
+        let p = Arc::new(Prison::default());
+        let held = p.lock(3, 9, true).into_held();
+        let done = Arc::new(AtomicBool::new(false));
+        let t = {
+            let (p, done) = (p.clone(), done.clone());
+            std::thread::spawn(move || {
+                let _r = p.lock(3, 9, false);
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!done.load(Ordering::SeqCst));
+        p.release(held);
         t.join().unwrap();
         assert!(done.load(Ordering::SeqCst));
         assert_eq!(p.nr_held(), 0);

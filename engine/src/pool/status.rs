@@ -110,7 +110,7 @@ impl Pool {
 
     pub fn volume_status(&self, name: &str) -> Result<VolumeStatus> {
         let state = self.volume(name)?.state;
-        let mut meta = self.inner.meta();
+        let mut meta = self.inner.settled(self.inner.meta(), Some(state.dev));
         let dev = DevId(state.dev);
         let details = meta.md.device_details(dev)?;
         let highest = meta.md.highest_mapped(dev)?;
@@ -198,7 +198,7 @@ impl Pool {
             }
             Some("reserve_metadata_snap") => {
                 argc(0)?;
-                let mut meta = self.inner.meta();
+                let mut meta = self.inner.settled(self.inner.meta(), None);
                 self.inner.check_writable(&meta)?;
                 let r = meta.md.reserve_metadata_snap();
                 r.map(|b| b.0.to_string()).map_err(|e| self.inner.metadata_failed(&mut meta, e))
@@ -223,7 +223,7 @@ impl Pool {
         op: impl FnOnce(&mut Meta) -> crate::Result<()>,
         volume: impl FnOnce(&Meta) -> (String, u64, Option<String>),
     ) -> Result<String> {
-        let mut meta = self.inner.meta();
+        let mut meta = self.inner.settled(self.inner.meta(), None);
         self.inner.check_writable(&meta)?;
         op(&mut meta).map_err(|e| match e {
             e @ (crate::Error::DeviceExists(_)

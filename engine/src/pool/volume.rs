@@ -1,7 +1,7 @@
 //! The data path of one volume: read, write (+FUA), write_zeroes, discard, flush and
 //! block_status over byte ranges of any alignment.
 
-use super::{Inner, PoolError, Result, VolumeState};
+use super::{Inner, Parked, PoolError, Result, VolumeState};
 use crate::units::{DataBlock, DevId, VirtBlock};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -187,7 +187,7 @@ impl Volume {
         let bs = self.inner.block_size;
         let (first, end) = (offset / bs, (offset + len).div_ceil(bs));
         let runs = {
-            let mut meta = self.inner.meta();
+            let mut meta = self.inner.settled(self.inner.meta(), Some(self.state.dev));
             let r = meta.md.runs(DevId(self.state.dev), VirtBlock(first), VirtBlock(end));
             r.map_err(|e| self.inner.metadata_failed(&mut meta, e))?
         };
@@ -210,13 +210,13 @@ impl Volume {
     }
 
     fn is_mapped(&self, vblock: u64) -> Result<bool> {
-        let mut meta = self.inner.meta();
+        let mut meta = self.inner.settled(self.inner.meta(), Some(self.state.dev));
         let r = meta.md.lookup(DevId(self.state.dev), VirtBlock(vblock));
         Ok(r.map_err(|e| self.inner.metadata_failed(&mut meta, e))?.is_some())
     }
 
     fn mapped_blocks(&self, first: u64, end: u64) -> Result<Vec<u64>> {
-        let mut meta = self.inner.meta();
+        let mut meta = self.inner.settled(self.inner.meta(), Some(self.state.dev));
         let mut out = Vec::new();
         let r = meta.md.for_each_mapping(
             DevId(self.state.dev),
@@ -246,8 +246,8 @@ impl Volume {
         let inner = &self.inner;
         let bs = inner.block_size;
         let dev = DevId(self.state.dev);
-        let _cell = inner.prison.lock(self.state.dev, p.vblock, true);
-        let (target, copy_from, unzeroed) = {
+        let cell = inner.prison.lock(self.state.dev, p.vblock, true);
+        let (target, copy_from, unzeroed, overlapped) = {
             let mut meta = inner.meta();
             inner.check_writable(&meta)?;
             let existing = meta
@@ -265,15 +265,27 @@ impl Volume {
                     let (mut m, b) = inner.alloc_block(meta);
                     let b = b?;
                     let unzeroed = m.unzeroed.remove(&b.0);
+                    // Provisioned while a commit syncs the data file: see `Meta::parked`.
+                    let overlapped = m.syncing.then_some(m.commit_gen);
                     drop(m);
-                    (b, existing.map(|m| m.data_block), unzeroed)
+                    (b, existing.map(|m| m.data_block), unzeroed, overlapped)
                 }
             }
         };
         let whole = p.len == bs;
         let io = (|| -> Result<()> {
             match copy_from {
-                Some(src) if !whole => inner.data.copy(src.0 * bs, target.0 * bs, bs)?,
+                // The bytes the write leaves alone come from the shared block.
+                Some(src) if !whole => {
+                    let (src, dst) = (src.0 * bs, target.0 * bs);
+                    let end = p.offset + p.len;
+                    if p.offset > 0 {
+                        inner.data.copy(src, dst, p.offset)?;
+                    }
+                    if end < bs {
+                        inner.data.copy(src + end, dst + end, bs - end)?;
+                    }
+                }
                 // Free blocks are holes (see the pool's zeroing invariant) unless punching
                 // one failed: then zero it here.
                 None if !whole && unzeroed => {
@@ -285,18 +297,26 @@ impl Volume {
         })();
         let mut meta = inner.meta();
         if let Err(e) = io {
+            if unzeroed {
+                // It goes back to the free blocks still needing its zeroing write.
+                meta.unzeroed.insert(target.0);
+            }
             inner.end_provision(&mut meta, Some(target));
             return Err(e);
         }
-        let r = match inner.check_writable(&meta) {
-            Ok(()) => meta.md.insert_mapping(dev, VirtBlock(p.vblock), target).map(drop),
-            Err(e) => {
-                inner.end_provision(&mut meta, None);
-                return Err(e);
-            }
-        };
-        inner.end_provision(&mut meta, None);
-        r.map_err(|e| inner.metadata_failed(&mut meta, e))?;
+        if let Err(e) = inner.check_writable(&meta) {
+            inner.end_provision(&mut meta, None);
+            return Err(e);
+        }
+        if overlapped.is_some_and(|gen| meta.committing && meta.commit_gen == gen) {
+            let (vblock, block, cell) = (p.vblock, target, cell.into_held());
+            meta.parked.push(Parked { dev: dev.0, vblock, block, cell });
+            inner.end_provision(&mut meta, None);
+        } else {
+            let r = meta.md.insert_mapping(dev, VirtBlock(p.vblock), target).map(drop);
+            inner.end_provision(&mut meta, None);
+            r.map_err(|e| inner.metadata_failed(&mut meta, e))?;
+        }
         inner.data_writes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

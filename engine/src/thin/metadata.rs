@@ -307,6 +307,20 @@ impl ThinMetadata {
         self.changed = true;
     }
 
+    /// Allocates the given free data block (count 0 → 1), e.g. one held out of a commit.
+    pub fn take_data_block(&mut self, b: DataBlock) -> Result<()> {
+        self.begin_change()?;
+        let sm = self.tm.data_sm_mut();
+        if sm.get(b.0)? != 0 {
+            return Err(Error::RefCount {
+                space: "data",
+                block: b.0,
+                reason: "taking a block that is in use".into(),
+            });
+        }
+        sm.set(b.0, 1)
+    }
+
     /// Gives back a data block from `alloc_data_block` that was never mapped.
     pub fn release_data_block(&mut self, b: DataBlock) -> Result<()> {
         self.begin_change()?;

@@ -1,6 +1,7 @@
 //! The pool's data path on a file-backed pool on the local disk, beside the same pwrite
 //! pattern on a plain file (the ceiling for in-place overwrites), in one run:
-//! 4 KiB random writes into unprovisioned blocks (allocation path), overwrite in place,
+//! 4 KiB random writes into unprovisioned blocks (allocation path) beside the same pattern
+//! on a plain sparse file (the filesystem's cost of a fresh page), overwrite in place,
 //! copy-on-write break after a snapshot, 4 KiB random reads, 1 MiB sequential write and
 //! read, and 4 KiB random reads at snapshot depth 1, 100 and 1000.
 //!
@@ -67,6 +68,23 @@ fn writes(c: &mut Criterion) {
             plain.write_all_at(&page, rng.next(SET_BLOCKS * BS / K4 as u64) * K4 as u64).unwrap()
         })
     });
+    // The filesystem's own cost of that pattern: 4 KiB into a never-written 64 KiB stretch
+    // of a plain sparse file on the same filesystem (a new page-cache page and extent each).
+    let fresh_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.path().join("plain-fresh"))
+        .unwrap();
+    let mut next_plain = 0u64;
+    g.bench_function("plain_file_fresh_pwrite", |b| {
+        b.iter(|| {
+            fresh_file.write_all_at(&page, next_plain * BS + rng.next(16) * K4 as u64).unwrap();
+            next_plain += 1;
+        })
+    });
+    drop(fresh_file);
+    std::fs::remove_file(dir.path().join("plain-fresh")).unwrap();
     // Allocation path: each write lands in a block never written before.
     let mut next_fresh = SET_BLOCKS;
     g.bench_function("unprovisioned_block", |b| {

@@ -421,6 +421,33 @@ fn hostile_bytes_close_one_connection_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn handshake_timeout_and_busy_poll_flags_take_effect() {
+    if !have_clients() {
+        return;
+    }
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let mut s = Served::start(&["--handshake-timeout", "1", "--busy-poll-us", "200"]);
+    // A client that never finishes its handshake is dropped after the timeout: the
+    // server closes, so the read ends (EOF or reset) before our own 5 s guard, which
+    // the default timeout (10 s) would not.
+    let mut c = UnixStream::connect(s.socket()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 18];
+    c.read_exact(&mut greeting).unwrap();
+    let mut rest = Vec::new();
+    let r = c.read_to_end(&mut rest);
+    assert!(
+        r.is_ok() || r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the server kept a silent client past --handshake-timeout: {r:?}"
+    );
+    // A polling server serves as before.
+    let u = s.uri("vol0");
+    qemu_io(&u, &["write -P 0x5a 1M 192k", "flush", "read -P 0x5a 1M 192k", "read -P 0 0 1M"]);
+    s.stop();
+}
+
+#[test]
 fn sigterm_commits_what_was_written_and_a_restart_reads_it() {
     if !have_clients() {
         return;

@@ -144,7 +144,8 @@ fn transmission(
         for _ in 0..shared.config.workers_per_connection.max(1) {
             s.spawn(|| worker(&conn, &rx));
         }
-        read_requests(&mut reader, &conn, tx);
+        let poll = shared.config.busy_poll.map(|budget| (&stream, budget));
+        read_requests(&mut reader, &conn, tx, poll);
     });
     let _ = stream.shutdown(Shutdown::Both);
     Ok(())
@@ -178,11 +179,24 @@ enum End {
 
 /// The reader loop. Returns when the client is done or the stream is lost; dropping
 /// `tx` then lets the workers drain the queue and exit.
-fn read_requests<R: Read>(reader: &mut BufReader<R>, conn: &Conn, tx: Sender<Job>) {
+/// With `poll`, an empty buffer is first polled for (stream, budget) before the blocking
+/// read (see `ServerConfig::busy_poll`).
+fn read_requests<R: Read>(
+    reader: &mut BufReader<R>,
+    conn: &Conn,
+    tx: Sender<Job>,
+    poll: Option<(&Stream, std::time::Duration)>,
+) {
     let mode = conn.session.mode;
     let end = loop {
         if conn.broken.load(Ordering::Relaxed) {
             break End::Broken;
+        }
+        if let Some((stream, budget)) = poll.filter(|_| reader.buffer().is_empty()) {
+            let start = Instant::now();
+            while !stream.ready_to_read() && start.elapsed() < budget {
+                std::hint::spin_loop();
+            }
         }
         match reader.fill_buf() {
             Ok([]) => break End::Eof,

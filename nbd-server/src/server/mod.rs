@@ -45,6 +45,11 @@ pub struct ServerConfig {
     pub workers_per_connection: usize,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Busy-poll: a connection's reader, finding nothing to read, polls the socket this
+    /// long before it sleeps. Saves the wake-up of a sleeping thread from each request of
+    /// a client that waits for every reply (queue depth 1) at the price of a CPU spinning
+    /// that long after each reply. `None` (the default): never spin.
+    pub busy_poll: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +59,7 @@ impl Default for ServerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             workers_per_connection: WORKERS_PER_CONNECTION,
             max_connections: MAX_CONNECTIONS,
+            busy_poll: None,
         }
     }
 }

@@ -48,6 +48,22 @@ impl Stream {
         }
     }
 
+    /// Whether a read would return at once (data, end of stream or an error) — a
+    /// non-blocking peek, for busy-polling.
+    pub fn ready_to_read(&self) -> bool {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        };
+        let mut byte = [0u8; 1];
+        !matches!(
+            recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+            Err(nix::errno::Errno::EAGAIN)
+        )
+    }
+
     /// A printable peer name for logs.
     pub fn peer(&self) -> String {
         match self {

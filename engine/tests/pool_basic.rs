@@ -1,12 +1,12 @@
-//! The pool's data path: reads and writes of any alignment, provisioning, copy-on-write,
-//! discard, write_zeroes, block_status, volumes and snapshots, persistence across reopen,
-//! on both data I/O paths (io_uring and pread/pwrite).
+//! The pool's data path: reads (plain and sparse) and writes of any alignment, provisioning,
+//! copy-on-write, discard, write_zeroes, block_status, volumes and snapshots, persistence
+//! across reopen, on both data I/O paths (io_uring and pread/pwrite).
 
 mod common;
 
 use std::sync::Arc;
 use thinly_engine::io::{BlockDevice, FileDevice, IoMode};
-use thinly_engine::pool::{Extent, Pool, PoolError, PoolOptions, PoolSettings};
+use thinly_engine::pool::{Extent, Pool, PoolError, PoolOptions, PoolSettings, RunDetail};
 use thinly_engine::thin::{check, CheckOptions};
 
 const BS: u64 = 64 << 10;
@@ -83,7 +83,7 @@ fn data_path_semantics(mode: IoMode) {
     assert_eq!(back, b, "writes to the snapshot do not reach the origin");
 
     // block_status: holes and data, shared and exclusive.
-    let ext = vol.block_status(0, 10 * BS).unwrap();
+    let ext = vol.block_status(0, 10 * BS, RunDetail::Sharing).unwrap();
     assert_eq!(ext.iter().map(|e| e.len_bytes).sum::<u64>(), 10 * BS);
     assert_eq!(ext[0], Extent { len_bytes: BS, mapped: false, shared: false });
     assert_eq!(
@@ -105,7 +105,7 @@ fn data_path_semantics(mode: IoMode) {
     assert!(o[40..140].iter().all(|&x| x == 0));
     assert_eq!(&o[140..5050], &c[90..]);
     vol.write_zeroes(6 * BS, BS, false, false).unwrap();
-    let ext = vol.block_status(6 * BS, BS).unwrap();
+    let ext = vol.block_status(6 * BS, BS, RunDetail::Mapped).unwrap();
     assert!(ext[0].mapped, "write_zeroes without may_trim leaves the block allocated");
 
     // Out of range and read-only requests are refused.
@@ -139,6 +139,57 @@ fn the_data_path_works_through_io_uring() {
 #[test]
 fn the_data_path_works_through_pread_and_pwrite() {
     data_path_semantics(IoMode::Posix);
+}
+
+#[test]
+fn a_sparse_read_returns_the_layout_block_status_reports_and_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Pool::create(dir.path(), &options()).unwrap();
+    let vol = pool.create_volume("vol0", 16 << 20).unwrap();
+    // Mapped: block 1 (partly written), blocks 3–4, and block 8, shared with a snapshot.
+    vol.write(BS + 100, &pattern(1, 1000), false).unwrap();
+    vol.write(3 * BS, &pattern(2, 2 * BS as usize), false).unwrap();
+    vol.write(8 * BS, &pattern(3, BS as usize), false).unwrap();
+    let snap = pool.snapshot("vol0", "snap", false).unwrap();
+    let ranges = [
+        (0, 10 * BS),
+        (BS + 7, 3 * BS),
+        (3 * BS + 1, 100),
+        (2 * BS, BS),
+        (7 * BS - 5, 2 * BS + 10),
+        (5 * BS, 0),
+    ];
+    for (offset, len) in ranges {
+        let mut sparse = vec![0x55u8; 3];
+        let layout = vol.read_sparse(offset, len, &mut sparse).unwrap();
+        let status = vol.block_status(offset, len, RunDetail::Mapped).unwrap();
+        assert_eq!(layout, status, "{len} bytes at {offset}");
+        let mut plain = vec![0xEEu8; len as usize];
+        vol.read(offset, &mut plain).unwrap();
+        // The sparse read appended exactly the mapped runs of the plain read.
+        let mut mapped = vec![0x55u8; 3];
+        let mut at = 0usize;
+        for e in &layout {
+            let run = &plain[at..at + e.len_bytes as usize];
+            if e.mapped {
+                mapped.extend_from_slice(run);
+            } else {
+                assert!(run.iter().all(|&b| b == 0), "unmapped bytes read as zeros");
+            }
+            at += e.len_bytes as usize;
+        }
+        assert_eq!(at as u64, len, "the layout covers the read");
+        assert_eq!(sparse, mapped, "{len} bytes at {offset}");
+    }
+    // Sharing is worked out only when asked for.
+    let mapped = Extent { len_bytes: BS, mapped: true, shared: false };
+    assert_eq!(vol.block_status(8 * BS, BS, RunDetail::Mapped).unwrap(), vec![mapped]);
+    let shared = Extent { shared: true, ..mapped };
+    assert_eq!(vol.block_status(8 * BS, BS, RunDetail::Sharing).unwrap(), vec![shared]);
+    drop((vol, snap));
+    pool.close().unwrap();
+    drop(pool);
+    assert_metadata_clean(dir.path());
 }
 
 #[test]

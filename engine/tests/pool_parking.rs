@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use thinly_engine::io::{BlockDevice, CrashPlan, DataDevice, FaultyData, FaultyDevice};
 use thinly_engine::pool::config::MemConfigStore;
 use thinly_engine::pool::{OutOfSpacePolicy, Pool, PoolOptions, PoolSettings, Volume};
-use thinly_engine::thin::{check, CheckOptions};
+use thinly_engine::thin::{check, CheckOptions, RunDetail};
 
 const BS: u64 = 64 << 10;
 const SECTOR: usize = 512;
@@ -215,7 +215,7 @@ fn run(seed: u64) {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; BS as usize];
             v.read(probe * BS, &mut buf)?;
-            let status = v.block_status(probe * BS, BS)?;
+            let status = v.block_status(probe * BS, BS, RunDetail::Mapped)?;
             Ok::<_, thinly_engine::pool::PoolError>((buf, status))
         })
     };

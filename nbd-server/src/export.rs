@@ -28,6 +28,32 @@ pub struct Extent {
     pub flags: u32,
 }
 
+/// Splits `len` bytes described by `runs` (from the same offset) into pieces of
+/// (length, reads as zeroes): `STATE_ZERO` runs are zero pieces, everything else —
+/// including bytes past the last run — is data; equal neighbours are merged, empty runs
+/// dropped. The pieces are non-empty and add up to `len`.
+pub(crate) fn zero_pieces(runs: &[Extent], len: u64) -> Vec<(u64, bool)> {
+    let mut pieces: Vec<(u64, bool)> = Vec::new();
+    let mut covered = 0u64;
+    let tail = Extent { length: u64::MAX, flags: 0 };
+    for ext in runs.iter().chain(std::iter::once(&tail)) {
+        if covered >= len {
+            break;
+        }
+        let n = ext.length.min(len - covered);
+        if n == 0 {
+            continue;
+        }
+        let zero = ext.flags & STATE_ZERO != 0;
+        match pieces.last_mut() {
+            Some((l, z)) if *z == zero => *l += n,
+            _ => pieces.push((n, zero)),
+        }
+        covered += n;
+    }
+    pieces
+}
+
 /// How a WRITE_ZEROES may be carried out (§7.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ZeroFlags {
@@ -57,6 +83,27 @@ pub trait Export: Send + Sync {
     }
     /// Fills `buf` from `offset`; unallocated ranges read as zeroes.
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Reads `[offset, offset+len)` and appends to `out` its data: every byte except those
+    /// of the runs it returns marked `STATE_ZERO`, which read as zeroes and are not
+    /// appended. Returns the `base:allocation` runs of what it read (covering rules of
+    /// `block_status`; a range not described is data). The server answers a structured
+    /// READ with this — one call, and holes are never materialised. On error `out` may
+    /// hold part of the data; the caller drops it. The default asks `block_status` (a
+    /// failure only costs the holes: all is data), then `read`s each data range; an
+    /// export that can learn both in one pass should override it.
+    fn read_sparse(&self, offset: u64, len: u64, out: &mut Vec<u8>) -> io::Result<Vec<Extent>> {
+        let runs = self.block_status(offset, len).unwrap_or_default();
+        let mut at = offset;
+        for (n, zero) in zero_pieces(&runs, len) {
+            if !zero {
+                let start = out.len();
+                out.resize(start + n as usize, 0);
+                self.read(at, &mut out[start..])?;
+            }
+            at += n;
+        }
+        Ok(runs)
+    }
     /// Writes `data` at `offset`; durable before returning if `fua`.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()>;
     /// Makes `[offset, offset+len)` read as zeroes; see `ZeroFlags`.
@@ -71,8 +118,8 @@ pub trait Export: Send + Sync {
     }
     /// `base:allocation` runs from `offset`, contiguous, each non-empty, covering at
     /// least a prefix of `[offset, offset+len)`; runs past the end are clipped by the
-    /// server. Unallocated ranges are `STATE_HOLE | STATE_ZERO`. The server also uses
-    /// this to answer READ with OFFSET_HOLE chunks for ranges marked `STATE_ZERO`.
+    /// server. Unallocated ranges are `STATE_HOLE | STATE_ZERO`. The default `read_sparse`
+    /// also uses this to find the ranges a READ answers with OFFSET_HOLE chunks.
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>>;
     /// `qemu:allocation-depth` runs of (length, depth): 0 unallocated, 1 owned by this
     /// volume, 2 shared with another device. Same covering rules as `block_status`.
@@ -135,5 +182,22 @@ impl ExportRegistry for ExportTable {
             (None, false) => None,
         };
         found.map(|(_, _, e)| Arc::clone(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_pieces_are_clipped_merged_and_end_in_data() {
+        let hole = |length| Extent { length, flags: STATE_HOLE | STATE_ZERO };
+        let data = |length| Extent { length, flags: 0 };
+        let only_hole = Extent { length: 10, flags: STATE_HOLE };
+        let runs = [hole(100), hole(50), data(0), data(20), only_hole, hole(500)];
+        assert_eq!(zero_pieces(&runs, 200), vec![(150, true), (30, false), (20, true)]);
+        assert_eq!(zero_pieces(&runs[..2], 400), vec![(150, true), (250, false)]);
+        assert_eq!(zero_pieces(&[], 7), vec![(7, false)]);
+        assert_eq!(zero_pieces(&runs, 0), Vec::new());
     }
 }

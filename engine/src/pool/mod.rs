@@ -34,6 +34,7 @@ mod prison;
 mod status;
 mod volume;
 
+pub use crate::thin::RunDetail;
 pub use config::{AutoExtend, OutOfSpacePolicy, PoolConfig, PoolSettings, VolumeConfig};
 pub use open::PoolOptions;
 pub use status::{PoolStatus, VolumeInfo, VolumeStatus};

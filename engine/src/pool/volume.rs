@@ -2,18 +2,29 @@
 //! block_status over byte ranges of any alignment.
 
 use super::{Inner, Parked, PoolError, Result, VolumeState};
+use crate::thin::RunDetail;
 use crate::units::{DataBlock, DevId, VirtBlock};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// A run of bytes of a volume in one state (block_status).
+/// A run of bytes of a volume in one state (block_status, read_sparse).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
     pub len_bytes: u64,
     /// Backed by a data block (else it reads as zeros).
     pub mapped: bool,
-    /// Mapped and shared with another device (a snapshot or origin).
+    /// Mapped and shared with another device (a snapshot or origin). Worked out only for
+    /// `block_status` with `RunDetail::Sharing`; false otherwise.
     pub shared: bool,
+}
+
+/// Appends `len_bytes` in one state to `runs`, merging with the last run if it is alike.
+fn push_extent(runs: &mut Vec<Extent>, len_bytes: u64, mapped: bool, shared: bool) {
+    match runs.last_mut() {
+        Some(e) if e.mapped == mapped && e.shared == shared => e.len_bytes += len_bytes,
+        _ if len_bytes == 0 => {}
+        _ => runs.push(Extent { len_bytes, mapped, shared }),
+    }
 }
 
 /// A handle on one volume; cheap to clone, usable from many threads.
@@ -29,6 +40,14 @@ struct Piece {
     /// Offset within the block, and length.
     offset: u64,
     len: u64,
+}
+
+/// Where a read puts its bytes.
+enum ReadInto<'a> {
+    /// All of them, unmapped ones as zeros.
+    Whole(&'a mut [u8]),
+    /// Appended, mapped ones only.
+    Mapped(&'a mut Vec<u8>),
 }
 
 /// What a write puts into a block.
@@ -98,11 +117,26 @@ impl Volume {
     /// Reads `buf.len()` bytes at `offset`. Unmapped blocks read as zeros without touching
     /// the data file; mapped ones are read together (one io_uring submission).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_blocks(offset, buf.len() as u64, ReadInto::Whole(buf)).map(drop)
+    }
+
+    /// Reads `len` bytes at `offset` like `read`, but appends to `out` only the mapped
+    /// bytes, in order: unmapped ones are neither read nor zero-filled. Returns the layout,
+    /// as `block_status` with `RunDetail::Mapped` would give it (so `shared` is false),
+    /// found by the same lookups that found the data. On error `out` may have grown.
+    pub fn read_sparse(&self, offset: u64, len: u64, out: &mut Vec<u8>) -> Result<Vec<Extent>> {
+        self.read_blocks(offset, len, ReadInto::Mapped(out))
+    }
+
+    /// The read path: the blocks' cells are held across the data I/O (so no data block can
+    /// be freed and reused under it) and one section under the metadata lock looks every
+    /// block up. Returns the layout of what it read.
+    fn read_blocks(&self, offset: u64, len: u64, into: ReadInto) -> Result<Vec<Extent>> {
         let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
-        self.check_range(offset, buf.len() as u64)?;
+        self.check_range(offset, len)?;
         let inner = &self.inner;
         let bs = inner.block_size;
-        let parts: Vec<Piece> = pieces(bs, offset, buf.len() as u64).collect();
+        let parts: Vec<Piece> = pieces(bs, offset, len).collect();
         let _cells: Vec<_> =
             parts.iter().map(|p| inner.prison.lock(self.state.dev, p.vblock, false)).collect();
         let mut targets = Vec::with_capacity(parts.len());
@@ -113,9 +147,27 @@ impl Volume {
                 targets.push(m.map_err(|e| inner.metadata_failed(&mut meta, e))?);
             }
         }
+        let (mut rest, zero_fill) = match into {
+            ReadInto::Whole(buf) => (buf, true),
+            ReadInto::Mapped(out) => {
+                let mapped: u64 = parts
+                    .iter()
+                    .zip(&targets)
+                    .filter(|(_, t)| t.is_some())
+                    .map(|(p, _)| p.len)
+                    .sum();
+                let start = out.len();
+                out.resize(start + mapped as usize, 0);
+                (&mut out[start..], false)
+            }
+        };
+        let mut layout: Vec<Extent> = Vec::new();
         let mut ops: Vec<(u64, &mut [u8])> = Vec::new();
-        let mut rest = buf;
         for (p, target) in parts.iter().zip(targets) {
+            push_extent(&mut layout, p.len, target.is_some(), false);
+            if target.is_none() && !zero_fill {
+                continue;
+            }
             let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(p.len as usize);
             rest = tail;
             match target {
@@ -124,7 +176,7 @@ impl Volume {
             }
         }
         inner.data.read_many(&mut ops)?;
-        Ok(())
+        Ok(layout)
     }
 
     /// Writes `data` at `offset`; with `fua`, the write is durable when this returns.
@@ -177,8 +229,10 @@ impl Volume {
         self.inner.flush()
     }
 
-    /// The range as runs of mapped (exclusive or shared) and unmapped bytes.
-    pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+    /// The range as runs of mapped and unmapped bytes; with `RunDetail::Sharing` mapped
+    /// runs are also split into exclusive and shared, which costs reference-count reads
+    /// for every mapping (NBD `qemu:allocation-depth` needs it, `base:allocation` not).
+    pub fn block_status(&self, offset: u64, len: u64, detail: RunDetail) -> Result<Vec<Extent>> {
         let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_range(offset, len)?;
         if len == 0 {
@@ -188,7 +242,7 @@ impl Volume {
         let (first, end) = (offset / bs, (offset + len).div_ceil(bs));
         let runs = {
             let mut meta = self.inner.settled(self.inner.meta(), Some(self.state.dev));
-            let r = meta.md.runs(DevId(self.state.dev), VirtBlock(first), VirtBlock(end));
+            let r = meta.md.runs(DevId(self.state.dev), VirtBlock(first), VirtBlock(end), detail);
             r.map_err(|e| self.inner.metadata_failed(&mut meta, e))?
         };
         let mut out: Vec<Extent> = Vec::with_capacity(runs.len());
@@ -196,7 +250,7 @@ impl Volume {
             let start = (r.begin * bs).max(offset);
             let stop = ((r.begin + r.len) * bs).min(offset + len);
             if stop > start {
-                out.push(Extent { len_bytes: stop - start, mapped: r.mapped, shared: r.shared });
+                push_extent(&mut out, stop - start, r.mapped, r.shared);
             }
         }
         Ok(out)

@@ -30,8 +30,19 @@ pub struct Run {
     pub len: u64,
     pub mapped: bool,
     /// Mapped and reachable from another device too (exact: a shared node on the path, or a
-    /// data block referenced by more than one leaf).
+    /// data block referenced by more than one leaf). Only `RunDetail::Sharing` sets it.
     pub shared: bool,
+}
+
+/// How much `runs` works out about mapped blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunDetail {
+    /// Mapped or not (NBD `base:allocation`): one walk of the leaves in the range;
+    /// `Run::shared` is always false.
+    Mapped,
+    /// Also exact sharing (NBD `qemu:allocation-depth`): besides the walk, the reference
+    /// count of every node on the way and of every mapped data block.
+    Sharing,
 }
 
 impl ThinMetadata {
@@ -148,10 +159,16 @@ impl ThinMetadata {
         Err(Error::corrupt(b, "btree node", "tree deeper than any valid tree"))
     }
 
-    /// The blocks of `[begin, end)` as runs of unmapped / mapped-exclusive / mapped-shared
-    /// blocks (exact sharing), for block-status queries.
-    pub fn runs(&mut self, dev: DevId, begin: VirtBlock, end: VirtBlock) -> Result<Vec<Run>> {
-        let root = self.device_root(dev)?;
+    /// The blocks of `[begin, end)` as runs of unmapped and mapped blocks, for block-status
+    /// queries; with `RunDetail::Sharing` mapped runs are also split into exclusive and
+    /// shared (exact sharing).
+    pub fn runs(
+        &mut self,
+        dev: DevId,
+        begin: VirtBlock,
+        end: VirtBlock,
+        detail: RunDetail,
+    ) -> Result<Vec<Run>> {
         let mut runs: Vec<Run> = Vec::new();
         let mut next = begin.0;
         let push = |runs: &mut Vec<Run>, begin: u64, len: u64, mapped: bool, shared: bool| {
@@ -165,8 +182,17 @@ impl ThinMetadata {
                 _ => runs.push(Run { begin, len, mapped, shared }),
             }
         };
-        let mut entries = Vec::new();
-        self.collect_sharing(root, begin.0, end.0, false, &mut entries, 0)?;
+        let entries: Vec<(u64, bool)> = match detail {
+            RunDetail::Mapped => {
+                self.mapped_keys(dev, begin.0, end.0)?.into_iter().map(|k| (k, false)).collect()
+            }
+            RunDetail::Sharing => {
+                let root = self.device_root(dev)?;
+                let mut entries = Vec::new();
+                self.collect_sharing(root, begin.0, end.0, false, &mut entries, 0)?;
+                entries
+            }
+        };
         for (k, shared) in entries {
             push(&mut runs, next, k - next, false, false);
             push(&mut runs, k, 1, true, shared);

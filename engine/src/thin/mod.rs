@@ -28,7 +28,7 @@ mod metadata;
 mod snapshot;
 
 pub use check::{check, CheckOptions, Report};
-pub use mapping::{Mapping, Run};
+pub use mapping::{Mapping, Run, RunDetail};
 pub use metadata::{OpenOptions, Status, ThinMetadata};
 pub use snapshot::HeldSnapshot;
 

@@ -3,7 +3,7 @@
 //! reply is complete before anything is sent, an export error can never strike after
 //! a success header went out (§6.3), and chunk order is under our control.
 
-use crate::export::{Export, Extent, ZeroFlags, STATE_ZERO};
+use crate::export::{zero_pieces, Export, Extent, ZeroFlags};
 use crate::limits::{MAX_BLOCK_STATUS_QUERY_BYTES, MAX_EXTENTS_PER_CHUNK};
 use crate::proto::reply::{self, ReplyTo};
 use crate::proto::{Command, HeaderMode, MetaContext, NbdErrno, Session};
@@ -45,79 +45,75 @@ pub fn execute(
     }
 }
 
-/// A piece of a READ reply: data to read, or a hole that reads as zeroes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Piece {
-    offset: u64,
-    len: u64,
-    hole: bool,
-}
-
-/// Splits a read into data and hole pieces using `block_status`. Ranges the export did
-/// not describe (or an error) are data: that is always correct, only slower.
-fn read_pieces(export: &dyn Export, offset: u64, len: u64) -> Vec<Piece> {
-    let mut pieces: Vec<Piece> = Vec::new();
-    let mut pos = offset;
-    let end = offset + len;
-    for ext in export.block_status(offset, len).unwrap_or_default() {
-        if pos >= end || ext.length == 0 {
-            break;
-        }
-        let n = ext.length.min(end - pos);
-        let hole = ext.flags & STATE_ZERO != 0;
-        match pieces.last_mut() {
-            Some(p) if p.hole == hole => p.len += n,
-            _ => pieces.push(Piece { offset: pos, len: n, hole }),
-        }
-        pos += n;
-    }
-    if pos < end {
-        match pieces.last_mut() {
-            Some(p) if !p.hole => p.len += end - pos,
-            _ => pieces.push(Piece { offset: pos, len: end - pos, hole: false }),
-        }
-    }
-    pieces
-}
-
+/// Reads straight into the reply. Compact mode: a simple reply and the bytes. Structured
+/// or extended: one OFFSET_DATA chunk covering the request, rebuilt into data and
+/// OFFSET_HOLE chunks (in offset order, DONE on the last) only when the export reports
+/// `STATE_ZERO` runs; DF asks for a single data chunk (§6.4), so it uses a plain `read`.
+/// An error replaces the whole reply by one error chunk.
 fn read(export: &dyn Export, to: ReplyTo, offset: u64, len: u64, df: bool, out: &mut Vec<u8>) {
     let start = out.len();
     let n = len as usize; // validate() capped len at MAX_PAYLOAD_BYTES
-    if to.mode == HeaderMode::Compact {
-        reply::simple(out, to.cookie, 0);
-        let data_at = out.len();
+    match to.mode {
+        HeaderMode::Compact => reply::simple(out, to.cookie, 0),
+        _ if len == 0 => return reply::ok(out, to),
+        _ => reply::offset_data_header(out, to, true, offset, len),
+    }
+    let data_at = out.len();
+    let result = if to.mode == HeaderMode::Compact || df {
         out.resize(data_at + n, 0);
-        if let Err(e) = export.read(offset, &mut out[data_at..]) {
-            out.truncate(start);
-            reply::error(out, to, NbdErrno::from_io_error(&e));
-        }
-        return;
-    }
-    if len == 0 {
-        return reply::ok(out, to);
-    }
-    let pieces = if df {
-        vec![Piece { offset, len, hole: false }]
+        export.read(offset, &mut out[data_at..]).map(|()| None)
     } else {
-        read_pieces(export, offset, len)
+        export.read_sparse(offset, len, out).map(Some)
     };
-    let last = pieces.len() - 1;
-    for (i, piece) in pieces.iter().enumerate() {
-        let done = i == last;
-        if piece.hole {
-            // Pieces are ≤ len ≤ MAX_PAYLOAD_BYTES, so they fit the 32-bit hole size.
-            reply::offset_hole(out, to, done, piece.offset, piece.len as u32);
-            continue;
-        }
-        reply::offset_data_header(out, to, done, piece.offset, piece.len);
-        let data_at = out.len();
-        out.resize(data_at + piece.len as usize, 0);
-        if let Err(e) = export.read(piece.offset, &mut out[data_at..]) {
-            // Nothing was sent yet: replace the whole reply by one error chunk.
-            out.truncate(start);
-            return reply::error(out, to, NbdErrno::from_io_error(&e));
-        }
+    let result = match result {
+        Ok(Some(runs)) => split_holes(out, to, start, data_at, offset, len, &runs),
+        Ok(None) => Ok(()),
+        Err(e) => Err(NbdErrno::from_io_error(&e)),
+    };
+    if let Err(errno) = result {
+        // Nothing was sent yet: replace the whole reply by one error chunk.
+        out.truncate(start);
+        reply::error(out, to, errno);
     }
+}
+
+/// Turns the OFFSET_DATA chunk at `out[start..]` — the data of the `len` bytes read at
+/// `offset`, from `data_at` on, without the `STATE_ZERO` runs of `runs` — into data and
+/// OFFSET_HOLE chunks; leaves it alone if there are no such runs. `EIO` if the export
+/// appended a different number of bytes than its runs say (a bug in the export).
+fn split_holes(
+    out: &mut Vec<u8>,
+    to: ReplyTo,
+    start: usize,
+    data_at: usize,
+    offset: u64,
+    len: u64,
+    runs: &[Extent],
+) -> Result<(), NbdErrno> {
+    let pieces = zero_pieces(runs, len);
+    let data_len: u64 = pieces.iter().filter(|&&(_, zero)| !zero).map(|&(n, _)| n).sum();
+    if (out.len() - data_at) as u64 != data_len {
+        return Err(NbdErrno::Io);
+    }
+    if data_len == len {
+        return Ok(()); // all data: the chunk is already complete
+    }
+    let data = out.split_off(data_at);
+    out.truncate(start);
+    let (mut at, mut data_pos, last) = (offset, 0usize, pieces.len() - 1);
+    for (i, &(piece_len, zero)) in pieces.iter().enumerate() {
+        let done = i == last;
+        if zero {
+            // Pieces are ≤ len ≤ MAX_PAYLOAD_BYTES, so they fit the 32-bit hole size.
+            reply::offset_hole(out, to, done, at, piece_len as u32);
+        } else {
+            reply::offset_data_header(out, to, done, at, piece_len);
+            out.extend_from_slice(&data[data_pos..data_pos + piece_len as usize]);
+            data_pos += piece_len as usize;
+        }
+        at += piece_len;
+    }
+    Ok(())
 }
 
 /// Clips runs to `[0, len)` from the request offset, drops empty runs, merges equal
@@ -201,17 +197,8 @@ mod tests {
         }
     }
 
-    fn chunk_types(mut buf: &[u8]) -> Vec<(u16, u16)> {
-        let mut v = Vec::new();
-        while buf.len() >= 20 {
-            let flags = u16::from_be_bytes([buf[4], buf[5]]);
-            let ty = u16::from_be_bytes([buf[6], buf[7]]);
-            let len = u32::from_be_bytes([buf[16], buf[17], buf[18], buf[19]]) as usize;
-            v.push((ty, flags));
-            buf = &buf[20 + len..];
-        }
-        assert!(buf.is_empty());
-        v
+    fn chunk_types(buf: &[u8]) -> Vec<(u16, u16)> {
+        chunks(buf).into_iter().map(|(ty, flags, _)| (ty, flags)).collect()
     }
 
     #[test]
@@ -227,15 +214,189 @@ mod tests {
         assert_eq!(chunk_types(&out), vec![h, d, (REPLY_TYPE_OFFSET_HOLE, REPLY_FLAG_DONE)]);
     }
 
-    #[test]
-    fn df_read_is_one_data_chunk() {
-        let m = MemExport::new(1 << 20);
-        let to = ReplyTo { mode: HeaderMode::Structured, cookie: 1, offset: 0 };
+    /// Every chunk of a structured reply as (type, flags, payload).
+    fn chunks(mut buf: &[u8]) -> Vec<(u16, u16, Vec<u8>)> {
+        let mut v = Vec::new();
+        while buf.len() >= 20 {
+            let flags = u16::from_be_bytes([buf[4], buf[5]]);
+            let ty = u16::from_be_bytes([buf[6], buf[7]]);
+            let len = u32::from_be_bytes([buf[16], buf[17], buf[18], buf[19]]) as usize;
+            v.push((ty, flags, buf[20..20 + len].to_vec()));
+            buf = &buf[20 + len..];
+        }
+        assert!(buf.is_empty());
+        v
+    }
+
+    /// An export with a fixed layout — `STATE_ZERO` at the `[from, to)` ranges of `holes`,
+    /// bytes `0xAB` elsewhere — that counts its calls; `fail` makes reads fail with EIO.
+    #[derive(Default)]
+    struct Layout {
+        holes: Vec<(u64, u64)>,
+        fail: bool,
+        /// Bytes appended beyond the data (a buggy export).
+        nr_extra_bytes: usize,
+        nr_sparse_reads: std::sync::atomic::AtomicU32,
+        nr_other_calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl Layout {
+        fn other_call(&self) {
+            self.nr_other_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Export for Layout {
+        fn size_bytes(&self) -> u64 {
+            1 << 20
+        }
+        fn read_only(&self) -> bool {
+            true
+        }
+        fn can_multi_conn(&self) -> bool {
+            true
+        }
+        fn preferred_block_size(&self) -> u32 {
+            4096
+        }
+        fn read(&self, _offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.other_call();
+            buf.fill(0xAB);
+            Ok(())
+        }
+        fn read_sparse(
+            &self,
+            offset: u64,
+            len: u64,
+            out: &mut Vec<u8>,
+        ) -> std::io::Result<Vec<Extent>> {
+            self.nr_sparse_reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.fail {
+                out.extend_from_slice(&[0xAB; 10]); // a partial read, which must not leak
+                return Err(std::io::Error::from_raw_os_error(nix::errno::Errno::EIO as i32));
+            }
+            let mut runs = Vec::new();
+            for pos in offset..offset + len {
+                let hole = self.holes.iter().any(|&(from, to)| (from..to).contains(&pos));
+                if !hole {
+                    out.push(0xAB);
+                }
+                let flags = if hole { STATE_HOLE | STATE_ZERO } else { 0 };
+                runs.push(Extent { length: 1, flags });
+            }
+            out.resize(out.len() + self.nr_extra_bytes, 0);
+            Ok(runs)
+        }
+        fn write(&self, _: u64, _: &[u8], _: bool) -> std::io::Result<()> {
+            unreachable!("read-only")
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: ZeroFlags) -> std::io::Result<()> {
+            unreachable!("read-only")
+        }
+        fn trim(&self, _: u64, _: u64, _: bool) -> std::io::Result<()> {
+            unreachable!("read-only")
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn block_status(&self, _: u64, _: u64) -> std::io::Result<Vec<Extent>> {
+            self.other_call();
+            Ok(Vec::new())
+        }
+        fn allocation_depth(&self, _: u64, _: u64) -> std::io::Result<Vec<(u64, u32)>> {
+            self.other_call();
+            Ok(Vec::new())
+        }
+    }
+
+    fn structured_read(export: &dyn Export, offset: u64, len: u64, df: bool) -> Vec<u8> {
+        let to = ReplyTo { mode: HeaderMode::Structured, cookie: 1, offset };
         let mut out = Vec::new();
-        let cmd = Command::Read { offset: 0, len: 16384, df: true };
-        execute(&m, &session(HeaderMode::Structured), to, cmd, &[], &mut out);
+        let cmd = Command::Read { offset, len, df };
+        execute(export, &session(HeaderMode::Structured), to, cmd, &[], &mut out);
+        out
+    }
+
+    #[test]
+    fn a_read_over_data_and_holes_is_answered_in_one_export_call_with_chunks_in_order() {
+        let e = Layout { holes: vec![(1000, 3000), (5000, 6000)], ..Layout::default() };
+        let out = structured_read(&e, 500, 6000, false);
+        assert_eq!(e.nr_sparse_reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(e.nr_other_calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let data = |at: u64, n: usize, flags: u16| {
+            let mut p = at.to_be_bytes().to_vec();
+            p.resize(8 + n, 0xAB);
+            (REPLY_TYPE_OFFSET_DATA, flags, p)
+        };
+        let hole = |at: u64, n: u32| {
+            let mut p = at.to_be_bytes().to_vec();
+            p.extend_from_slice(&n.to_be_bytes());
+            (REPLY_TYPE_OFFSET_HOLE, 0, p)
+        };
+        let expected = vec![
+            data(500, 500, 0),
+            hole(1000, 2000),
+            data(3000, 2000, 0),
+            hole(5000, 1000),
+            data(6000, 500, REPLY_FLAG_DONE),
+        ];
+        assert_eq!(chunks(&out), expected);
+    }
+
+    #[test]
+    fn a_read_that_is_all_data_or_all_hole_is_one_chunk() {
+        let e = Layout { holes: vec![(8192, 16384)], ..Layout::default() };
+        let out = structured_read(&e, 0, 8192, false);
         assert_eq!(chunk_types(&out), vec![(REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE)]);
-        assert_eq!(out.len(), 20 + 8 + 16384);
+        assert_eq!(out.len(), 20 + 8 + 8192);
+        let out = structured_read(&e, 8192, 8192, false);
+        assert_eq!(chunk_types(&out), vec![(REPLY_TYPE_OFFSET_HOLE, REPLY_FLAG_DONE)]);
+        assert_eq!(out.len(), 20 + 12);
+    }
+
+    #[test]
+    fn a_df_read_over_data_and_holes_is_one_data_chunk_with_the_zeroes() {
+        let m = MemExport::new(1 << 20);
+        m.write(4096, &[7u8; 4096], false).unwrap();
+        let out = structured_read(&m, 0, 12288, true);
+        let c = chunks(&out);
+        assert_eq!(c.len(), 1);
+        let (ty, flags, payload) = &c[0];
+        assert_eq!((*ty, *flags), (REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE));
+        let mut expected = 0u64.to_be_bytes().to_vec();
+        expected.extend([0u8; 4096].iter().chain(&[7u8; 4096]).chain(&[0u8; 4096]));
+        assert_eq!(payload, &expected);
+    }
+
+    #[test]
+    fn a_failed_read_is_a_single_error_chunk() {
+        let e = Layout { holes: vec![(0, 100)], fail: true, ..Layout::default() };
+        let out = structured_read(&e, 0, 4096, false);
+        let c = chunks(&out);
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].0, c[0].1), (REPLY_TYPE_ERROR, REPLY_FLAG_DONE));
+        assert_eq!(&c[0].2[..4], &NbdErrno::Io.code().to_be_bytes());
+    }
+
+    #[test]
+    fn an_export_appending_other_than_its_data_gets_an_error_reply_not_a_bad_one() {
+        let e = Layout { holes: vec![(100, 200)], nr_extra_bytes: 1, ..Layout::default() };
+        let c = chunks(&structured_read(&e, 0, 300, false));
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].0, c[0].1), (REPLY_TYPE_ERROR, REPLY_FLAG_DONE));
+        assert_eq!(&c[0].2[..4], &NbdErrno::Io.code().to_be_bytes());
+    }
+
+    #[test]
+    fn a_compact_read_is_the_bytes_after_a_simple_reply() {
+        let e = Layout { holes: vec![(100, 200)], ..Layout::default() };
+        let to = ReplyTo { mode: HeaderMode::Compact, cookie: 3, offset: 0 };
+        let mut out = Vec::new();
+        let cmd = Command::Read { offset: 0, len: 300, df: false };
+        execute(&e, &session(HeaderMode::Compact), to, cmd, &[], &mut out);
+        assert_eq!(out.len(), 16 + 300);
+        assert_eq!(&out[4..8], &0u32.to_be_bytes());
+        assert_eq!(e.nr_sparse_reads.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]

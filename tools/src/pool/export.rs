@@ -4,7 +4,7 @@
 
 use std::io;
 use std::sync::Arc;
-use thinly_engine::pool::{Pool, Volume};
+use thinly_engine::pool::{Pool, RunDetail, Volume};
 use thinly_nbd::export::{STATE_HOLE, STATE_ZERO};
 use thinly_nbd::{Export, ExportRegistry, Extent, ZeroFlags};
 
@@ -48,6 +48,11 @@ impl Export for VolumeExport {
         Ok(self.vol.read(offset, buf)?)
     }
 
+    /// One pass: the layout comes from the same lookups that found the data.
+    fn read_sparse(&self, offset: u64, len: u64, out: &mut Vec<u8>) -> io::Result<Vec<Extent>> {
+        Ok(self.vol.read_sparse(offset, len, out)?.into_iter().map(allocation).collect())
+    }
+
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         Ok(self.vol.write(offset, data, fua)?)
     }
@@ -70,18 +75,12 @@ impl Export for VolumeExport {
     }
 
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
-        let runs = self.vol.block_status(offset, len)?;
-        Ok(runs
-            .into_iter()
-            .map(|r| Extent {
-                length: r.len_bytes,
-                flags: if r.mapped { 0 } else { STATE_HOLE | STATE_ZERO },
-            })
-            .collect())
+        let runs = self.vol.block_status(offset, len, RunDetail::Mapped)?;
+        Ok(runs.into_iter().map(allocation).collect())
     }
 
     fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
-        let runs = self.vol.block_status(offset, len)?;
+        let runs = self.vol.block_status(offset, len, RunDetail::Sharing)?;
         Ok(runs
             .into_iter()
             .map(|r| {
@@ -98,6 +97,11 @@ impl Export for VolumeExport {
             })
             .collect())
     }
+}
+
+/// A volume run as a `base:allocation` run: unmapped bytes are `HOLE | ZERO`.
+fn allocation(r: thinly_engine::pool::Extent) -> Extent {
+    Extent { length: r.len_bytes, flags: if r.mapped { 0 } else { STATE_HOLE | STATE_ZERO } }
 }
 
 fn nix_enotsup() -> i32 {

@@ -14,7 +14,7 @@ use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -185,22 +185,25 @@ fn read_requests<R: Read>(
     reader: &mut BufReader<R>,
     conn: &Conn,
     tx: Sender<Job>,
-    poll: Option<(&Stream, std::time::Duration)>,
+    poll: Option<(&Stream, Duration)>,
 ) {
     let mode = conn.session.mode;
+    let mut poller = poll.map(|(stream, max)| Poller::new(stream, max));
     let end = loop {
         if conn.broken.load(Ordering::Relaxed) {
             break End::Broken;
         }
-        if let Some((stream, budget)) = poll.filter(|_| reader.buffer().is_empty()) {
-            let start = Instant::now();
-            while !stream.ready_to_read() && start.elapsed() < budget {
-                std::hint::spin_loop();
-            }
+        // Poll only for a client waiting on nothing (queue depth 1): with requests in
+        // flight, the workers need the CPU more than the reader needs a head start.
+        let waiting = reader.buffer().is_empty() && conn.budget.requests_in_flight() == 0;
+        let polled = poller.as_mut().filter(|_| waiting).map(|p| p.poll());
+        let filled = reader.fill_buf().map(|b| b.is_empty());
+        if let (Some(p), Some(started)) = (poller.as_mut(), polled) {
+            p.adapt(started.elapsed());
         }
-        match reader.fill_buf() {
-            Ok([]) => break End::Eof,
-            Ok(_) => {}
+        match filled {
+            Ok(true) => break End::Eof,
+            Ok(false) => {}
             Err(e) if is_timeout(&e) && conn.budget.requests_in_flight() > 0 => continue,
             Err(e) if is_timeout(&e) => break End::Idle,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -263,6 +266,47 @@ fn read_requests<R: Read>(
     }
 }
 
+/// Adaptive busy-polling of one connection's socket (as QEMU's event loop polls): the
+/// budget grows back to `max` while requests come within it and halves (down to none)
+/// while they do not, so a connection that goes quiet soon stops costing CPU.
+struct Poller<'a> {
+    stream: &'a Stream,
+    max: Duration,
+    budget: Duration,
+}
+
+impl<'a> Poller<'a> {
+    fn new(stream: &'a Stream, max: Duration) -> Self {
+        Poller { stream, max, budget: max }
+    }
+
+    /// Spins until the socket is readable or the budget is spent; returns when it began.
+    fn poll(&self) -> Instant {
+        let start = Instant::now();
+        while !self.budget.is_zero() && start.elapsed() < self.budget {
+            if self.stream.ready_to_read() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        start
+    }
+
+    /// `waited`: from the start of polling until a request (or EOF) arrived.
+    fn adapt(&mut self, waited: Duration) {
+        if waited <= self.budget {
+            return;
+        }
+        self.budget = if waited <= self.max {
+            (self.budget * 2).max(Duration::from_micros(1)).min(self.max)
+        } else if self.budget > Duration::from_micros(1) {
+            self.budget / 2
+        } else {
+            Duration::ZERO
+        };
+    }
+}
+
 /// Whether the reader serves a request itself: only when it is the one request in flight
 /// and no other is waiting in the buffer (a client at queue depth 1), and only short work —
 /// a flush may take a commit's time and must not keep the reader from later requests.
@@ -278,4 +322,42 @@ fn serve_inline(command: &Command, conn: &Conn, nothing_buffered: bool) -> bool 
 
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn the_poll_budget_halves_to_nothing_for_late_requests_and_grows_back() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let stream = Stream::Unix(a);
+        let max = Duration::from_micros(50);
+        let mut p = Poller::new(&stream, max);
+        p.adapt(Duration::from_micros(10));
+        assert_eq!(p.budget, max, "a request within the budget changes nothing");
+        let mut steps = 0;
+        while !p.budget.is_zero() {
+            p.adapt(Duration::from_millis(5));
+            steps += 1;
+            assert!(steps < 10, "the budget never reached zero");
+        }
+        p.adapt(Duration::from_micros(40));
+        assert_eq!(p.budget, Duration::from_micros(1));
+        for _ in 0..10 {
+            p.adapt(Duration::from_micros(40));
+        }
+        assert_eq!(p.budget, max, "grows back to the maximum, no further");
+    }
+
+    #[test]
+    fn polling_stops_at_once_when_a_request_is_there() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let stream = Stream::Unix(a);
+        b.write_all(b"x").unwrap();
+        let p = Poller::new(&stream, Duration::from_secs(60));
+        // Would spin a minute if it missed the byte waiting in the socket.
+        assert!(p.poll().elapsed() < Duration::from_secs(30));
+    }
 }

@@ -45,10 +45,12 @@ pub struct ServerConfig {
     pub workers_per_connection: usize,
     /// Connections served at once.
     pub max_connections: usize,
-    /// Busy-poll: a connection's reader, finding nothing to read, polls the socket this
-    /// long before it sleeps. Saves the wake-up of a sleeping thread from each request of
-    /// a client that waits for every reply (queue depth 1) at the price of a CPU spinning
-    /// that long after each reply. `None` (the default): never spin.
+    /// Busy-poll: a connection's reader, finding nothing to read and nothing in flight,
+    /// polls the socket up to this long before it sleeps. Saves the wake-up of a sleeping
+    /// thread from each request of a client that waits for every reply (queue depth 1) at
+    /// the price of a spinning CPU. The budget adapts per connection: it halves while
+    /// requests come later than the maximum, down to no polling, and grows back while
+    /// they come within it. `None` (the default): never spin.
     pub busy_poll: Option<Duration>,
 }
 

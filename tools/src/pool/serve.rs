@@ -47,10 +47,12 @@ pub struct ServeArgs {
     /// limit, for clients that connect long before they speak, like a VM's serial port).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub handshake_timeout: u64,
-    /// Microseconds a connection polls its socket for the next request before it sleeps
-    /// (0: never). Cuts the latency of clients that wait for each reply (queue depth 1)
-    /// by a thread wake-up, at the price of a CPU spinning that long after each reply.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    /// Longest time a connection with nothing in flight polls its socket for the next
+    /// request before it sleeps (0: never poll). Saves a thread wake-up per request of a
+    /// client that waits for each reply (queue depth 1: about halves its latency here), at
+    /// the price of a CPU spinning meanwhile. Adaptive: a connection whose requests stop
+    /// coming within the time soon stops polling.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50)]
     pub busy_poll_us: u64,
 }
 

@@ -85,14 +85,32 @@ fn writes(c: &mut Criterion) {
     });
     drop(fresh_file);
     std::fs::remove_file(dir.path().join("plain-fresh")).unwrap();
-    // Allocation path: each write lands in a block never written before.
-    let mut next_fresh = SET_BLOCKS;
+    // Allocation path: each write lands in a block never written before, of a volume of
+    // its own; when that is used up, it is deleted and made anew (untimed).
+    const FRESH_BLOCKS: u64 = 512 << 10;
+    let mut fresh = pool.create_volume("fresh", FRESH_BLOCKS * BS).unwrap();
+    let mut next_fresh = 0;
     g.bench_function("unprovisioned_block", |b| {
-        b.iter(|| {
-            vol.write(next_fresh * BS + rng.next(16) * K4 as u64, &page, false).unwrap();
-            next_fresh += 1;
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                if next_fresh == FRESH_BLOCKS {
+                    drop(std::mem::replace(&mut fresh, vol.clone()));
+                    pool.delete_volume("fresh").unwrap();
+                    fresh = pool.create_volume("fresh", FRESH_BLOCKS * BS).unwrap();
+                    next_fresh = 0;
+                }
+                let at = next_fresh * BS + rng.next(16) * K4 as u64;
+                let t = Instant::now();
+                fresh.write(at, &page, false).unwrap();
+                total += t.elapsed();
+                next_fresh += 1;
+            }
+            total
         })
     });
+    drop(fresh);
+    pool.delete_volume("fresh").unwrap();
     // Copy-on-write: every write breaks the sharing of a block with the snapshot; when all
     // are broken, a new snapshot (untimed) shares them again.
     let mut snaps = 0;

@@ -15,6 +15,8 @@ pub struct Tools {
     pub fio: Option<PathBuf>,
     pub qemu_nbd: Option<PathBuf>,
     pub qemu_img: Option<PathBuf>,
+    /// Sends the untimed flush that ends every writing case.
+    pub qemu_io: Option<PathBuf>,
     pub nbdkit: Option<PathBuf>,
     /// The binary being run: thinly itself (`thinly serve`, `thinly pool create`).
     pub thinly: PathBuf,
@@ -26,6 +28,7 @@ impl Tools {
             fio: which("fio"),
             qemu_nbd: which("qemu-nbd"),
             qemu_img: which("qemu-img"),
+            qemu_io: which("qemu-io"),
             nbdkit: which("nbdkit"),
             thinly: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("thinly")),
         }
@@ -43,6 +46,11 @@ impl Tools {
                 ));
             }
         }
+        if self.qemu_io.is_none() {
+            out.push(
+                "qemu-io is not installed; writing cases are not followed by a flush".to_string(),
+            );
+        }
         out
     }
 
@@ -56,6 +64,7 @@ impl Tools {
             ("fio", &self.fio, "--version"),
             ("qemu-nbd", &self.qemu_nbd, "--version"),
             ("qemu-img", &self.qemu_img, "--version"),
+            ("qemu-io", &self.qemu_io, "--version"),
             ("nbdkit", &self.nbdkit, "--version"),
         ] {
             let line = match path {

@@ -109,6 +109,9 @@ impl Ctx<'_> {
         match fio::run(&fio, job, &uri) {
             Ok((sample, cmd)) => {
                 inst.written_bytes += sample.write_bytes;
+                if sample.write_bytes > 0 {
+                    self.settle(inst);
+                }
                 let row = self.row(case, inst.engine, Kind::Io);
                 row.io.push(sample);
                 if row.commands.is_empty() {
@@ -121,6 +124,27 @@ impl Ctx<'_> {
                 self.record_error(case, inst.engine, Kind::Io, &format!("{server}{e:#}"));
                 None
             }
+        }
+    }
+
+    /// Flushes `inst`, untimed, after a case that wrote: the next case then starts with
+    /// nothing left to write back, for every engine alike (thinly would otherwise be
+    /// syncing the last case's writes in its timer commit, the others in the kernel's
+    /// background writeback).
+    fn settle(&mut self, inst: &Instance) {
+        let Some(qemu_io) = self.tools.qemu_io.clone() else { return };
+        let uri = inst.server.uri(&inst.export);
+        let mut cmd = Command::new(qemu_io);
+        cmd.args(["-f", "raw", &uri, "-c", "flush"]);
+        match env::run_bounded(&mut cmd, limits::TOOL_SHORT) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => self.progress.warn(&format!(
+                "flushing {} failed ({}): {}",
+                inst.engine.label(),
+                out.status,
+                env::tail(&String::from_utf8_lossy(&out.stderr))
+            )),
+            Err(e) => self.progress.warn(&format!("flushing {}: {e:#}", inst.engine.label())),
         }
     }
 

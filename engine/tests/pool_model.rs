@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use thinly_engine::io::{BlockDevice, CrashPlan, DataDevice, FaultyData, FaultyDevice};
 use thinly_engine::pool::config::MemConfigStore;
-use thinly_engine::pool::{OutOfSpacePolicy, Pool, PoolOptions, PoolSettings};
+use thinly_engine::pool::Pool;
 use thinly_engine::thin::{check, CheckOptions};
 
 const BS: u64 = 64 << 10;
@@ -36,19 +36,6 @@ struct World {
     next: u32,
 }
 
-fn options() -> PoolOptions {
-    PoolOptions {
-        data_size_bytes: 512 * BS,
-        settings: PoolSettings {
-            commit_interval_ms: 0,
-            out_of_space: OutOfSpacePolicy::Error,
-            ..PoolSettings::default()
-        },
-        cache_bytes: 1 << 20,
-        ..PoolOptions::default()
-    }
-}
-
 impl World {
     fn new() -> World {
         let meta = Arc::new(FaultyDevice::new(2048));
@@ -58,7 +45,7 @@ impl World {
             meta.clone(),
             data.clone(),
             Box::new(store.clone()),
-            &options(),
+            &test_pool_options(512 * BS),
             None,
             "model",
         )

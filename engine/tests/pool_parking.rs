@@ -16,91 +16,16 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::io;
-use std::sync::{Arc, Condvar, Mutex};
-use thinly_engine::io::{BlockDevice, CrashPlan, DataDevice, FaultyData, FaultyDevice};
+
+use std::sync::Arc;
+use thinly_engine::io::{BlockDevice, CrashPlan, FaultyData, FaultyDevice};
 use thinly_engine::pool::config::MemConfigStore;
-use thinly_engine::pool::{OutOfSpacePolicy, Pool, PoolOptions, PoolSettings, Volume};
+use thinly_engine::pool::{Pool, Volume};
 use thinly_engine::thin::{check, CheckOptions, RunDetail};
 
 const BS: u64 = 64 << 10;
 const SECTOR: usize = 512;
 const BLOCKS: u64 = 32;
-
-/// FaultyData whose next sync, once armed, makes everything written so far durable and
-/// then waits to be released: writes made while it waits stay volatile.
-struct HeldSync {
-    inner: Arc<FaultyData>,
-    /// (armed, holding, release)
-    state: Mutex<(bool, bool, bool)>,
-    cv: Condvar,
-}
-
-impl HeldSync {
-    fn new(inner: Arc<FaultyData>) -> Self {
-        HeldSync { inner, state: Mutex::new((false, false, false)), cv: Condvar::new() }
-    }
-
-    fn arm(&self) {
-        *self.state.lock().unwrap() = (true, false, false);
-    }
-
-    fn wait_holding(&self) {
-        let mut s = self.state.lock().unwrap();
-        while !s.1 {
-            s = self.cv.wait(s).unwrap();
-        }
-    }
-
-    fn release(&self) {
-        self.state.lock().unwrap().2 = true;
-        self.cv.notify_all();
-    }
-}
-
-impl DataDevice for HeldSync {
-    fn len_bytes(&self) -> u64 {
-        self.inner.len_bytes()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn read_at(&self, o: u64, b: &mut [u8]) -> io::Result<()> {
-        self.inner.read_at(o, b)
-    }
-    fn write_at(&self, o: u64, d: &[u8]) -> io::Result<()> {
-        self.inner.write_at(o, d)
-    }
-    fn punch_hole(&self, o: u64, l: u64) -> io::Result<()> {
-        self.inner.punch_hole(o, l)
-    }
-    fn sync(&self) -> io::Result<()> {
-        self.inner.sync()?;
-        let mut s = self.state.lock().unwrap();
-        if s.0 {
-            s.0 = false;
-            s.1 = true;
-            self.cv.notify_all();
-            while !s.2 {
-                s = self.cv.wait(s).unwrap();
-            }
-        }
-        Ok(())
-    }
-}
-
-fn options() -> PoolOptions {
-    PoolOptions {
-        data_size_bytes: 4 * BLOCKS * BS,
-        settings: PoolSettings {
-            commit_interval_ms: 0,
-            out_of_space: OutOfSpacePolicy::Error,
-            ..PoolSettings::default()
-        },
-        cache_bytes: 1 << 20,
-        ..PoolOptions::default()
-    }
-}
 
 /// Where the power goes.
 #[derive(Debug, Clone, Copy)]
@@ -119,7 +44,7 @@ type Allowed = BTreeMap<(String, usize), Vec<Vec<u8>>>;
 struct Case {
     meta: Arc<FaultyDevice>,
     data: Arc<FaultyData>,
-    held: Arc<HeldSync>,
+    held: Arc<Holding>,
     store: MemConfigStore,
     pool: Pool,
     /// Each volume's bytes as of the last completed flush.
@@ -132,13 +57,13 @@ impl Case {
     fn new() -> Case {
         let meta = Arc::new(FaultyDevice::new(1024));
         let data = Arc::new(FaultyData::new(4 * BLOCKS * BS));
-        let held = Arc::new(HeldSync::new(data.clone()));
+        let held = Arc::new(Holding::new(data.clone()));
         let store = MemConfigStore::default();
         let pool = Pool::format_on(
             meta.clone(),
             held.clone(),
             Box::new(store.clone()),
-            &options(),
+            &test_pool_options(4 * BLOCKS * BS),
             None,
             "p",
         )
@@ -198,7 +123,7 @@ fn run(seed: u64) {
     }
     let before_late = c.now.clone();
 
-    c.held.arm();
+    c.held.arm(Hold::Sync);
     let committer = {
         let pool = c.pool.clone();
         std::thread::spawn(move || pool.commit())

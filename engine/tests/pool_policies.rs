@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io;
+use common::{Hold, Holding};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use thinly_engine::io::{DataDevice, MemData, MemDevice};
 use thinly_engine::pool::config::MemConfigStore;
@@ -44,61 +44,19 @@ fn settings(out_of_space: OutOfSpacePolicy, lwm: u64) -> PoolSettings {
     }
 }
 
-/// A data device whose writes can be held mid-flight.
-#[derive(Default)]
-struct Parking {
-    inner: MemData,
-    armed: AtomicBool,
-    state: Mutex<(bool, bool)>, // (a write is parked, release it)
-    cv: Condvar,
-}
-
-impl DataDevice for Parking {
-    fn len_bytes(&self) -> u64 {
-        self.inner.len_bytes()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn read_at(&self, o: u64, b: &mut [u8]) -> io::Result<()> {
-        self.inner.read_at(o, b)
-    }
-    fn write_at(&self, o: u64, d: &[u8]) -> io::Result<()> {
-        if self.armed.swap(false, Ordering::SeqCst) {
-            let mut s = self.state.lock().unwrap();
-            s.0 = true;
-            self.cv.notify_all();
-            while !s.1 {
-                s = self.cv.wait(s).unwrap();
-            }
-        }
-        self.inner.write_at(o, d)
-    }
-    fn punch_hole(&self, o: u64, l: u64) -> io::Result<()> {
-        self.inner.punch_hole(o, l)
-    }
-    fn sync(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_snapshot_waits_for_writes_in_flight_on_its_origin() {
-    let data = Arc::new(Parking::default());
+    let data = Arc::new(Holding::new(Arc::new(MemData::default())));
     let pool = mem_pool(64, settings(OutOfSpacePolicy::Error, 0), data.clone());
     let vol = pool.create_volume("o", 1 << 20).unwrap();
     vol.write(0, &vec![1u8; BS as usize], false).unwrap();
     // Park an in-place overwrite half-way through the data write.
-    data.armed.store(true, Ordering::SeqCst);
+    data.arm(Hold::Write);
     let w = {
         let vol = vol.clone();
         std::thread::spawn(move || vol.write(0, &vec![2u8; BS as usize], false).unwrap())
     };
-    let mut s = data.state.lock().unwrap();
-    while !s.0 {
-        s = data.cv.wait(s).unwrap();
-    }
-    drop(s);
+    data.wait_holding();
     let snapped = Arc::new(AtomicBool::new(false));
     let snapper = {
         let (pool, snapped) = (pool.clone(), snapped.clone());
@@ -110,8 +68,7 @@ fn a_snapshot_waits_for_writes_in_flight_on_its_origin() {
     // However long we wait, the snapshot cannot be taken while the write is in flight.
     std::thread::sleep(Duration::from_millis(50));
     assert!(!snapped.load(Ordering::SeqCst), "the snapshot did not wait for the origin's write");
-    data.state.lock().unwrap().1 = true;
-    data.cv.notify_all();
+    data.release();
     w.join().unwrap();
     snapper.join().unwrap();
     // The write completed before the snapshot: both see it, and it stays put.

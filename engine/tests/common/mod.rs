@@ -323,3 +323,104 @@ pub fn run_tool(tool: &std::path::Path, args: &[&str]) -> (i32, String, String) 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Which operation of a `Holding` device is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The next write waits, before it reaches the inner device.
+    Write,
+    /// The next sync makes everything written so far durable on the inner device, then
+    /// waits: what is written while it waits stays volatile.
+    Sync,
+}
+
+#[derive(Default)]
+struct HoldState {
+    armed: Option<Hold>,
+    holding: bool,
+    released: bool,
+}
+
+/// A data device over another whose next write or sync, once armed, is held until the
+/// test releases it (to act while an I/O or a commit's data sync is in flight).
+pub struct Holding {
+    inner: Arc<dyn thinly_engine::io::DataDevice>,
+    state: std::sync::Mutex<HoldState>,
+    cv: std::sync::Condvar,
+}
+
+impl Holding {
+    pub fn new(inner: Arc<dyn thinly_engine::io::DataDevice>) -> Self {
+        Holding { inner, state: Default::default(), cv: Default::default() }
+    }
+
+    pub fn arm(&self, what: Hold) {
+        *self.state.lock().unwrap() = HoldState { armed: Some(what), ..Default::default() };
+    }
+
+    /// Waits until the armed operation is being held.
+    pub fn wait_holding(&self) {
+        let mut s = self.state.lock().unwrap();
+        while !s.holding {
+            s = self.cv.wait(s).unwrap();
+        }
+    }
+
+    pub fn release(&self) {
+        self.state.lock().unwrap().released = true;
+        self.cv.notify_all();
+    }
+
+    fn hold_if_armed(&self, what: Hold) {
+        let mut s = self.state.lock().unwrap();
+        if s.armed != Some(what) {
+            return;
+        }
+        s.armed = None;
+        s.holding = true;
+        self.cv.notify_all();
+        while !s.released {
+            s = self.cv.wait(s).unwrap();
+        }
+    }
+}
+
+impl thinly_engine::io::DataDevice for Holding {
+    fn len_bytes(&self) -> u64 {
+        self.inner.len_bytes()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn read_at(&self, o: u64, b: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(o, b)
+    }
+    fn write_at(&self, o: u64, d: &[u8]) -> std::io::Result<()> {
+        self.hold_if_armed(Hold::Write);
+        self.inner.write_at(o, d)
+    }
+    fn punch_hole(&self, o: u64, l: u64) -> std::io::Result<()> {
+        self.inner.punch_hole(o, l)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()?;
+        self.hold_if_armed(Hold::Sync);
+        Ok(())
+    }
+}
+
+/// A small pool for model and crash tests: no commit timer (commits happen where the test
+/// says), writes fail at once when data space runs out, a 1 MiB metadata cache.
+pub fn test_pool_options(data_size_bytes: u64) -> thinly_engine::pool::PoolOptions {
+    use thinly_engine::pool::{OutOfSpacePolicy, PoolOptions, PoolSettings};
+    PoolOptions {
+        data_size_bytes,
+        settings: PoolSettings {
+            commit_interval_ms: 0,
+            out_of_space: OutOfSpacePolicy::Error,
+            ..PoolSettings::default()
+        },
+        cache_bytes: 1 << 20,
+        ..PoolOptions::default()
+    }
+}

@@ -546,6 +546,23 @@ fn serve_with_no_arguments_creates_the_default_pool_and_serves_it_on_10809() {
 }
 
 #[test]
+fn pool_create_keeps_its_settings_in_pool_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let read = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("pool.json")).unwrap()).unwrap()
+    };
+    let dir = tmp.path().join("default");
+    thinly(&["pool", "create", "--pool", dir.to_str().unwrap(), "--size", "1G"]);
+    assert_eq!(read(&dir)["settings"]["snapshot_cache"], "auto");
+    let dir = tmp.path().join("keep");
+    let d = dir.to_str().unwrap();
+    thinly(&["pool", "create", "--pool", d, "--size", "1G", "--snapshot-cache", "keep"]);
+    thinly(&["create", "a", "--size", "1M", "--pool", d]);
+    let v = read(&dir);
+    assert_eq!(v["settings"]["snapshot_cache"], "keep", "{v}");
+}
+
+#[test]
 fn management_works_offline_too() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p");

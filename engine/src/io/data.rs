@@ -50,6 +50,10 @@ pub trait DataDevice: Send + Sync {
         self.write_at(dst, &buf)
     }
 
+    /// A hint that a range will not be read soon: its clean cached pages may go, and the
+    /// memory they held serves the next writes. Contents never change.
+    fn drop_cached(&self, _offset: u64, _len: u64) {}
+
     /// Deallocates a range: it reads as zeros afterwards.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
 
@@ -238,6 +242,20 @@ impl DataDevice for FileData {
             self.file.write_all_at(&buf, dst + done)?;
         }
         Ok(())
+    }
+
+    fn drop_cached(&self, offset: u64, len: u64) {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+        let (offset, len) = (offset as i64, len as i64);
+        // A hint: if the kernel declines, the pages just stay cached.
+        if let Err(e) = posix_fadvise(
+            self.file.as_raw_fd(),
+            offset,
+            len,
+            PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        ) {
+            tracing::debug!("fadvise(DONTNEED) of {len} bytes at {offset}: {e}");
+        }
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {

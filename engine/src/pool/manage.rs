@@ -6,14 +6,18 @@ use super::status::VolumeInfo;
 use super::{Meta, Pool, PoolError, Result, Volume, VolumeState};
 use crate::io::BlockDevice;
 use crate::units::{DevId, VirtBlock};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 impl Pool {
     pub fn volume(&self, name: &str) -> Result<Volume> {
+        Ok(Volume::new(self.inner.clone(), self.state_of(name)?))
+    }
+
+    /// A volume's state, without opening a handle on it.
+    pub(super) fn state_of(&self, name: &str) -> Result<Arc<VolumeState>> {
         let vols = self.inner.volumes.read().unwrap_or_else(|e| e.into_inner());
-        let state = vols.get(name).cloned().ok_or_else(|| PoolError::NoVolume(name.to_string()))?;
-        Ok(Volume { inner: self.inner.clone(), state })
+        vols.get(name).cloned().ok_or_else(|| PoolError::NoVolume(name.to_string()))
     }
 
     pub fn list(&self) -> Vec<VolumeInfo> {
@@ -40,7 +44,7 @@ impl Pool {
     /// finish first, new ones wait), O(1) whatever the origin's size or chain depth.
     pub fn snapshot(&self, origin: &str, name: &str, read_only: bool) -> Result<Volume> {
         validate_volume_name(name).map_err(PoolError::Invalid)?;
-        let origin_state = self.volume(origin)?.state;
+        let origin_state = self.state_of(origin)?;
         let _quiesced = origin_state.gate.write().unwrap_or_else(|e| e.into_inner());
         let mut meta = self.inner.settled(self.inner.meta(), Some(origin_state.dev));
         self.inner.check_writable(&meta)?;
@@ -63,7 +67,7 @@ impl Pool {
 
     /// Deletes a volume, freeing what no other volume shares. Waits for its in-flight I/O.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
-        let state = self.volume(name)?.state;
+        let state = self.state_of(name)?;
         let _quiesced = state.gate.write().unwrap_or_else(|e| e.into_inner());
         let mut meta = self.inner.settled(self.inner.meta(), Some(state.dev));
         self.inner.check_writable(&meta)?;
@@ -77,7 +81,7 @@ impl Pool {
     /// Grows or shrinks a volume; shrinking discards everything past the new end.
     pub fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<()> {
         check_size(size_bytes)?;
-        let state = self.volume(name)?.state;
+        let state = self.state_of(name)?;
         let _quiesced = state.gate.write().unwrap_or_else(|e| e.into_inner());
         let mut meta = self.inner.settled(self.inner.meta(), Some(state.dev));
         self.inner.check_writable(&meta)?;
@@ -89,7 +93,7 @@ impl Pool {
             // The last block is partly outside the volume: zero that tail so that growing
             // the volume again reads zeros there.
             drop(meta);
-            let vol = Volume { inner: self.inner.clone(), state: state.clone() };
+            let vol = Volume::new(self.inner.clone(), state.clone());
             vol.zero_block_tail(size_bytes / bs, size_bytes % bs)?;
             meta = self.inner.meta();
         }
@@ -174,7 +178,7 @@ impl Pool {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), state.clone());
-        Volume { inner: self.inner.clone(), state }
+        Volume::new(self.inner.clone(), state)
     }
 
     /// The metadata device (for the tools and tests).
@@ -191,6 +195,7 @@ pub(super) fn volume_state(name: &str, v: &VolumeConfig) -> VolumeState {
         read_only: v.read_only,
         gate: RwLock::new(()),
         deleted: AtomicBool::new(false),
+        handles: AtomicUsize::new(0),
     }
 }
 

@@ -25,6 +25,12 @@
 //! blocks written by a transaction a crash lost); each commit punches the blocks it freed
 //! before anyone can reuse them. So a partially written new block reads zeros elsewhere
 //! with no zeroing write.
+//!
+//! Caching: data I/O goes through the kernel's page cache. When a write breaks sharing, the
+//! old copy is left to the snapshots; while the writing volume is the only one open, its
+//! clean cached pages are dropped just before the new copy is written, so the new copy
+//! reuses that memory instead of growing the cache (`SnapshotCache`; a page of fresh memory
+//! is what a first write costs most on a VM whose host takes free memory back).
 
 mod commit;
 pub mod config;
@@ -35,7 +41,9 @@ mod status;
 mod volume;
 
 pub use crate::thin::RunDetail;
-pub use config::{AutoExtend, OutOfSpacePolicy, PoolConfig, PoolSettings, VolumeConfig};
+pub use config::{
+    AutoExtend, OutOfSpacePolicy, PoolConfig, PoolSettings, SnapshotCache, VolumeConfig,
+};
 pub use open::PoolOptions;
 pub use status::{PoolStatus, VolumeInfo, VolumeStatus};
 pub use volume::{Extent, Volume};
@@ -46,7 +54,7 @@ use config::ConfigStore;
 use prison::Prison;
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 /// Errors of the pool's data path and management.
@@ -181,6 +189,8 @@ pub(crate) struct VolumeState {
     /// Shared by I/O; exclusive for snapshot, delete, resize.
     gate: RwLock<()>,
     deleted: AtomicBool,
+    /// Open `Volume` handles on this volume.
+    handles: AtomicUsize,
 }
 
 struct Inner {
@@ -198,6 +208,8 @@ struct Inner {
     volumes: RwLock<BTreeMap<String, Arc<VolumeState>>>,
     /// Completed data writes (a commit covers those counted before its data sync).
     data_writes: AtomicU64,
+    /// Open `Volume` handles, all volumes together.
+    open_handles: AtomicUsize,
     subscribers: Mutex<Vec<mpsc::Sender<PoolEvent>>>,
     stopping: AtomicBool,
     /// The commit timer's thread, woken to stop.

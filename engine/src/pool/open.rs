@@ -203,6 +203,7 @@ impl Pool {
             prison: Default::default(),
             volumes: RwLock::new(volumes),
             data_writes: AtomicU64::new(0),
+            open_handles: Default::default(),
             subscribers: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             timer: Mutex::new(None),

@@ -109,7 +109,7 @@ impl Pool {
     }
 
     pub fn volume_status(&self, name: &str) -> Result<VolumeStatus> {
-        let state = self.volume(name)?.state;
+        let state = self.state_of(name)?;
         let mut meta = self.inner.settled(self.inner.meta(), Some(state.dev));
         let dev = DevId(state.dev);
         let details = meta.md.device_details(dev)?;

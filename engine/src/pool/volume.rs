@@ -1,7 +1,7 @@
 //! The data path of one volume: read, write (+FUA), write_zeroes, discard, flush and
 //! block_status over byte ranges of any alignment.
 
-use super::{Inner, Parked, PoolError, Result, VolumeState};
+use super::{Inner, Parked, PoolError, Result, SnapshotCache, VolumeState};
 use crate::thin::RunDetail;
 use crate::units::{DataBlock, DevId, VirtBlock};
 use std::sync::atomic::Ordering;
@@ -27,11 +27,38 @@ fn push_extent(runs: &mut Vec<Extent>, len_bytes: u64, mapped: bool, shared: boo
     }
 }
 
-/// A handle on one volume; cheap to clone, usable from many threads.
-#[derive(Clone)]
+/// A handle on one volume; cheap to clone, usable from many threads. The pool counts open
+/// handles (see `SnapshotCache`).
 pub struct Volume {
     pub(super) inner: Arc<Inner>,
     pub(super) state: Arc<VolumeState>,
+}
+
+impl Volume {
+    pub(super) fn new(inner: Arc<Inner>, state: Arc<VolumeState>) -> Volume {
+        state.handles.fetch_add(1, Ordering::Relaxed);
+        inner.open_handles.fetch_add(1, Ordering::Relaxed);
+        Volume { inner, state }
+    }
+
+    /// No other volume of the pool has an open handle (a hint: it may change at once).
+    fn only_one_open(&self) -> bool {
+        let total = self.inner.open_handles.load(Ordering::Relaxed);
+        total == self.state.handles.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for Volume {
+    fn clone(&self) -> Volume {
+        Volume::new(self.inner.clone(), self.state.clone())
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        self.state.handles.fetch_sub(1, Ordering::Relaxed);
+        self.inner.open_handles.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One block's share of a request.
@@ -301,7 +328,7 @@ impl Volume {
         let bs = inner.block_size;
         let dev = DevId(self.state.dev);
         let cell = inner.prison.lock(self.state.dev, p.vblock, true);
-        let (target, copy_from, unzeroed, overlapped) = {
+        let (target, copy_from, unzeroed, overlapped, snapshot_cache) = {
             let mut meta = inner.meta();
             inner.check_writable(&meta)?;
             let existing = meta
@@ -321,15 +348,39 @@ impl Volume {
                     let unzeroed = m.unzeroed.remove(&b.0);
                     // Provisioned while a commit syncs the data file: see `Meta::parked`.
                     let overlapped = m.syncing.then_some(m.commit_gen);
+                    let snapshot_cache = m.config.settings.snapshot_cache;
                     drop(m);
-                    (b, existing.map(|m| m.data_block), unzeroed, overlapped)
+                    (b, existing.map(|m| m.data_block), unzeroed, overlapped, snapshot_cache)
                 }
             }
         };
         let whole = p.len == bs;
+        // The old copy is the snapshots' now: with no other volume open, nobody reads it
+        // soon, and the memory of its cached pages can take the new copy (`SnapshotCache`).
+        let drop_old = copy_from
+            .filter(|_| snapshot_cache == SnapshotCache::Auto && self.only_one_open())
+            .map(|src| src.0 * bs);
         let io = (|| -> Result<()> {
             match copy_from {
-                // The bytes the write leaves alone come from the shared block.
+                // The bytes the write leaves alone come from the shared block: the new
+                // block is written whole, in one write, as a whole-block write is, so it
+                // takes one folio of the page cache like the old copy whose memory it may
+                // reuse (a copy in pieces makes small folios, and freed small folios do
+                // not make a large one).
+                Some(src) if !whole && bs <= WHOLE_BLOCK_COPY_MAX => {
+                    let mut block = vec![0u8; bs as usize];
+                    inner.data.read_at(src.0 * bs, &mut block)?;
+                    let piece = &mut block[p.offset as usize..(p.offset + p.len) as usize];
+                    match payload {
+                        Payload::Bytes(b) => piece.copy_from_slice(b),
+                        Payload::Zeros => piece.fill(0),
+                    }
+                    if let Some(old) = drop_old {
+                        inner.data.drop_cached(old, bs);
+                    }
+                    return Ok(inner.data.write_at(target.0 * bs, &block)?);
+                }
+                // Larger blocks: copy_file_range around the written bytes.
                 Some(src) if !whole => {
                     let (src, dst) = (src.0 * bs, target.0 * bs);
                     let end = p.offset + p.len;
@@ -346,6 +397,10 @@ impl Volume {
                     inner.data.write_at(target.0 * bs, &vec![0u8; bs as usize])?
                 }
                 _ => {}
+            }
+            // Before the write, whose new pages may then reuse that memory.
+            if let Some(old) = drop_old {
+                inner.data.drop_cached(old, bs);
             }
             self.write_bytes(target.0 * bs + p.offset, p.len, payload)
         })();
@@ -396,6 +451,10 @@ impl Volume {
         Ok(())
     }
 }
+
+/// Copy-on-write of a partial write reads the old block into memory and writes the new one
+/// whole up to this block size; beyond it, it copies around the written bytes in the kernel.
+const WHOLE_BLOCK_COPY_MAX: u64 = 1 << 20;
 
 /// The data block size must make whole-block arithmetic safe for a request of any size.
 const _: () = assert!(crate::limits::MAX_DATA_BLOCK_SECTORS as u64 * 512 <= 1 << 30);

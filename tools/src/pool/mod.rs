@@ -12,7 +12,9 @@ use anyhow::{bail, Context, Result};
 use control::{execute, Request, Response};
 use std::path::{Path, PathBuf};
 use thinly_engine::io::IoMode;
-use thinly_engine::pool::{OutOfSpacePolicy, Pool, PoolOptions, PoolSettings, VolumeStatus};
+use thinly_engine::pool::{
+    OutOfSpacePolicy, Pool, PoolOptions, PoolSettings, SnapshotCache, VolumeStatus,
+};
 
 /// Where the pool lives when --pool is not given.
 pub const DEFAULT_POOL_DIR: &str = "./thinly-pool";
@@ -111,6 +113,11 @@ pub struct PoolCreateArgs {
     /// Commit at least this often (0: only on flush and management).
     #[arg(long, default_value_t = 1000)]
     pub commit_interval_ms: u64,
+    /// After copy-on-write, the old copy's cached pages: `auto` drops them while the
+    /// writing volume is the only one open (the new copy reuses the memory), `keep` leaves
+    /// them to the kernel.
+    #[arg(long, value_parser = ["auto", "keep"], default_value = "auto")]
+    pub snapshot_cache: String,
 }
 
 pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
@@ -125,6 +132,11 @@ pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
         zeroing: !a.no_zeroing,
         commit_interval_ms: a.commit_interval_ms,
         auto_extend: None,
+        snapshot_cache: if a.snapshot_cache == "keep" {
+            SnapshotCache::Keep
+        } else {
+            SnapshotCache::Auto
+        },
     };
     let opts = PoolOptions {
         data_size_bytes: a.size,

@@ -121,12 +121,19 @@ impl Machine {
         let kernel = run_bounded(Command::new("uname").arg("-r"), Duration::from_secs(5))
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_else(|e| format!("? ({e:#})"));
-        let filesystem = run_bounded(
-            Command::new("stat").args(["-f", "-c", "%T"]).arg(dir),
-            Duration::from_secs(5),
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+        // findmnt names the mounted type (ext4); statfs only knows "ext2/ext3" for ext4.
+        let output = |cmd: &mut Command| {
+            run_bounded(cmd, Duration::from_secs(5))
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        let filesystem =
+            output(Command::new("findmnt").args(["-n", "-o", "FSTYPE,SOURCE", "-T"]).arg(dir))
+                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" on "))
+                .or_else(|| output(Command::new("stat").args(["-f", "-c", "%T"]).arg(dir)))
+                .unwrap_or_default();
         Machine {
             nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             memory_bytes: memory_kib * 1024,

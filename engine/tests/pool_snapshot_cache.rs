@@ -6,68 +6,41 @@ mod common;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use thinly_engine::io::{BlockDevice, DataDevice, FileDevice, IoMode, MemData, MemDevice};
 use thinly_engine::pool::config::MemConfigStore;
 use thinly_engine::pool::{Pool, PoolOptions, PoolSettings, SnapshotCache, Volume};
 
 const BS: u64 = 64 << 10;
 
-/// A data device over memory that records `drop_cached` calls.
-#[derive(Default)]
-struct Recording {
-    inner: MemData,
-    dropped: Mutex<Vec<(u64, u64)>>,
+fn block_at(data: &MemData, offset: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BS as usize];
+    data.read_at(offset, &mut b).unwrap();
+    b
 }
 
-impl Recording {
-    fn take(&self) -> Vec<(u64, u64)> {
-        std::mem::take(&mut *self.dropped.lock().unwrap())
-    }
-
-    fn block_at(&self, offset: u64) -> Vec<u8> {
-        let mut b = vec![0u8; BS as usize];
-        self.inner.read_at(offset, &mut b).unwrap();
-        b
-    }
-}
-
-impl DataDevice for Recording {
-    fn len_bytes(&self) -> u64 {
-        self.inner.len_bytes()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn read_at(&self, o: u64, b: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read_at(o, b)
-    }
-    fn write_at(&self, o: u64, d: &[u8]) -> std::io::Result<()> {
-        self.inner.write_at(o, d)
-    }
-    fn drop_cached(&self, o: u64, l: u64) {
-        self.dropped.lock().unwrap().push((o, l));
-    }
-    fn punch_hole(&self, o: u64, l: u64) -> std::io::Result<()> {
-        self.inner.punch_hole(o, l)
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        self.inner.sync()
-    }
-}
-
-fn settings(cache: SnapshotCache) -> PoolSettings {
-    PoolSettings { commit_interval_ms: 0, snapshot_cache: cache, ..PoolSettings::default() }
-}
-
-fn mem_pool(cache: SnapshotCache) -> (Pool, Arc<Recording>) {
-    let data = Arc::new(Recording::default());
-    let opts = PoolOptions {
+fn options(cache: SnapshotCache) -> PoolOptions {
+    PoolOptions {
         data_size_bytes: 64 * BS,
-        settings: settings(cache),
+        settings: PoolSettings {
+            commit_interval_ms: 0,
+            snapshot_cache: cache,
+            ..PoolSettings::default()
+        },
         cache_bytes: 1 << 20,
         ..Default::default()
-    };
+    }
+}
+
+/// A pool in `dir` created with `cache`, reopened with `io_mode`.
+fn file_pool(dir: &std::path::Path, cache: SnapshotCache, io_mode: IoMode) -> Pool {
+    drop(Pool::create(dir, &options(cache)).unwrap());
+    Pool::open(dir, io_mode).unwrap()
+}
+
+fn mem_pool(cache: SnapshotCache) -> (Pool, Arc<MemData>) {
+    let data = Arc::new(MemData::default());
+    let opts = options(cache);
     data.set_len(64 * BS).unwrap();
     let pool = Pool::format_on(
         Arc::new(MemDevice::new(1024)),
@@ -106,25 +79,25 @@ fn read(vol: &Volume, offset: u64, len: u64) -> Vec<u8> {
 fn breaking_sharing_drops_the_old_copy_while_only_the_writer_is_open() {
     let (pool, data) = mem_pool(SnapshotCache::Auto);
     let vol = volume_and_snapshot(&pool);
-    assert!(data.take().is_empty(), "writes to unshared blocks drop nothing");
+    assert!(data.take_cache_drops().is_empty(), "writes to unshared blocks drop nothing");
 
     // Whole-block, partial and one-byte copy-on-write of blocks 0, 1 and 2.
     vol.write(0, &pattern(10, BS as usize), false).unwrap();
     vol.write(BS + 8192, &pattern(11, 4096), false).unwrap();
     vol.write(2 * BS + 77, &[0xAB], false).unwrap();
-    let dropped = data.take();
+    let dropped = data.take_cache_drops();
     assert_eq!(dropped.len(), 3, "{dropped:?}");
     for (i, &(offset, len)) in dropped.iter().enumerate() {
         assert_eq!(len, BS);
         assert_eq!(offset % BS, 0);
         // The dropped range is the old copy of the block the write broke.
-        assert_eq!(data.block_at(offset), pattern(i as u8, BS as usize), "drop {i}");
+        assert_eq!(block_at(&data, offset), pattern(i as u8, BS as usize), "drop {i}");
     }
 
     // In place (now unshared) and fresh provisioning: no old copy, nothing dropped.
     vol.write(0, &pattern(12, BS as usize), false).unwrap();
     vol.write(9 * BS, &pattern(13, 100), false).unwrap();
-    assert!(data.take().is_empty());
+    assert!(data.take_cache_drops().is_empty());
 
     // The contents: the snapshot still reads the old copies, the volume the new data.
     let snap = pool.volume("snap").unwrap();
@@ -148,21 +121,21 @@ fn another_open_volume_keeps_the_old_copy_cached() {
     // The snapshot is open (served, say): it may read the old copies.
     let snap = pool.volume("snap").unwrap();
     vol.write(0, &pattern(20, BS as usize), false).unwrap();
-    assert!(data.take().is_empty());
+    assert!(data.take_cache_drops().is_empty());
 
     // A second handle on the writing volume itself does not count as another volume.
     drop(snap);
     let vol2 = vol.clone();
     vol2.write(BS, &pattern(21, BS as usize), false).unwrap();
-    assert_eq!(data.take().len(), 1);
+    assert_eq!(data.take_cache_drops().len(), 1);
 
     // An unrelated volume open keeps them too (it is not known what it shares).
     let other = pool.create_volume("other", BS).unwrap();
     vol.write(2 * BS, &pattern(22, BS as usize), false).unwrap();
-    assert!(data.take().is_empty());
+    assert!(data.take_cache_drops().is_empty());
     drop(other);
     vol.write(3 * BS, &pattern(23, BS as usize), false).unwrap();
-    assert_eq!(data.take().len(), 1);
+    assert_eq!(data.take_cache_drops().len(), 1);
 }
 
 #[test]
@@ -171,19 +144,13 @@ fn keep_never_drops() {
     let vol = volume_and_snapshot(&pool);
     vol.write(0, &pattern(30, BS as usize), false).unwrap();
     vol.write(BS + 5, &pattern(31, 10), false).unwrap();
-    assert!(data.take().is_empty());
+    assert!(data.take_cache_drops().is_empty());
 }
 
 #[test]
 fn the_setting_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = PoolOptions {
-        data_size_bytes: 64 * BS,
-        settings: settings(SnapshotCache::Keep),
-        ..Default::default()
-    };
-    drop(Pool::create(dir.path(), &opts).unwrap());
-    let pool = Pool::open(dir.path(), IoMode::Auto).unwrap();
+    let pool = file_pool(dir.path(), SnapshotCache::Keep, IoMode::Auto);
     assert_eq!(pool.settings().snapshot_cache, SnapshotCache::Keep);
 }
 
@@ -221,13 +188,7 @@ fn page_cached(file: &File, offset: u64) -> bool {
 fn on_a_file_the_old_copy_leaves_the_page_cache_and_still_reads_back() {
     for io_mode in [IoMode::Uring, IoMode::Posix] {
         let dir = tempfile::tempdir().unwrap();
-        let opts = PoolOptions {
-            data_size_bytes: 64 * BS,
-            settings: settings(SnapshotCache::Auto),
-            ..Default::default()
-        };
-        drop(Pool::create(dir.path(), &opts).unwrap());
-        let pool = Pool::open(dir.path(), io_mode).unwrap();
+        let pool = file_pool(dir.path(), SnapshotCache::Auto, io_mode);
         let vol = volume_and_snapshot(&pool);
         vol.flush().unwrap();
         let file = File::open(dir.path().join("data")).unwrap();

@@ -362,15 +362,17 @@ impl Pages {
     }
 }
 
-/// A data device in memory.
+/// A data device in memory. It has no cache to drop; it records the `drop_cached` hints.
 #[derive(Default)]
 pub struct MemData {
     pages: Mutex<Pages>,
+    cache_drops: Mutex<Vec<(u64, u64)>>,
 }
 
 impl MemData {
     pub fn new(len: u64) -> Self {
-        MemData { pages: Mutex::new(Pages { pages: HashMap::new(), len }) }
+        let pages = Mutex::new(Pages { pages: HashMap::new(), len });
+        MemData { pages, cache_drops: Mutex::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pages> {
@@ -380,6 +382,11 @@ impl MemData {
     /// Bytes actually stored (not holes), to check that freed blocks were punched.
     pub fn allocated_bytes(&self) -> u64 {
         self.lock().pages.len() as u64 * PAGE
+    }
+
+    /// The (offset, len) of every `drop_cached` hint since the last call.
+    pub fn take_cache_drops(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *self.cache_drops.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -397,6 +404,9 @@ impl DataDevice for MemData {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.lock().write(offset, data);
         Ok(())
+    }
+    fn drop_cached(&self, offset: u64, len: u64) {
+        self.cache_drops.lock().unwrap_or_else(|e| e.into_inner()).push((offset, len));
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         self.lock().punch(offset, len);

@@ -59,15 +59,6 @@ pub enum SnapshotCache {
     Keep,
 }
 
-impl SnapshotCache {
-    pub fn name(&self) -> &'static str {
-        match self {
-            SnapshotCache::Auto => "auto",
-            SnapshotCache::Keep => "keep",
-        }
-    }
-}
-
 /// The pool's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolSettings {

@@ -361,6 +361,8 @@ impl Volume {
             .filter(|_| snapshot_cache == SnapshotCache::Auto && self.only_one_open())
             .map(|src| src.0 * bs);
         let io = (|| -> Result<()> {
+            // A partial write over a shared block: the new block, whole.
+            let mut merged = None;
             match copy_from {
                 // The bytes the write leaves alone come from the shared block: the new
                 // block is written whole, in one write, as a whole-block write is, so it
@@ -375,10 +377,7 @@ impl Volume {
                         Payload::Bytes(b) => piece.copy_from_slice(b),
                         Payload::Zeros => piece.fill(0),
                     }
-                    if let Some(old) = drop_old {
-                        inner.data.drop_cached(old, bs);
-                    }
-                    return Ok(inner.data.write_at(target.0 * bs, &block)?);
+                    merged = Some(block);
                 }
                 // Larger blocks: copy_file_range around the written bytes.
                 Some(src) if !whole => {
@@ -402,7 +401,10 @@ impl Volume {
             if let Some(old) = drop_old {
                 inner.data.drop_cached(old, bs);
             }
-            self.write_bytes(target.0 * bs + p.offset, p.len, payload)
+            match merged {
+                Some(block) => Ok(inner.data.write_at(target.0 * bs, &block)?),
+                None => self.write_bytes(target.0 * bs + p.offset, p.len, payload),
+            }
         })();
         let mut meta = inner.meta();
         if let Err(e) = io {

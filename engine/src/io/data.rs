@@ -121,52 +121,29 @@ impl FileData {
 
     /// Runs `ops` through this thread's ring: all submitted at once, all awaited.
     /// Short transfers are finished with pread/pwrite.
+    ///
+    /// Every exit path, errors included, first waits for every operation it pushed (see
+    /// [`uring::wait_all`]), so the ring is empty whenever this returns: no operation can
+    /// outlive the caller's buffers, and the next call never reaps a stale completion.
     fn uring_batch(&self, ops: &mut [(u64, *mut u8, usize)], write: bool) -> io::Result<()> {
-        use io_uring::{opcode, types};
-        let fd = types::Fd(self.file.as_raw_fd());
+        let fd = io_uring::types::Fd(self.file.as_raw_fd());
         RING.with(|cell| -> io::Result<()> {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
                 *slot = Some(io_uring::IoUring::new(RING_ENTRIES)?);
             }
             let ring = slot.as_mut().expect("ring just created");
-            let nr_ops = ops.len();
-            for chunk_start in (0..nr_ops).step_by(RING_ENTRIES as usize) {
-                let chunk =
-                    &mut ops[chunk_start..(chunk_start + RING_ENTRIES as usize).min(nr_ops)];
-                for (i, (off, ptr, len)) in chunk.iter().enumerate() {
-                    let e = if write {
-                        opcode::Write::new(fd, *ptr as *const u8, *len as u32).offset(*off).build()
-                    } else {
-                        opcode::Read::new(fd, *ptr, *len as u32).offset(*off).build()
-                    }
-                    .user_data(i as u64);
-                    // SAFETY: each buffer is borrowed by `ops` for this whole call and we wait
-                    // for every completion below before returning, so the kernel never sees a
-                    // buffer that is freed or reused while the operation is in flight.
-                    unsafe { ring.submission().push(&e) }
-                        .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-                }
-                ring.submit_and_wait(chunk.len())?;
-                let mut done = vec![0i32; chunk.len()];
-                let mut seen = 0;
-                while seen < chunk.len() {
-                    for cqe in ring.completion() {
-                        done[cqe.user_data() as usize] = cqe.result();
-                        seen += 1;
-                    }
-                    if seen < chunk.len() {
-                        ring.submit_and_wait(chunk.len() - seen)?;
-                    }
-                }
-                for (i, res) in done.into_iter().enumerate() {
-                    let (off, ptr, len) = chunk[i];
+            for chunk in ops.chunks_mut(RING_ENTRIES as usize) {
+                let results = uring::run_chunk(ring, fd, chunk, write)?;
+                for ((off, ptr, len), res) in chunk.iter().zip(results) {
                     if res < 0 {
                         return Err(io::Error::from_raw_os_error(-res));
                     }
                     let n = res as usize;
-                    if n < len {
-                        // SAFETY: `ptr..ptr+len` is the caller's live buffer (see above).
+                    if n < *len {
+                        // SAFETY: `ptr..ptr+len` is the caller's buffer, borrowed for this
+                        // whole call; the ring no longer references it (run_chunk waited
+                        // for every completion).
                         let rest = unsafe { std::slice::from_raw_parts_mut(ptr.add(n), len - n) };
                         if write {
                             self.file.write_all_at(rest, off + n as u64)?;
@@ -178,6 +155,164 @@ impl FileData {
             }
             Ok(())
         })
+    }
+}
+
+/// The ring protocol of [`FileData::uring_batch`], apart so its error paths can be tested
+/// with injected failures.
+mod uring {
+    use io_uring::{opcode, types, IoUring};
+    use std::io;
+
+    /// Pushes one chunk (at most the ring's size), submits it and waits for every pushed
+    /// operation. Returns each operation's result (bytes or -errno), in `chunk` order.
+    ///
+    /// If a push fails half-way, the pushed operations are still submitted and awaited
+    /// before the error is returned; a failed submit is retried until every pushed
+    /// operation has completed. The ring is empty on return, whatever the outcome.
+    pub(super) fn run_chunk(
+        ring: &mut IoUring,
+        fd: types::Fd,
+        chunk: &[(u64, *mut u8, usize)],
+        write: bool,
+    ) -> io::Result<Vec<i32>> {
+        let mut pushed = 0;
+        let mut push_error = None;
+        for (i, (off, ptr, len)) in chunk.iter().enumerate() {
+            let e = if write {
+                opcode::Write::new(fd, *ptr as *const u8, *len as u32).offset(*off).build()
+            } else {
+                opcode::Read::new(fd, *ptr, *len as u32).offset(*off).build()
+            }
+            .user_data(i as u64);
+            // SAFETY: each buffer is borrowed by the caller for this whole call, and every
+            // path out of this function (the push error below included) first passes
+            // through `wait_all`, which returns only once every pushed operation has
+            // completed (or aborts the process if that cannot be established). So the
+            // kernel never touches a buffer after it is freed or reused.
+            if let Err(e) = push(ring, &e) {
+                push_error = Some(e);
+                break;
+            }
+            pushed += 1;
+        }
+        let (results, submit_error) = wait_all(ring, pushed);
+        if let Some(e) = push_error.or(submit_error) {
+            return Err(e);
+        }
+        Ok(results)
+    }
+
+    fn push(ring: &mut IoUring, e: &io_uring::squeue::Entry) -> io::Result<()> {
+        #[cfg(test)]
+        if inject::take_push_failure() {
+            return Err(io::Error::other("io_uring submission queue full (injected)"));
+        }
+        // SAFETY: the caller (`run_chunk`) upholds the buffer lifetime; see its comment.
+        unsafe { ring.submission().push(e) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))
+    }
+
+    /// Submits what was pushed and reaps until all `pushed` operations have completed.
+    /// Transient failures of the submit (EINTR, EAGAIN, EBUSY) are retried; another
+    /// failure is remembered and returned, after the wait goes on a bounded number of
+    /// times. If the ring still cannot confirm every completion, the kernel may yet write
+    /// into buffers we are about to hand back, so the process aborts rather than return.
+    fn wait_all(ring: &mut IoUring, pushed: usize) -> (Vec<i32>, Option<io::Error>) {
+        let mut results: Vec<Option<i32>> = vec![None; pushed];
+        let mut seen = 0;
+        let mut error = None;
+        let mut hard_failures = 0;
+        loop {
+            for cqe in ring.completion() {
+                match results.get_mut(cqe.user_data() as usize) {
+                    Some(slot @ None) => {
+                        *slot = Some(cqe.result());
+                        seen += 1;
+                    }
+                    // Cannot happen while every call drains its own operations; counted
+                    // as nothing so a stray completion can never complete ours.
+                    _ => tracing::error!("io_uring: stray completion {}", cqe.user_data()),
+                }
+            }
+            if seen == pushed {
+                break;
+            }
+            match submit_and_wait(ring, pushed - seen) {
+                Ok(_) => {}
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    hard_failures += 1;
+                    if hard_failures > MAX_HARD_SUBMIT_FAILURES {
+                        tracing::error!("io_uring: cannot reap {} operations: {e}", pushed - seen);
+                        std::process::abort();
+                    }
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        (results.into_iter().map(|r| r.unwrap_or(0)).collect(), error)
+    }
+
+    /// How many non-transient submit failures the drain tolerates before it aborts.
+    const MAX_HARD_SUBMIT_FAILURES: u32 = 16;
+
+    fn is_transient(e: &io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(libc_errno::EINTR | libc_errno::EAGAIN | libc_errno::EBUSY))
+    }
+
+    mod libc_errno {
+        pub const EINTR: i32 = nix::errno::Errno::EINTR as i32;
+        pub const EAGAIN: i32 = nix::errno::Errno::EAGAIN as i32;
+        pub const EBUSY: i32 = nix::errno::Errno::EBUSY as i32;
+    }
+
+    fn submit_and_wait(ring: &mut IoUring, want: usize) -> io::Result<usize> {
+        #[cfg(test)]
+        if let Some(e) = inject::take_submit_error() {
+            return Err(e);
+        }
+        ring.submit_and_wait(want)
+    }
+
+    /// Test-only failure injection for this thread's next pushes and submits.
+    #[cfg(test)]
+    pub(super) mod inject {
+        use std::cell::{Cell, RefCell};
+        use std::io;
+
+        thread_local! {
+            static PUSH_FAIL_AT: Cell<Option<usize>> = const { Cell::new(None) };
+            static SUBMIT_ERRORS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+        }
+
+        /// The `n`th push from now (0 = the next) fails as if the queue were full.
+        pub fn fail_push_at(n: usize) {
+            PUSH_FAIL_AT.with(|c| c.set(Some(n)));
+        }
+
+        /// The next submits fail with these errnos, in order, without entering the kernel.
+        pub fn fail_submits(errnos: &[i32]) {
+            SUBMIT_ERRORS.with(|c| *c.borrow_mut() = errnos.iter().rev().copied().collect());
+        }
+
+        pub(super) fn take_push_failure() -> bool {
+            PUSH_FAIL_AT.with(|c| match c.get() {
+                Some(0) => {
+                    c.set(None);
+                    true
+                }
+                Some(n) => {
+                    c.set(Some(n - 1));
+                    false
+                }
+                None => false,
+            })
+        }
+
+        pub(super) fn take_submit_error() -> Option<io::Error> {
+            SUBMIT_ERRORS.with(|c| c.borrow_mut().pop()).map(io::Error::from_raw_os_error)
+        }
     }
 }
 
@@ -419,3 +554,102 @@ impl DataDevice for MemData {
 
 mod faulty;
 pub use faulty::FaultyData;
+
+#[cfg(test)]
+mod uring_tests {
+    //! The ring's error paths: an interrupted wait, a push that fails half-way and a submit
+    //! that fails hard must each leave the ring empty, so the next call on the thread
+    //! neither reaps stale completions nor lets the kernel write into freed buffers.
+    use super::uring::inject;
+    use super::*;
+
+    const BLOCK: usize = 4096;
+
+    fn device() -> Option<(tempfile::TempDir, FileData)> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data");
+        match FileData::create(&path, 64 * BLOCK as u64, IoMode::Uring) {
+            Ok(dev) => Some((dir, dev)),
+            Err(e) => {
+                eprintln!("SKIP: io_uring unavailable here: {e}");
+                assert!(std::env::var_os("CI").is_none(), "io_uring unavailable under CI: {e}");
+                None
+            }
+        }
+    }
+
+    fn pattern(i: usize) -> Vec<u8> {
+        (0..BLOCK).map(|b| (i * 31 + b % 251) as u8).collect()
+    }
+
+    fn write_blocks(dev: &FileData, ids: &[usize]) -> io::Result<()> {
+        let bufs: Vec<Vec<u8>> = ids.iter().map(|&i| pattern(i)).collect();
+        let ops: Vec<(u64, &[u8])> =
+            ids.iter().zip(&bufs).map(|(&i, b)| ((i * BLOCK) as u64, b.as_slice())).collect();
+        dev.write_many(&ops)
+    }
+
+    fn read_blocks(dev: &FileData, ids: &[usize]) -> io::Result<Vec<Vec<u8>>> {
+        let mut bufs = vec![vec![0u8; BLOCK]; ids.len()];
+        let mut ops: Vec<(u64, &mut [u8])> = ids
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(&i, b)| ((i * BLOCK) as u64, b.as_mut_slice()))
+            .collect();
+        dev.read_many(&mut ops)?;
+        Ok(bufs)
+    }
+
+    fn ring_is_empty() -> bool {
+        RING.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let ring = slot.as_mut().expect("a ring was used");
+            ring.submission().is_empty() && ring.completion().is_empty()
+        })
+    }
+
+    fn assert_reads_back(dev: &FileData, ids: &[usize]) {
+        let got = read_blocks(dev, ids).expect("read");
+        for (&i, buf) in ids.iter().zip(got) {
+            assert!(buf == pattern(i), "block {i} reads back wrong");
+        }
+    }
+
+    #[test]
+    fn interrupted_waits_are_retried_and_the_batch_completes() {
+        let Some((_dir, dev)) = device() else { return };
+        let eintr = nix::errno::Errno::EINTR as i32;
+        inject::fail_submits(&[eintr, eintr, eintr]);
+        write_blocks(&dev, &[0, 1, 2, 3, 4, 5, 6, 7]).expect("EINTR is retried");
+        assert!(ring_is_empty());
+        inject::fail_submits(&[eintr]);
+        assert_reads_back(&dev, &[0, 1, 2, 3, 4, 5, 6, 7]);
+        assert!(ring_is_empty());
+    }
+
+    #[test]
+    fn a_push_failing_half_way_still_drains_what_was_pushed() {
+        let Some((_dir, dev)) = device() else { return };
+        write_blocks(&dev, &[10, 11, 12, 13, 14, 15]).expect("write");
+        inject::fail_push_at(3);
+        let err = read_blocks(&dev, &[10, 11, 12, 13, 14, 15]).expect_err("the push failure");
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(ring_is_empty(), "the three pushed reads were reaped before returning");
+        // The next call on this thread sees only its own completions.
+        assert_reads_back(&dev, &[13, 14, 15, 10]);
+        assert!(ring_is_empty());
+    }
+
+    #[test]
+    fn a_hard_submit_failure_is_returned_only_after_the_drain() {
+        let Some((_dir, dev)) = device() else { return };
+        write_blocks(&dev, &[20, 21, 22, 23]).expect("write");
+        inject::fail_submits(&[nix::errno::Errno::EIO as i32]);
+        let err = write_blocks(&dev, &[30, 31, 32, 33]).expect_err("the submit failure");
+        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::EIO as i32));
+        assert!(ring_is_empty(), "the pushed writes completed before the error returned");
+        // The writes did reach the file (they were in the ring), and later batches work.
+        assert_reads_back(&dev, &[30, 31, 32, 33, 20, 21, 22, 23]);
+        assert!(ring_is_empty());
+    }
+}

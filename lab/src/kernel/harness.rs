@@ -23,7 +23,8 @@ pub fn kit_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("THINLY_KERNEL_LAB_KIT") {
         return PathBuf::from(p);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/kernel-lab")
+    // This crate sits one level inside the checkout.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/kernel-lab")
 }
 
 /// The lab's cache directory (where run-guest.sh looks).

@@ -62,7 +62,8 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
 /// True when every program in `names` is installed; otherwise skips loudly (or fails under
 /// CI) naming each one missing.
 pub fn require_tools(names: &[&str]) -> bool {
-    names.iter().fold(true, |all, name| require_tool(name).is_some() && all)
+    // Not `all`: every missing program is named, not only the first.
+    names.iter().filter(|name| require_tool(name).is_none()).count() == 0
 }
 
 /// The golden samples directory: `$THINLY_SAMPLES`, else `tests/data/samples` of this

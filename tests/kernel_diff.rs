@@ -5,18 +5,17 @@
 //! three disks per script). THINLY_KERNEL_DIFF_SCRIPT=FILE[:FILE…] runs other scripts the
 //! same way; THINLY_KERNEL_HEAVY=1 adds a larger random script.
 
-#[path = "kernel/harness.rs"]
-mod harness;
+use thinly_lab::kernel::harness;
 
 use harness::{Guest, Work};
 use std::path::{Path, PathBuf};
-use thinly_engine::kernel::compare::{
+use thinly_lab::kernel::compare::{
     check_consistent, compare, consistency_row, status_rows, Report, Side,
 };
-use thinly_engine::kernel::guest::{guest_plan, parse_results, GuestNames};
-use thinly_engine::kernel::observe::{reader_view_from_dump, MetaView};
-use thinly_engine::kernel::opscript::Script;
-use thinly_engine::kernel::runner::{run_thinly, OpOutcome};
+use thinly_lab::kernel::guest::{guest_plan, parse_results, GuestNames};
+use thinly_lab::kernel::observe::{reader_view_from_dump, MetaView};
+use thinly_lab::kernel::opscript::Script;
+use thinly_lab::kernel::runner::{run_thinly, OpOutcome};
 
 fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kernel/scripts")
@@ -85,7 +84,7 @@ struct Case {
     data: PathBuf,
     scratch: PathBuf,
     share: PathBuf,
-    slots: Vec<thinly_engine::kernel::observe::DumpSlot>,
+    slots: Vec<thinly_lab::kernel::observe::DumpSlot>,
 }
 
 /// Runs the scripts on thinly and (in one guest boot) on the kernel; returns the reports.

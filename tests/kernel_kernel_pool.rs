@@ -4,14 +4,13 @@
 //! `thinly serve`; a second guest checks the ext4 file system through QEMU's NBD client and
 //! reads another volume through the kernel's nbd-client. Two guest boots.
 
-#[path = "kernel/harness.rs"]
-mod harness;
+use thinly_lab::kernel::harness;
 
 use harness::{Guest, PortRelay, Server, Work};
 use thinly_engine::io::IoMode;
-use thinly_engine::kernel::observe::{block_sum, dump_layout, reader_view_from_dump};
-use thinly_engine::kernel::opscript::Pattern;
 use thinly_engine::pool::Pool;
+use thinly_lab::kernel::observe::{block_sum, dump_layout, reader_view_from_dump};
+use thinly_lab::kernel::opscript::Pattern;
 
 const BS: u64 = 128 << 10;
 const MIB: u64 = 1 << 20;

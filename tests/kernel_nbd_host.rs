@@ -6,8 +6,7 @@
 //! journal), finds every file it had synced before asking for the snapshot, and e2fsck finds
 //! it clean. One guest boot (with fio); THINLY_KERNEL_HEAVY=1 runs longer fio jobs.
 
-#[path = "kernel/harness.rs"]
-mod harness;
+use thinly_lab::kernel::harness;
 
 use harness::{Guest, PortRelay, Server, Work};
 use std::time::{Duration, Instant};

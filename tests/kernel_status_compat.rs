@@ -6,8 +6,8 @@
 //! 2. the last field is the metadata low-water threshold (dm-thin.c
 //!    `calc_metadata_threshold`: min(1024, metadata blocks / 4)).
 
-use thinly_engine::kernel::observe::MetaView;
 use thinly_engine::pool::{Pool, PoolOptions, PoolSettings};
+use thinly_lab::kernel::observe::MetaView;
 
 #[test]
 fn pool_status_metadata_fields_follow_the_kernel() {

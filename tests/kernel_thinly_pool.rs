@@ -3,19 +3,16 @@
 //! copy-on-write breaks) and tears down; thinly reopens the pool, thin_check is clean, and
 //! thinly reads the kernel's writes exactly. One guest boot.
 
-#[path = "kernel/harness.rs"]
-mod harness;
+use thinly_lab::kernel::harness;
 
 use harness::{Guest, Work};
 use std::collections::BTreeMap;
 use std::path::Path;
 use thinly_engine::io::IoMode;
 use thinly_engine::kernel::activate::{Activation, ActivationOptions, DATA_FILE, METADATA_FILE};
-use thinly_engine::kernel::observe::{
-    block_sum, dump_layout, reader_view_from_dump, DumpSlot, Sum,
-};
-use thinly_engine::kernel::opscript::Pattern;
 use thinly_engine::pool::{Pool, PoolOptions, PoolSettings};
+use thinly_lab::kernel::observe::{block_sum, dump_layout, reader_view_from_dump, DumpSlot, Sum};
+use thinly_lab::kernel::opscript::Pattern;
 
 const BS: u64 = 64 << 10;
 const MIB: u64 = 1 << 20;

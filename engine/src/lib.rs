@@ -4,6 +4,16 @@
 //! `format` (bytes on disk) → `io` (block devices) → `block_manager` (validated, cached
 //! metadata blocks) → `space_map` (reference counts) → `transaction_manager` (shadowing and
 //! commit) → `btree` (the dm-thin node format) → `thin` (devices, snapshots, mappings).
+//! Beside `thin`: `pool` (data file, volumes, provisioning, commit policy), `fsck` (the
+//! metadata tools as library code, walking `btree`/`thin` read-only or building through
+//! them) and `kernel` (the dm tables that let the Linux kernel activate a pool, for
+//! `thinly kernel-script`).
+//!
+//! Only product lives here. Test-only devices and generators (`io::FaultyDevice`,
+//! `io::FaultyData`, `fsck::gen`) exist only with the `testing` cargo feature (the engine's
+//! own tests turn it on); the kernel lab and the bench harness are the development crate
+//! `thinly-lab` (`lab/`), and what every test shares (finding real tools, the golden samples
+//! in `tests/data/samples`) is `thinly-test-support` (`test-support/`).
 
 pub mod block_manager;
 pub mod btree;

@@ -8,12 +8,9 @@ use std::sync::Arc;
 use thinly_engine::io::{BlockDevice, MemDevice};
 use thinly_engine::recount::{check_device, recount_device};
 
-pub fn sample_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/samples").join(name)
-}
-
 pub fn gunzip_sample(name: &str) -> Vec<u8> {
-    let f = std::fs::File::open(sample_path(name)).unwrap_or_else(|e| panic!("sample {name}: {e}"));
+    let f =
+        std::fs::File::open(common::sample(name)).unwrap_or_else(|e| panic!("sample {name}: {e}"));
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(f).read_to_end(&mut out).unwrap();
     out

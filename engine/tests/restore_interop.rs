@@ -113,11 +113,7 @@ fn a_held_metadata_snapshot_reads_as_the_real_thin_dump_m_shows() {
     let Some(thin_dump) = real_tool("thin_dump") else { return };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("generated.bin");
-    let f = std::fs::File::open(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/spec/samples/generated.bin.gz"),
-    )
-    .unwrap();
+    let f = std::fs::File::open(common::sample("generated.bin.gz")).unwrap();
     let mut bytes = Vec::new();
     flate2::read::GzDecoder::new(f).read_to_end(&mut bytes).unwrap();
     std::fs::write(&path, bytes).unwrap();

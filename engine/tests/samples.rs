@@ -1,5 +1,5 @@
 //! Golden tests against metadata written by the real thin_restore (0.9.0 and 1.3.3) and by
-//! the Linux kernel (`../shared/spec/samples/`): every on-disk structure decodes to the
+//! the Linux kernel (`tests/data/samples/`): every on-disk structure decodes to the
 //! values the sample's XML states, and walking the mapping trees yields exactly its
 //! mappings. Then thinly changes the kernel's pool and the real thin_check still accepts it.
 
@@ -15,10 +15,6 @@ use thinly_engine::fsck::{parse_xml, Metadata};
 use thinly_engine::io::{BlockDevice, FileDevice, MemDevice};
 use thinly_engine::thin::{check, CheckOptions, OpenOptions, ThinMetadata};
 use thinly_engine::{DevId, VirtBlock};
-
-fn samples_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/samples")
-}
 
 fn gunzip(name: &str) -> Vec<u8> {
     let f = std::fs::File::open(samples_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));

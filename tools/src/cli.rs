@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::bench;
 use crate::commands;
 use crate::exit;
 use crate::pool;
+use thinly_lab::bench;
 
 /// The metadata tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -106,7 +106,7 @@ impl Served {
         assert_eq!(out.status.code(), Some(0), "exit after SIGTERM\n{log}");
         let meta = self.dir.join("metadata");
         thinly(&["check", meta.to_str().unwrap()]);
-        if let Some(tc) = tool_path("thin_check") {
+        if let Some(tc) = thinly_test_support::require_tool("thin_check") {
             ok(tc.to_str().unwrap(), &[meta.to_str().unwrap()], 60);
         }
         log
@@ -122,15 +122,8 @@ impl Drop for Served {
     }
 }
 
-fn tool_path(name: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-}
-
 fn have_clients() -> bool {
-    TOOLS.iter().all(|t| tool_path(t).is_some() || common::missing(t))
+    common::have_tools(TOOLS)
 }
 
 fn map(uri: &str, context: Option<&str>) -> Vec<(u64, u64, u32)> {

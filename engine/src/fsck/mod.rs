@@ -8,7 +8,8 @@
 //! representation the dump/restore tools share ([`ir`]), its event stream and adapters
 //! ([`stream`]), validation ([`validate`]), thin_dump's XML ([`xml`]) and human-readable
 //! ([`human`]) formats, `thin_metadata_size`'s estimate ([`metadata_size`]) and a
-//! deterministic generator of valid pools ([`gen`]) for tests and benchmarks.
+//! deterministic generator of valid pools (`gen`) for tests and benchmarks, which exists only
+//! with the `testing` cargo feature (and in the engine's unit tests).
 //!
 //! Invariants: readers never panic on input and keep memory bounded (the `MAX_*`
 //! constants here and in `xml`); writers print byte-for-byte what Debian's
@@ -19,6 +20,7 @@ pub mod check;
 pub mod delta;
 pub mod dump;
 pub mod error;
+#[cfg(any(test, feature = "testing"))]
 pub mod gen;
 pub mod human;
 pub mod ir;

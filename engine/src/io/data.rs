@@ -5,7 +5,8 @@
 //! `FileData` does its I/O with pread/pwrite, or with io_uring when the kernel offers it:
 //! one submission carries every block of a multi-block request (the blocks of a 1 MiB
 //! request are usually scattered over the data file), and each thread has its own ring so
-//! no lock is shared. `MemData` and `FaultyData` are for tests.
+//! no lock is shared. `MemData` and `FaultyData` are for tests (`FaultyData` exists only with
+//! the `testing` feature or in the engine's unit tests).
 
 use nix::fcntl::{fallocate, FallocateFlags};
 use std::cell::RefCell;
@@ -552,7 +553,9 @@ impl DataDevice for MemData {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 mod faulty;
+#[cfg(any(test, feature = "testing"))]
 pub use faulty::FaultyData;
 
 #[cfg(test)]

@@ -2,15 +2,21 @@
 //!
 //! `BlockDevice` reads and writes whole 4 KiB metadata blocks. Implementations: a plain
 //! file (`FileDevice`), memory (`MemDevice`) and a fault-injecting device (`FaultyDevice`)
-//! that tests use to simulate power cuts and I/O errors. Devices are shared between threads
-//! (`&self` everywhere); ordering between concurrent writers is the caller's business.
+//! that tests use to simulate power cuts and I/O errors (`FaultyDevice` and `FaultyData`
+//! exist only with the `testing` cargo feature or in the engine's own unit tests). Devices
+//! are shared between threads (`&self` everywhere); ordering between concurrent writers is
+//! the caller's business.
 
 mod data;
+#[cfg(any(test, feature = "testing"))]
 mod fault;
 mod file;
 mod mem;
 
-pub use data::{DataDevice, FaultyData, FileData, IoMode, MemData};
+#[cfg(any(test, feature = "testing"))]
+pub use data::FaultyData;
+pub use data::{DataDevice, FileData, IoMode, MemData};
+#[cfg(any(test, feature = "testing"))]
 pub use fault::{CrashPlan, FaultyDevice};
 pub use file::FileDevice;
 pub use mem::MemDevice;

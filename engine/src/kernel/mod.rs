@@ -4,24 +4,12 @@
 //!   `thin-pool` target over the pool's `metadata` and `data` files, a `thin` target per
 //!   volume), rendered as a shell script for a host (losetup + dmsetup) or for the kernel
 //!   lab's guest (disks found by serial). `thinly kernel-script` prints it.
-//! - [`opscript`]: a small operation-script format (create_thin, create_snap, write,
-//!   discard, delete) that both implementations run.
-//! - [`runner`]: applies a script to thinly through [`crate::pool::Pool`]; [`guest`]
-//!   translates it into dmsetup messages and dd for the guest kernel.
-//! - [`observe`] and [`compare`]: what a reader of either pool sees (per-block checksums),
-//!   the mappings, the sharing structure and the space figures, read from a pool's files
-//!   with this engine; and the side-by-side comparison of two observations.
 //!
-//! Nothing here runs QEMU or dmsetup; the tests in `tests/kernel_*.rs` do, through the kernel
-//! lab (`shared/kernel-lab/run-guest.sh`). The module reads pools read-only, except
-//! [`runner`], which creates the pool it writes.
+//! Only what that user command needs lives here; the lab that runs both implementations
+//! side by side (operation scripts, their runners, observations and comparisons, the QEMU
+//! harness) is the development crate `thinly-lab` (`lab/`). The module reads pools read-only.
 
 pub mod activate;
-pub mod compare;
-pub mod guest;
-pub mod observe;
-pub mod opscript;
-pub mod runner;
 
 /// The serial QEMU gives a `-d FILE` disk (kernel lab's run-guest.sh): the file's base
 /// name with characters other than `A-Za-z0-9._-` replaced by `_`, cut to 20 characters.

@@ -231,21 +231,13 @@ pub fn read_all(s: &mut Store) -> Model {
     ids.into_iter().map(|id| (id, read_tree(s, id, 0, u64::MAX))).collect()
 }
 
-/// The path of a real tool, or `None` (loudly) when it is missing outside CI.
-/// Under CI (`CI` set) a missing tool fails the test.
-pub fn real_tool(name: &str) -> Option<std::path::PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
-        let p = std::path::Path::new(dir).join(name);
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{name} is required under CI: install thin-provisioning-tools");
-    }
-    eprintln!("SKIPPING the {name} part of this test: {name} is not installed");
-    None
-}
+/// The path of a real tool, or `None` (loudly) when it is missing outside CI; under CI
+/// (`CI` set) a missing tool fails the test. The one rule is `thinly_test_support`'s.
+#[allow(unused_imports)] // each test binary uses its own share of these
+pub use thinly_test_support::require_tool as real_tool;
+/// The golden samples (`tests/data/samples` of the checkout).
+#[allow(unused_imports)] // each test binary uses its own share of these
+pub use thinly_test_support::{sample, samples_dir};
 
 /// One device as thin_dump prints it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

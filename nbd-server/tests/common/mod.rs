@@ -100,21 +100,10 @@ impl Drop for TestServer {
     }
 }
 
-/// The path of `tool` on PATH. Missing: skip loudly (returns None), or panic under CI.
-pub fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var_os("CI").is_some() {
-            panic!("required tool `{name}` is not installed (CI is set, so this fails)");
-        }
-        eprintln!("SKIP: `{name}` is not installed; skipping this test (set CI=1 to make it fail)");
-    }
-    found
-}
+/// The path of `tool`. Missing: skip loudly (returns None), or panic under CI — the one
+/// rule of `thinly_test_support`.
+#[allow(unused_imports)] // each test binary uses its own share of these
+pub use thinly_test_support::require_tool as tool;
 
 /// Runs `program args…` under `timeout`, so a hung client cannot hang the test.
 pub fn run(program: &Path, args: &[&str]) -> Output {

@@ -4,7 +4,6 @@
 
 pub mod image;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -18,22 +17,10 @@ pub fn thinly() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_thinly"))
 }
 
-/// Skips (returns false) or, under CI, fails when `what` is missing.
-pub fn missing(what: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} is required when CI is set");
-    }
-    eprintln!("SKIPPED: {what} is not available");
-    false
-}
-
-/// True when every tool runs; otherwise skips loudly (or fails under CI).
-pub fn have_tools(tools: &[&str]) -> bool {
-    tools.iter().all(|t| match Command::new(t).arg("-V").output() {
-        Ok(_) => true,
-        Err(_) => missing(t),
-    })
-}
+/// Skips (returns false) or, under CI, fails when `what` is missing; and true when every
+/// tool is installed, else the same skip. One rule for every test: `thinly_test_support`.
+#[allow(unused_imports)] // each test binary uses its own share of these
+pub use thinly_test_support::{require_tools as have_tools, skip_or_fail as missing};
 
 pub fn run(prog: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
     let prog = prog.as_ref();
@@ -71,46 +58,9 @@ pub fn write_generated_xml(cfg: &GenConfig, xml: &Path) -> (u64, u64) {
     (stats.nr_mappings(), (blocks * 4096).max(8 << 20))
 }
 
-/// The samples directory, if present (`THINLY_SAMPLES` overrides).
-pub fn samples_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("THINLY_SAMPLES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/samples"),
-        PathBuf::from,
-    );
-    if dir.join("README.md").exists() {
-        return Some(dir);
-    }
-    // The worktree layout keeps shared/ one level higher.
-    let alt = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/spec/samples");
-    if alt.join("README.md").exists() {
-        return Some(alt);
-    }
-    missing(&format!("the samples directory {}", dir.display()));
-    None
-}
-
-/// Gunzips every binary sample image into `dir`.
-pub fn sample_images(dir: &Path) -> Vec<PathBuf> {
-    let Some(samples) = samples_dir() else {
-        return Vec::new();
-    };
-    let mut images = Vec::new();
-    for entry in std::fs::read_dir(&samples).expect("read samples") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        if !(name.ends_with(".bin.gz") || name.ends_with(".meta.gz")) {
-            continue;
-        }
-        let mut bytes = Vec::new();
-        let file = std::fs::File::open(&path).expect("open sample");
-        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes).expect("gunzip");
-        let out = dir.join(name.trim_end_matches(".gz"));
-        std::fs::write(&out, bytes).expect("write image");
-        images.push(out);
-    }
-    images.sort();
-    images
-}
+/// The golden samples and their unpacked images (`tests/data/samples` of the checkout).
+#[allow(unused_imports)] // each test binary uses its own share of these
+pub use thinly_test_support::{sample, sample_images, samples_dir};
 
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")

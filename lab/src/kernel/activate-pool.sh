@@ -1,7 +1,7 @@
 #!/bin/bash
 # Activates a thinly pool under the kernel lab's guest kernel (real dm-thin), by hand:
 #
-#   tests/kernel/activate-pool.sh POOL_DIR [GUEST_SCRIPT]
+#   lab/src/kernel/activate-pool.sh POOL_DIR [GUEST_SCRIPT]
 #
 # Writes the guest form of `thinly kernel-script --guest POOL_DIR` into a share, attaches the
 # pool's `metadata` and `data` files as virtio disks (found in the guest by serial), and in
@@ -15,7 +15,7 @@
 set -euo pipefail
 [ $# -ge 1 ] || { sed -n '2,14p' "$0"; exit 2; }
 HERE=$(cd "$(dirname "$0")" && pwd)
-KIT=${THINLY_KERNEL_LAB_KIT:-$HERE/../../../shared/kernel-lab}
+KIT=${THINLY_KERNEL_LAB_KIT:-$HERE/../../../../shared/kernel-lab}
 THINLY=${THINLY_BIN:-thinly}
 POOL=$(cd "$1" && pwd)
 RUN=${THINLY_KERNEL_LAB:-$HOME/.cache/thinly-kernel-lab}/run

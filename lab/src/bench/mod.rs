@@ -8,7 +8,8 @@
 //! stopped by a Drop guard (also on error and panic); every external command is bounded in
 //! time; engines are interleaved (A B A B) across `--repeat` rounds and medians with
 //! min/max are reported. A peer whose tool is missing or whose server does not start is
-//! reported in the results, never silently dropped. Only `cli.rs` calls into this module.
+//! reported in the results, never silently dropped. Only the `thinly` command
+//! (`tools/src/cli.rs`) calls into this module.
 
 mod control;
 mod env;

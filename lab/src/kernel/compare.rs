@@ -316,7 +316,11 @@ pub fn consistency_row(
 
 /// Adds rows comparing the live status lines: thinly's `PoolStatus` and the kernel's
 /// `dmsetup status` of the pool (`0 LEN thin-pool TID META/TOTAL DATA/TOTAL HELD MODE …`).
-pub fn status_rows(report: &mut Report, thinly: &crate::pool::PoolStatus, kernel_line: &str) {
+pub fn status_rows(
+    report: &mut Report,
+    thinly: &thinly_engine::pool::PoolStatus,
+    kernel_line: &str,
+) {
     let w: Vec<&str> = kernel_line.split_whitespace().collect();
     let field = |i: usize| w.get(i).copied().unwrap_or("?").to_string();
     report.push(

@@ -1,13 +1,13 @@
 //! Runs an operation script on thinly: a fresh pool in a directory, each operation through
-//! [`Pool`]'s message vocabulary and [`crate::pool::Volume`] I/O, as the kernel runs it through
+//! [`Pool`]'s message vocabulary and [`thinly_engine::pool::Volume`] I/O, as the kernel runs it through
 //! `dmsetup message` and block I/O. A failed operation (no space) is recorded, not fatal.
 
 use super::observe::{block_sum, ReaderView};
 use super::opscript::{Geometry, Op, Script};
-use crate::io::IoMode;
-use crate::pool::{OutOfSpacePolicy, Pool, PoolError, PoolOptions, PoolSettings};
 use std::collections::BTreeMap;
 use std::path::Path;
+use thinly_engine::io::IoMode;
+use thinly_engine::pool::{OutOfSpacePolicy, Pool, PoolError, PoolOptions, PoolSettings};
 
 /// What one operation did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -44,7 +44,7 @@ pub struct ThinlyRun {
     pub outcomes: Vec<OpOutcome>,
     pub reader: ReaderView,
     /// `Pool::status()` at the end, before the pool closed (the kernel's status fields).
-    pub status: crate::pool::PoolStatus,
+    pub status: thinly_engine::pool::PoolStatus,
 }
 
 /// Creates a pool in `dir` (which must not hold one), runs `script`, reads back every block

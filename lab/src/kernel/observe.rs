@@ -7,14 +7,14 @@
 //! also count shared B-tree leaves, so they depend on the tree's shape, not only on what a
 //! reader sees.)
 
-use crate::error::{Error, Result};
-use crate::io::{BlockDevice, FileDevice};
-use crate::thin::{OpenOptions, ThinMetadata};
-use crate::units::VirtBlock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use thinly_engine::error::{Error, Result};
+use thinly_engine::io::{BlockDevice, FileDevice};
+use thinly_engine::thin::{OpenOptions, ThinMetadata};
+use thinly_engine::units::VirtBlock;
 
 /// A block's checksum; 0 stands for a block of zeros (what an unmapped block reads as).
 pub type Sum = u64;

@@ -38,12 +38,34 @@ pub fn code(prog: &str, r: anyhow::Result<u8>) -> u8 {
 /// returns `Err(SUCCESS)`, on a bad command line prints the usage error and returns
 /// `Err(USAGE)`.
 pub fn parse<T: clap::Parser>(prog: &str, args: &[OsString]) -> Result<T, u8> {
+    parse_with_version(prog, args, None)
+}
+
+/// As [`parse`], for a metadata tool: `-V`/`--version` prints `version_line` (the
+/// thin-provisioning-tools version the tool implements) instead of clap's.
+pub fn parse_tool<T: clap::Parser>(
+    prog: &str,
+    args: &[OsString],
+    version_line: &str,
+) -> Result<T, u8> {
+    parse_with_version(prog, args, Some(version_line))
+}
+
+fn parse_with_version<T: clap::Parser>(
+    prog: &str,
+    args: &[OsString],
+    version_line: Option<&str>,
+) -> Result<T, u8> {
     let argv = std::iter::once(OsString::from(prog)).chain(args.iter().cloned());
     let cmd = T::command().name(prog.to_string()).bin_name(prog.to_string());
     let matches = cmd.try_get_matches_from(argv);
     let res = matches.and_then(|m| <T as clap::FromArgMatches>::from_arg_matches(&m));
     match res {
         Ok(t) => Ok(t),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion && version_line.is_some() => {
+            println!("{}", version_line.unwrap_or_default());
+            Err(SUCCESS)
+        }
         Err(e) => {
             // Help and version go to stdout; usage errors to stderr.
             let _ = e.print();

@@ -15,7 +15,7 @@ pub fn run(prog: &str, args: &[OsString]) -> u8 {
             exit::SUCCESS
         }
         Ok(Command::Version) => {
-            println!("{}", env!("CARGO_PKG_VERSION"));
+            println!("{}", crate::cli::tools_version_line());
             exit::SUCCESS
         }
         Ok(Command::Estimate(o)) => {

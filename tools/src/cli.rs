@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+use thinly_engine::fsck::metadata_size::{self, Unit};
+
 use crate::bench;
 use crate::commands;
 use crate::exit;
@@ -269,6 +271,39 @@ pub struct TrimArgs {
     /// Print the ranges that would be discarded, discard nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `thin_metadata_size`: estimates the metadata device size (1.x's options and output).
+#[derive(Debug, Parser)]
+#[command(
+    version = VERSION,
+    about = "Estimate the size of the metadata device needed for a given configuration."
+)]
+pub struct MetadataSizeArgs {
+    /// Specify the data block size (a number of sectors, or with a unit: 64k, 1m).
+    #[arg(short, long, value_name = "SIZE[bskmg]", value_parser = size_bytes)]
+    pub block_size: u64,
+    /// Specify the size of pool device (sectors, or with a unit: 1t).
+    #[arg(short = 's', long, value_name = "SIZE[bskmgtp]", value_parser = size_bytes)]
+    pub pool_size: u64,
+    /// Maximum number of thin devices and snapshots.
+    #[arg(short, long, value_name = "NUM")]
+    pub max_thins: u64,
+    /// Specify the output unit in {bskKmMgG} (or its name: sector, mebibyte …).
+    #[arg(short, long, value_name = "UNIT", default_value = "sector", value_parser = unit)]
+    pub unit: Unit,
+    /// Output numeric value only (=short: with the unit letter, =long: with its name).
+    #[arg(short, long, value_name = "OPT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "", value_parser = ["", "short", "long"], hide_possible_values = true)]
+    pub numeric_only: Option<String>,
+}
+
+fn size_bytes(s: &str) -> Result<u64, String> {
+    metadata_size::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn unit(s: &str) -> Result<Unit, String> {
+    s.parse::<Unit>().map_err(|e| e.to_string())
 }
 
 /// `thinly`: the thinly command.

@@ -3,6 +3,8 @@
 //! passes. `--clear-needs-check-flag` and `--auto-repair` both mend leaked blocks before
 //! clearing needs_check (1.x), so a pool whose metadata only leaks activates under LVM.
 
+use std::io::Write;
+
 use anyhow::{bail, Context, Result};
 use thinly_engine::fsck::check::{auto_repair, check, clear_needs_check, CheckOptions};
 
@@ -41,10 +43,11 @@ pub fn run(a: &CheckArgs) -> Result<u8> {
     let passes = report.passes(a.ignore_non_fatal_errors);
     if !a.quiet && !report.metadata_snap_unusable {
         if let Some(sb) = &report.superblock {
-            println!("TRANSACTION_ID={}", sb.trans_id);
+            let mut figures = format!("TRANSACTION_ID={}\n", sb.trans_id);
             if let Some(free) = report.metadata_free_blocks() {
-                println!("METADATA_FREE_BLOCKS={free}");
+                figures.push_str(&format!("METADATA_FREE_BLOCKS={free}\n"));
             }
+            std::io::stdout().write_all(figures.as_bytes()).context("printing the figures")?;
         }
     }
     if !a.quiet {

@@ -37,7 +37,7 @@ pub fn run(tool: Tool, prog: &str, args: &[OsString]) -> u8 {
         Tool::Delta => go!(crate::cli::DeltaArgs, delta),
         Tool::Rmap => go!(crate::cli::RmapArgs, rmap),
         Tool::Trim => go!(crate::cli::TrimArgs, trim),
-        Tool::MetadataSize => metadata_size::run(prog, args),
+        Tool::MetadataSize => go!(crate::cli::MetadataSizeArgs, metadata_size),
     }
 }
 

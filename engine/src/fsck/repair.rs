@@ -34,8 +34,7 @@ use crate::format::thin::{BlockTime, DeviceDetails};
 use crate::format::BlockKind;
 use crate::io::BlockDevice;
 use crate::limits::{
-    DEFAULT_CACHE_BYTES, MAX_BTREE_DEPTH, MAX_DATA_BLOCK_SECTORS, MAX_DEV_ID,
-    MIN_DATA_BLOCK_SECTORS,
+    MAX_BTREE_DEPTH, MAX_DATA_BLOCK_SECTORS, MAX_DEV_ID, MIN_DATA_BLOCK_SECTORS, TOOLS_CACHE_BYTES,
 };
 use crate::units::MetaBlock;
 
@@ -106,7 +105,7 @@ fn valid_node(raw: &[u8], b: u64) -> Option<Found> {
 
 impl Salvager {
     fn scan(dev: Arc<dyn BlockDevice>, in_use: Option<&dyn Fn(u64) -> bool>) -> Self {
-        let bm = BlockManager::new(dev.clone(), DEFAULT_CACHE_BYTES);
+        let bm = BlockManager::new(dev.clone(), TOOLS_CACHE_BYTES);
         let mut nodes = HashMap::new();
         let mut raw = [0u8; crate::limits::META_BLOCK_SIZE];
         for b in 1..dev.nr_blocks() {
@@ -222,7 +221,7 @@ impl Salvager {
 
 /// Reads the superblock and, if it is usable, a predicate "metadata block in use".
 fn superblock_and_usage(dev: &Arc<dyn BlockDevice>) -> (Option<DiskSuperblock>, Option<Vec<bool>>) {
-    let mut bm = BlockManager::new(dev.clone(), DEFAULT_CACHE_BYTES);
+    let mut bm = BlockManager::new(dev.clone(), TOOLS_CACHE_BYTES);
     let Ok(raw) = bm.read_validated(MetaBlock(0), BlockKind::Superblock) else {
         return (None, None);
     };

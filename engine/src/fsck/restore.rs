@@ -20,8 +20,8 @@ use crate::format::superblock::{Superblock as DiskSuperblock, SUPERBLOCK_MAGIC};
 use crate::format::thin::{BlockTime, DeviceDetails};
 use crate::io::BlockDevice;
 use crate::limits::{
-    DEFAULT_CACHE_BYTES, MAX_DATA_BLOCK_SECTORS, MAX_DEV_ID, MAX_METADATA_BLOCKS, MAX_TIME,
-    MIN_DATA_BLOCK_SECTORS,
+    MAX_DATA_BLOCK_SECTORS, MAX_DEV_ID, MAX_METADATA_BLOCKS, MAX_TIME, MIN_DATA_BLOCK_SECTORS,
+    TOOLS_CACHE_BYTES,
 };
 use crate::thin::{BOTTOM, DETAILS};
 use crate::transaction_manager::TransactionManager;
@@ -116,7 +116,7 @@ impl Restorer {
         Restorer {
             dev,
             overrides,
-            cache_bytes: DEFAULT_CACHE_BYTES,
+            cache_bytes: TOOLS_CACHE_BYTES,
             tm: None,
             sb: None,
             defs: HashMap::new(),

@@ -120,7 +120,7 @@ impl Estimate {
     /// Refuses what 1.x refuses: block sizes dm-thin would not take, a pool smaller than
     /// one block.
     pub fn validate(&self) -> Result<()> {
-        if self.block_bytes == 0 || self.block_bytes % MIN_DATA_BLOCK_BYTES != 0 {
+        if self.block_bytes == 0 || !self.block_bytes.is_multiple_of(MIN_DATA_BLOCK_BYTES) {
             return Err(Error::Usage { message: "block size must be a multiple of 64 KiB" });
         }
         if self.block_bytes > MAX_DATA_BLOCK_BYTES {

@@ -440,7 +440,7 @@ fn mapping_facts(s: &mut Salvager, trees: &mut BTreeMap<u64, DeviceTree>) -> Res
 /// The data block sizes dm-thin accepts: multiples of 128 sectors from 128 to 2 097 152.
 pub fn valid_data_block_size(sectors: u32) -> bool {
     (MIN_DATA_BLOCK_SECTORS..=MAX_DATA_BLOCK_SECTORS).contains(&sectors)
-        && sectors % MIN_DATA_BLOCK_SECTORS == 0
+        && sectors.is_multiple_of(MIN_DATA_BLOCK_SECTORS)
 }
 
 /// The superblock to emit. A readable superblock is kept, with the overrides applied as

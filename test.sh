@@ -10,6 +10,7 @@ command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
 command -v fio >/dev/null 2>&1 || need+=(fio)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+[ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo=""

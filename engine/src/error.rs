@@ -16,7 +16,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A block's checksum does not match its contents for the expected block type.
-    #[error("metadata block {block}: bad {kind} checksum (stored {stored:#010x}, computed {computed:#010x})")]
+    /// Worded as the real tools word it ("bad checksum in superblock, wanted N"): scripts
+    /// grep for it.
+    #[error("metadata block {block}: bad checksum in {kind}, wanted {computed} (stored {stored})")]
     Checksum { block: MetaBlock, kind: &'static str, stored: u32, computed: u32 },
     /// A block claims to live somewhere else (its self block number is wrong).
     #[error("metadata block {block}: {kind} says it is block {claimed}")]

@@ -5,7 +5,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+use thinly_engine::fsck::metadata_size::{self, Unit};
 
 use crate::commands;
 use crate::exit;
@@ -39,9 +41,11 @@ impl Tool {
         (Tool::MetadataSize, "thin_metadata_size", "metadata-size"),
     ];
 
-    /// The tool a program name (argv[0]'s file name) stands for.
+    /// The tool a program name (argv[0]'s file name, or the first argument of a
+    /// multi-call binary such as `thinly thin_check …`, 1.x's `pdata_tools thin_check …`)
+    /// stands for: the thin_* name it ends with.
     pub fn from_program_name(name: &str) -> Option<Tool> {
-        Tool::ALL.iter().find(|t| t.1 == name).map(|t| t.0)
+        Tool::ALL.iter().find(|t| name.ends_with(t.1)).map(|t| t.0)
     }
 
     fn from_subcommand(name: &str) -> Option<Tool> {
@@ -50,6 +54,18 @@ impl Tool {
 }
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The thin-provisioning-tools release whose behaviour the thin_* tools implement. LVM
+/// and scripts read `thin_check -V` to decide which options they may pass (1.x's
+/// `--auto-repair`, `--clear-needs-check-flag` that mends leaks), so the tools answer
+/// with this, followed by thinly's own version.
+pub const TOOLS_VERSION: &str = "1.3.0";
+
+/// What `-V`/`--version` prints under a tool's name: `1.3.0 (thinly 0.1.0)`, which
+/// parses as `%u.%u.%u` the way lvm2 reads it.
+pub fn tools_version_line() -> String {
+    format!("{TOOLS_VERSION} (thinly {VERSION})")
+}
 
 /// `thin_check`: validates thin provisioning metadata on a device or file.
 #[derive(Debug, Parser)]
@@ -69,14 +85,21 @@ pub struct CheckArgs {
     pub ignore_non_fatal_errors: bool,
     /// Repair trivial problems (leaked blocks: counts above the references) and clear
     /// needs_check; fatal problems still fail (use thin_repair).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["metadata_snap", "skip_mappings", "super_block_only", "ignore_non_fatal_errors"])]
     pub auto_repair: bool,
-    /// Clears the 'needs_check' flag in the superblock (when the check passes).
-    #[arg(long = "clear-needs-check-flag")]
+    /// Repairs leaked blocks, as --auto-repair does, and clears the 'needs_check' flag in
+    /// the superblock (when the check then passes).
+    #[arg(long = "clear-needs-check-flag", conflicts_with = "metadata_snap")]
     pub clear_needs_check: bool,
     /// Check the metadata snapshot on a live pool.
     #[arg(short = 'm', long = "metadata-snapshot", visible_alias = "metadata-snap")]
     pub metadata_snap: bool,
+    /// Check the mapping tree at this block instead of the superblock's.
+    #[arg(long, value_name = "BLOCKNR")]
+    pub override_mapping_root: Option<u64>,
+    /// Check the device details tree at this block instead of the superblock's.
+    #[arg(long, value_name = "BLOCKNR")]
+    pub override_details_root: Option<u64>,
     /// Specify the input device to check.
     pub input: PathBuf,
 }
@@ -162,6 +185,18 @@ pub struct RepairArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub overrides: OverrideArgs,
+    /// Empty arguments, ignored: `lvconvert --repair` passes its `thin_repair_options`,
+    /// `[ "" ]` by default. Anything else here is a usage error.
+    #[arg(hide = true, value_parser = empty_argument)]
+    pub empty: Vec<String>,
+}
+
+fn empty_argument(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Ok(String::new())
+    } else {
+        Err(format!("unexpected argument '{s}'"))
+    }
 }
 
 /// `thin_ls`: lists thin devices.
@@ -187,13 +222,21 @@ pub struct LsArgs {
 /// `thin_delta`: prints the differences between two thin devices' mappings.
 #[derive(Debug, Parser)]
 #[command(version = VERSION, about = "Print the differences in the mappings between two thin devices")]
+#[command(group(ArgGroup::new("left").required(true).args(["snap1", "root1"])))]
+#[command(group(ArgGroup::new("right").required(true).args(["snap2", "root2"])))]
 pub struct DeltaArgs {
     /// The first device (snapshot).
     #[arg(long = "snap1", visible_alias = "thin1", value_name = "ID")]
-    pub snap1: u64,
+    pub snap1: Option<u64>,
     /// The second device (snapshot).
     #[arg(long = "snap2", visible_alias = "thin2", value_name = "ID")]
-    pub snap2: u64,
+    pub snap2: Option<u64>,
+    /// The root block of the first thin device's mapping tree (instead of --snap1).
+    #[arg(long = "root1", value_name = "BLOCKNR")]
+    pub root1: Option<u64>,
+    /// The root block of the second thin device's mapping tree (instead of --snap2).
+    #[arg(long = "root2", value_name = "BLOCKNR")]
+    pub root2: Option<u64>,
     /// Use the metadata snapshot (optionally at BLOCK: -m=BLOCK).
     #[arg(short = 'm', long = "metadata-snap", num_args = 0..=1, require_equals = true, value_name = "BLOCK")]
     pub metadata_snap: Option<Option<u64>>,
@@ -228,6 +271,39 @@ pub struct TrimArgs {
     /// Print the ranges that would be discarded, discard nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `thin_metadata_size`: estimates the metadata device size (1.x's options and output).
+#[derive(Debug, Parser)]
+#[command(
+    version = VERSION,
+    about = "Estimate the size of the metadata device needed for a given configuration."
+)]
+pub struct MetadataSizeArgs {
+    /// Specify the data block size (a number of sectors, or with a unit: 64k, 1m).
+    #[arg(short, long, value_name = "SIZE[bskmg]", value_parser = size_bytes)]
+    pub block_size: u64,
+    /// Specify the size of pool device (sectors, or with a unit: 1t).
+    #[arg(short = 's', long, value_name = "SIZE[bskmgtp]", value_parser = size_bytes)]
+    pub pool_size: u64,
+    /// Maximum number of thin devices and snapshots.
+    #[arg(short, long, value_name = "NUM")]
+    pub max_thins: u64,
+    /// Specify the output unit in {bskKmMgG} (or its name: sector, mebibyte …).
+    #[arg(short, long, value_name = "UNIT", default_value = "sector", value_parser = unit)]
+    pub unit: Unit,
+    /// Output numeric value only (=short: with the unit letter, =long: with its name).
+    #[arg(short, long, value_name = "OPT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "", value_parser = ["", "short", "long"], hide_possible_values = true)]
+    pub numeric_only: Option<String>,
+}
+
+fn size_bytes(s: &str) -> Result<u64, String> {
+    metadata_size::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn unit(s: &str) -> Result<Unit, String> {
+    s.parse::<Unit>().map_err(|e| e.to_string())
 }
 
 /// `thinly`: the thinly command.
@@ -356,6 +432,11 @@ pub fn run_thinly(args: &[OsString]) -> u8 {
         if let Some(tool) = Tool::from_subcommand(sub) {
             let prog = format!("thinly {sub}");
             return commands::run(tool, &prog, &args[2..]);
+        }
+        // The multi-call form: `thinly thin_check ARGS`, as `pdata_tools thin_check ARGS`.
+        let name = std::path::Path::new(sub).file_name().and_then(|n| n.to_str());
+        if let Some((tool, name)) = name.and_then(|n| Some((Tool::from_program_name(n)?, n))) {
+            return commands::run(tool, name, &args[2..]);
         }
     }
     match exit::parse::<Thinly>("thinly", args.get(1..).unwrap_or_default()) {

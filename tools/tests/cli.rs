@@ -74,7 +74,7 @@ fn bad_options_are_usage_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bin = symlinks(dir.path());
     for (name, sub) in TOOLS {
-        let want = if name == "thin_metadata_size" { 1 } else { 2 };
+        let want = 2;
         let a = run(bin.join(name), &["--no-such-option", "x"]);
         let b = thinly_run(&[sub, "--no-such-option", "x"]);
         for (out, what) in [(&a, name), (&b, sub)] {

@@ -35,6 +35,11 @@ pub struct CheckOptions {
     pub skip_mappings: bool,
     /// `-m`: check the metadata snapshot's trees instead (space maps skipped).
     pub metadata_snap: bool,
+    /// `--override-mapping-root`: the top-level mapping tree to check instead of the
+    /// superblock's (not with `metadata_snap`).
+    pub override_mapping_root: Option<u64>,
+    /// `--override-details-root`: the device details tree to check instead.
+    pub override_details_root: Option<u64>,
 }
 
 /// One thing found wrong.
@@ -90,6 +95,9 @@ pub struct CheckReport {
     pub problems: Vec<Problem>,
     pub nr_devices: u64,
     pub nr_mappings: u64,
+    /// `-m` found no usable metadata snapshot (none held, or its superblock unreadable):
+    /// 1.x then fails before printing the pool's figures.
+    pub metadata_snap_unusable: bool,
 }
 
 impl CheckReport {
@@ -499,8 +507,8 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions) -> Result<CheckRepo
     } else {
         c.add_meta(0, "superblock");
         let (details, _) = c.mapping_trees(
-            sb.data_mapping_root.0,
-            sb.device_details_root.0,
+            opts.override_mapping_root.unwrap_or(sb.data_mapping_root.0),
+            opts.override_details_root.unwrap_or(sb.device_details_root.0),
             !opts.skip_mappings,
             &mut report,
         );
@@ -520,6 +528,7 @@ fn check_snapshot(c: &mut Checker, sb: &Superblock, opts: &CheckOptions, report:
     let h = sb.held_root.0;
     if h == 0 {
         c.problem(None, None, "no metadata snapshot is held".into());
+        report.metadata_snap_unusable = true;
         return;
     }
     match c.read(h, BlockKind::Superblock) {
@@ -533,7 +542,10 @@ fn check_snapshot(c: &mut Checker, sb: &Superblock, opts: &CheckOptions, report:
             );
             report.nr_devices = details.len() as u64;
         }
-        Err(e) => c.problem(Some(h), None, format!("metadata snapshot: {e}")),
+        Err(e) => {
+            c.problem(Some(h), None, format!("metadata snapshot: {e}"));
+            report.metadata_snap_unusable = true;
+        }
     }
 }
 

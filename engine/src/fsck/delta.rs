@@ -117,22 +117,41 @@ pub fn diff(left: &[Run], right: &[Run]) -> Vec<Segment> {
     out
 }
 
-/// Writes thin_delta's XML for devices `snap1` and `snap2`.
+/// One side of a delta: a device by id (`--snap1`/`--thin1`), or a bottom-level tree by
+/// its root block (1.x's `--root1`), printed as `left_root="…"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    DevId(u64),
+    Root(u64),
+}
+
+impl Side {
+    fn attr(self, which: &str) -> String {
+        match self {
+            Side::DevId(id) => format!("{which}=\"{id}\""),
+            Side::Root(b) => format!("{which}_root=\"{b}\""),
+        }
+    }
+}
+
+/// Writes thin_delta's XML for the two sides.
 pub fn delta<W: Write>(
     dev: Arc<dyn BlockDevice>,
     metadata_snap: Option<Option<u64>>,
-    snap1: u64,
-    snap2: u64,
+    snap1: Side,
+    snap2: Side,
     verbose: bool,
     out: &mut W,
 ) -> Result<()> {
     let mut bm = reader(dev);
     let roots = select_roots(&mut bm, metadata_snap)?;
     let tops = read_top_level(&mut bm, roots.mapping_root)?;
-    let find = |id: u64, which: &str| {
-        tops.get(&id).copied().ok_or_else(|| {
+    let find = |side: Side, which: &str| match side {
+        Side::Root(b) if b < bm.nr_blocks() => Ok(MetaBlock(b)),
+        Side::Root(b) => Err(Error::Unusable(format!("{which} root {b} is past the metadata"))),
+        Side::DevId(id) => tops.get(&id).copied().ok_or_else(|| {
             Error::Unusable(format!("Unable to find mapping tree for {which} ({id})"))
-        })
+        }),
     };
     let (r1, r2) = (find(snap1, "snap1")?, find(snap2, "snap2")?);
     let left = runs_of(&mut bm, r1)?;
@@ -150,7 +169,7 @@ pub fn delta<W: Write>(
     if let Some(h) = held {
         let _ = write!(s, " metadata_snap=\"{h}\"");
     }
-    let _ = writeln!(s, ">\n  <diff left=\"{snap1}\" right=\"{snap2}\">");
+    let _ = writeln!(s, ">\n  <diff {} {}>", snap1.attr("left"), snap2.attr("right"));
     if verbose {
         render_verbose(&segs, &mut s);
     } else {

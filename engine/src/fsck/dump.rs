@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::error::{Error, Result};
 use super::ir::{Device, MetadataVisitor, Superblock};
+use super::restore::Overrides;
 use super::stream::RunJoiner;
 use crate::block_manager::{BlockManager, ReadBlocks};
 use crate::btree;
@@ -33,6 +34,9 @@ pub struct DumpOptions {
     pub dev_id: Option<u32>,
     /// `--skip-mappings`: devices without their mappings.
     pub skip_mappings: bool,
+    /// `--transaction-id`, `--data-block-size`, `--nr-data-blocks`: applied to the
+    /// printed superblock as 1.x applies them (see [`Overrides::apply_to_read`]).
+    pub overrides: Overrides,
 }
 
 /// What a dump saw.
@@ -235,7 +239,9 @@ pub fn dump<V: MetadataVisitor + ?Sized>(
     let details = read_details(&mut bm, roots.details_root)?;
     let tops = read_top_level(&mut bm, roots.mapping_root)?;
     let mut stats = DumpStats::default();
-    v.superblock_b(&roots.ir)?;
+    let mut ir = roots.ir.clone();
+    opts.overrides.apply_to_read(&mut ir);
+    v.superblock_b(&ir)?;
     for (&id, d) in &details {
         if opts.dev_id.is_some_and(|want| u64::from(want) != id) {
             continue;

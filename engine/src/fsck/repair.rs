@@ -10,9 +10,11 @@
 //! range is remembered; (3) valid nodes no valid node references ("orphans") are put back:
 //! bottom-level orphans into every device whose missing key range holds them, or, when
 //! the top-level tree is lost, each orphan tree becomes a device (matched to a surviving
-//! details entry by its mapping count, else given a new id); a lost details tree or
-//! superblock is rebuilt from what remains (`--data-block-size`, `--nr-data-blocks`,
-//! `--transaction-id` override or fill in). Each device's leaves are then read in key
+//! details entry by its mapping count, else given a new id); a lost superblock is
+//! rebuilt as 1.x rebuilds it (`--data-block-size` required; see `recovered_superblock`)
+//! and a device whose details entry is lost gets details that make every block it maps
+//! count as shared (see `device_details`), so that no write after the repair can land
+//! on a block a snapshot may still hold. Each device's leaves are then read in key
 //! order and their entries emitted, dropping any key not above the previous one.
 //! Memory: a few words per valid node and per leaf of each device, never the mappings.
 
@@ -31,7 +33,9 @@ use crate::format::superblock::Superblock as DiskSuperblock;
 use crate::format::thin::{BlockTime, DeviceDetails};
 use crate::format::BlockKind;
 use crate::io::BlockDevice;
-use crate::limits::{DEFAULT_CACHE_BYTES, MAX_BTREE_DEPTH, MAX_DEV_ID};
+use crate::limits::{
+    MAX_BTREE_DEPTH, MAX_DATA_BLOCK_SECTORS, MAX_DEV_ID, MIN_DATA_BLOCK_SECTORS, TOOLS_CACHE_BYTES,
+};
 use crate::units::MetaBlock;
 
 /// What to salvage and the values to use where the metadata lost them.
@@ -101,7 +105,7 @@ fn valid_node(raw: &[u8], b: u64) -> Option<Found> {
 
 impl Salvager {
     fn scan(dev: Arc<dyn BlockDevice>, in_use: Option<&dyn Fn(u64) -> bool>) -> Self {
-        let bm = BlockManager::new(dev.clone(), DEFAULT_CACHE_BYTES);
+        let bm = BlockManager::new(dev.clone(), TOOLS_CACHE_BYTES);
         let mut nodes = HashMap::new();
         let mut raw = [0u8; crate::limits::META_BLOCK_SIZE];
         for b in 1..dev.nr_blocks() {
@@ -217,7 +221,7 @@ impl Salvager {
 
 /// Reads the superblock and, if it is usable, a predicate "metadata block in use".
 fn superblock_and_usage(dev: &Arc<dyn BlockDevice>) -> (Option<DiskSuperblock>, Option<Vec<bool>>) {
-    let mut bm = BlockManager::new(dev.clone(), DEFAULT_CACHE_BYTES);
+    let mut bm = BlockManager::new(dev.clone(), TOOLS_CACHE_BYTES);
     let Ok(raw) = bm.read_validated(MetaBlock(0), BlockKind::Superblock) else {
         return (None, None);
     };
@@ -404,6 +408,131 @@ fn count_entries(s: &mut Salvager, leaves: &[(u64, u64)]) -> u64 {
     n
 }
 
+/// What the salvaged mappings say, read before anything is emitted.
+#[derive(Default)]
+struct MappingFacts {
+    /// Mappings per device.
+    counts: BTreeMap<u64, u64>,
+    max_data: Option<u64>,
+    max_time: Option<u32>,
+}
+
+fn mapping_facts(s: &mut Salvager, trees: &mut BTreeMap<u64, DeviceTree>) -> Result<MappingFacts> {
+    let mut f = MappingFacts::default();
+    for (id, t) in trees.iter_mut() {
+        t.leaves.sort_unstable();
+        t.leaves.dedup();
+        let mut n = 0u64;
+        let (mut max_data, mut max_time) = (f.max_data, f.max_time);
+        for_each_entry(s, &t.leaves, &mut |_, val| {
+            let bt = BlockTime::unpack(val);
+            max_data = max_data.max(Some(bt.block));
+            max_time = max_time.max(Some(bt.time));
+            n += 1;
+            Ok(())
+        })?;
+        (f.max_data, f.max_time) = (max_data, max_time);
+        f.counts.insert(*id, n);
+    }
+    Ok(f)
+}
+
+/// The data block sizes dm-thin accepts: multiples of 128 sectors from 128 to 2 097 152.
+pub fn valid_data_block_size(sectors: u32) -> bool {
+    (MIN_DATA_BLOCK_SECTORS..=MAX_DATA_BLOCK_SECTORS).contains(&sectors)
+        && sectors.is_multiple_of(MIN_DATA_BLOCK_SECTORS)
+}
+
+/// The superblock to emit. A readable superblock is kept, with the overrides applied as
+/// 1.x applies them. A lost one is rebuilt as 1.x does: the data block size must be
+/// given (nothing left proves it), the transaction id is one past the highest device
+/// transaction, the data block count covers the highest mapped block; an override of
+/// either wins only when larger. When any device lost its details, the time moves one
+/// past the highest mapping time so that the details rebuilt for it (see
+/// [`device_details`]) make every block it maps count as shared.
+fn recovered_superblock(
+    sb: Option<&DiskSuperblock>,
+    details: &BTreeMap<u64, DeviceDetails>,
+    trees: &BTreeMap<u64, DeviceTree>,
+    facts: &MappingFacts,
+    o: &Overrides,
+) -> Result<Superblock> {
+    if let Some(bs) = o.data_block_size.filter(|&bs| !valid_data_block_size(bs)) {
+        return Err(Error::Unusable(format!("invalid data block size {bs}")));
+    }
+    let highest_data = facts.max_data.map_or(0, |m| m + 1);
+    let mut ir = match sb {
+        Some(sb) => {
+            let mut ir = Superblock {
+                uuid: String::new(),
+                time: sb.time,
+                transaction: sb.trans_id,
+                flags: Some(0),
+                version: Some(sb.version),
+                data_block_size: sb.data_block_size_sectors,
+                nr_data_blocks: sb.data_sm_root.nr_blocks.max(highest_data),
+                metadata_snap: None,
+            };
+            o.apply_to_read(&mut ir);
+            ir
+        }
+        None => {
+            let Some(data_block_size) = o.data_block_size else {
+                return Err(Error::Unusable(
+                    "data block size needs to be provided due to corruption in the superblock"
+                        .into(),
+                ));
+            };
+            let tid = details.values().map(|d| d.transaction_id + 1).max().unwrap_or(0);
+            Superblock {
+                uuid: String::new(),
+                time: details
+                    .values()
+                    .map(|d| d.snapshotted_time.max(d.creation_time))
+                    .chain(facts.max_time)
+                    .max()
+                    .unwrap_or(0),
+                transaction: o.transaction_id.filter(|&t| t > tid).unwrap_or(tid),
+                flags: Some(0),
+                version: Some(2),
+                data_block_size,
+                nr_data_blocks: o
+                    .nr_data_blocks
+                    .filter(|&n| n > highest_data)
+                    .unwrap_or(highest_data),
+                metadata_snap: None,
+            }
+        }
+    };
+    if trees.keys().any(|id| !details.contains_key(id)) {
+        let past_mappings = facts.max_time.map_or(0, |t| t.saturating_add(1));
+        ir.time = ir.time.max(past_mappings);
+    }
+    Ok(ir)
+}
+
+/// A device's details: the surviving entry, else rebuilt so that the kernel's sharing
+/// test (a mapping is shared when its time is before the device's snapshotted_time)
+/// holds for every block the device maps — a lost entry may have belonged to a
+/// snapshot or an origin, and treating a shared block as exclusive would let a write
+/// land on a snapshot's data. Rebuilt: transaction 0, creation_time 0, snapshotted_time
+/// the superblock time (one past every mapping time, see [`recovered_superblock`]).
+fn device_details(
+    details: &BTreeMap<u64, DeviceDetails>,
+    id: u64,
+    mapped_blocks: u64,
+    sb_time: u32,
+) -> DeviceDetails {
+    let mut d = details.get(&id).copied().unwrap_or(DeviceDetails {
+        mapped_blocks: 0,
+        transaction_id: 0,
+        creation_time: 0,
+        snapshotted_time: sb_time,
+    });
+    d.mapped_blocks = mapped_blocks;
+    d
+}
+
 fn emit<V: MetadataVisitor + ?Sized>(
     s: &mut Salvager,
     sb: Option<&DiskSuperblock>,
@@ -412,70 +541,15 @@ fn emit<V: MetadataVisitor + ?Sized>(
     opts: &SalvageOptions,
     v: &mut V,
 ) -> Result<()> {
-    // First pass: counts and the highest data block, for the superblock and details.
-    let mut counts = BTreeMap::new();
-    let mut max_data: Option<u64> = None;
-    let mut max_time = 0u32;
-    for (id, t) in trees.iter_mut() {
-        t.leaves.sort_unstable();
-        t.leaves.dedup();
-        let mut n = 0u64;
-        for_each_entry(s, &t.leaves, &mut |_, val| {
-            let bt = BlockTime::unpack(val);
-            max_data = max_data.max(Some(bt.block));
-            max_time = max_time.max(bt.time);
-            n += 1;
-            Ok(())
-        })?;
-        counts.insert(*id, n);
-    }
-    let mut ir = match sb {
-        Some(sb) => Superblock {
-            uuid: String::new(),
-            time: sb.time,
-            transaction: sb.trans_id,
-            flags: Some(0),
-            version: Some(sb.version),
-            data_block_size: sb.data_block_size_sectors,
-            nr_data_blocks: sb.data_sm_root.nr_blocks,
-            metadata_snap: None,
-        },
-        None => Superblock {
-            uuid: String::new(),
-            time: details
-                .values()
-                .map(|d| d.snapshotted_time.max(d.creation_time))
-                .max()
-                .unwrap_or(0)
-                .max(max_time),
-            transaction: details.values().map(|d| d.transaction_id).max().unwrap_or(0),
-            flags: Some(0),
-            version: Some(2),
-            data_block_size: 128,
-            nr_data_blocks: max_data.map_or(0, |m| m + 1),
-            metadata_snap: None,
-        },
-    };
-    opts.overrides.apply(&mut ir);
-    if let Some(m) = max_data {
-        if m >= ir.nr_data_blocks {
-            if sb.is_some() && opts.overrides.nr_data_blocks.is_none() {
-                ir.nr_data_blocks = m + 1;
-            } else {
-                return Err(Error::Unusable(format!(
-                    "data block {m} is mapped but nr_data_blocks is {}",
-                    ir.nr_data_blocks
-                )));
-            }
-        }
-    }
+    let facts = mapping_facts(s, &mut trees)?;
+    let ir = recovered_superblock(sb, details, &trees, &facts, &opts.overrides)?;
     v.superblock_b(&ir)?;
     for (id, t) in &trees {
         if opts.dev_id.is_some_and(|want| u64::from(want) != *id) {
             continue;
         }
-        let mut d = details.get(id).copied().unwrap_or_default();
-        d.mapped_blocks = counts.get(id).copied().unwrap_or(0);
+        let n = facts.counts.get(id).copied().unwrap_or(0);
+        let d = device_details(details, *id, n, ir.time);
         v.device_b(&ir_device(*id, &d))?;
         if !opts.skip_mappings {
             let mut runs = RunJoiner::default();
@@ -499,7 +573,8 @@ pub fn repair(
     output: Arc<dyn BlockDevice>,
     overrides: Overrides,
 ) -> Result<SalvageStats> {
-    let mut r = super::restore::Restorer::new(output, overrides);
+    // The salvage applies the overrides (as 1.x does on a read or rebuilt superblock).
+    let mut r = super::restore::Restorer::new(output, Overrides::default());
     let opts = SalvageOptions { overrides, ..SalvageOptions::default() };
     let stats = salvage(input, &opts, &mut r)?;
     if !r.is_done() {

@@ -20,8 +20,8 @@ use crate::format::superblock::{Superblock as DiskSuperblock, SUPERBLOCK_MAGIC};
 use crate::format::thin::{BlockTime, DeviceDetails};
 use crate::io::BlockDevice;
 use crate::limits::{
-    DEFAULT_CACHE_BYTES, MAX_DATA_BLOCK_SECTORS, MAX_DEV_ID, MAX_METADATA_BLOCKS, MAX_TIME,
-    MIN_DATA_BLOCK_SECTORS,
+    MAX_DATA_BLOCK_SECTORS, MAX_DEV_ID, MAX_METADATA_BLOCKS, MAX_TIME, MIN_DATA_BLOCK_SECTORS,
+    TOOLS_CACHE_BYTES,
 };
 use crate::thin::{BOTTOM, DETAILS};
 use crate::transaction_manager::TransactionManager;
@@ -37,6 +37,7 @@ pub struct Overrides {
 }
 
 impl Overrides {
+    /// thin_restore: each given value replaces the input's.
     pub fn apply(&self, sb: &mut Superblock) {
         if let Some(t) = self.transaction_id {
             sb.transaction = t;
@@ -46,6 +47,21 @@ impl Overrides {
         }
         if let Some(n) = self.nr_data_blocks {
             sb.nr_data_blocks = n;
+        }
+    }
+
+    /// thin_dump and thin_repair on a readable superblock, as 1.x applies them there: the
+    /// data block size is replaced; the transaction id and the data block count only grow
+    /// (a smaller value would contradict what the metadata proves).
+    pub fn apply_to_read(&self, sb: &mut Superblock) {
+        if let Some(t) = self.transaction_id {
+            sb.transaction = sb.transaction.max(t);
+        }
+        if let Some(s) = self.data_block_size {
+            sb.data_block_size = s;
+        }
+        if let Some(n) = self.nr_data_blocks {
+            sb.nr_data_blocks = sb.nr_data_blocks.max(n);
         }
     }
 }
@@ -100,7 +116,7 @@ impl Restorer {
         Restorer {
             dev,
             overrides,
-            cache_bytes: DEFAULT_CACHE_BYTES,
+            cache_bytes: TOOLS_CACHE_BYTES,
             tm: None,
             sb: None,
             defs: HashMap::new(),

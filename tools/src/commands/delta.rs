@@ -1,7 +1,7 @@
 //! `thin_delta`: XML describing how two devices' mappings differ.
 
 use anyhow::{Context, Result};
-use thinly_engine::fsck::delta::delta;
+use thinly_engine::fsck::delta::{delta, Side};
 
 use crate::cli::DeltaArgs;
 use crate::exit;
@@ -10,8 +10,13 @@ use crate::files::{open_input, output};
 pub fn run(a: &DeltaArgs) -> Result<u8> {
     let dev = open_input(&a.input, false)?;
     let mut out = output(None)?;
-    delta(dev, a.metadata_snap, a.snap1, a.snap2, a.verbose, &mut out).with_context(|| {
-        format!("comparing devices {} and {} of {}", a.snap1, a.snap2, a.input.display())
-    })?;
+    // clap's groups guarantee one of each pair.
+    let side = |id: Option<u64>, root: Option<u64>| match (id, root) {
+        (Some(id), _) => Side::DevId(id),
+        (None, r) => Side::Root(r.unwrap_or(0)),
+    };
+    let (left, right) = (side(a.snap1, a.root1), side(a.snap2, a.root2));
+    delta(dev, a.metadata_snap, left, right, a.verbose, &mut out)
+        .with_context(|| format!("comparing {left:?} and {right:?} of {}", a.input.display()))?;
     Ok(exit::SUCCESS)
 }

@@ -42,6 +42,7 @@ pub fn run(a: &DumpArgs) -> Result<u8> {
             metadata_snap: a.metadata_snap,
             dev_id: a.dev_id,
             skip_mappings: a.skip_mappings,
+            overrides: overrides(&a.overrides),
         };
         dump(dev, &opts, &mut *writer).with_context(|| format!("dumping {}", a.input.display()))?;
     }

@@ -1,32 +1,30 @@
-//! `thin_metadata_size`: the engine's `fsck::metadata_size` parses its own (0.9.0-style)
-//! arguments and renders the estimate.
+//! `thin_metadata_size`: parses 1.x's options (see `cli`), has the engine's
+//! `fsck::metadata_size` validate, estimate and render, prints the line.
 
-use std::ffi::OsString;
+use std::io::Write;
 
-use thinly_engine::fsck::metadata_size::{help_text, parse_args, render, Command};
+use anyhow::Result;
+use thinly_engine::fsck::metadata_size::{Estimate, Format};
 
+use crate::cli::MetadataSizeArgs;
 use crate::exit;
 
-pub fn run(prog: &str, args: &[OsString]) -> u8 {
-    let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    match parse_args(&args) {
-        Ok(Command::Help) => {
-            print!("{}", help_text(prog));
-            exit::SUCCESS
-        }
-        Ok(Command::Version) => {
-            println!("{}", env!("CARGO_PKG_VERSION"));
-            exit::SUCCESS
-        }
-        Ok(Command::Estimate(o)) => {
-            print!("{}", render(&o, prog));
-            exit::SUCCESS
-        }
-        Ok(_) => exit::USAGE,
-        Err(e) => {
-            // 0.9.0's wording and status for a rejected argument.
-            eprintln!("{prog} - {e}");
-            exit::SIZE_ARGUMENT
-        }
-    }
+pub fn run(a: &MetadataSizeArgs) -> Result<u8> {
+    let format = match a.numeric_only.as_deref() {
+        None => Format::Full,
+        Some("short") => Format::ShortUnits,
+        Some("long") => Format::LongUnits,
+        Some(_) => Format::NumericOnly,
+    };
+    let e = Estimate {
+        block_bytes: a.block_size,
+        pool_bytes: a.pool_size,
+        max_thins: a.max_thins,
+        unit: a.unit,
+        format,
+    };
+    e.validate()?;
+    // A closed pipe is not worth a word (see `exit::fail`), and the status is the same.
+    std::io::stdout().write_all(e.render().as_bytes())?;
+    Ok(exit::SUCCESS)
 }

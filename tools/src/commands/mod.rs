@@ -22,7 +22,7 @@ pub fn run(tool: Tool, prog: &str, args: &[OsString]) -> u8 {
     let args = normalised.as_slice();
     macro_rules! go {
         ($args:ty, $module:ident) => {
-            match exit::parse::<$args>(prog, args) {
+            match exit::parse_tool::<$args>(prog, args, &crate::cli::tools_version_line()) {
                 Ok(a) => exit::code(prog, $module::run(&a)),
                 Err(code) => code,
             }
@@ -37,7 +37,7 @@ pub fn run(tool: Tool, prog: &str, args: &[OsString]) -> u8 {
         Tool::Delta => go!(crate::cli::DeltaArgs, delta),
         Tool::Rmap => go!(crate::cli::RmapArgs, rmap),
         Tool::Trim => go!(crate::cli::TrimArgs, trim),
-        Tool::MetadataSize => metadata_size::run(prog, args),
+        Tool::MetadataSize => go!(crate::cli::MetadataSizeArgs, metadata_size),
     }
 }
 

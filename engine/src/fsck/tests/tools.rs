@@ -5,9 +5,7 @@ use std::process::{Command, Output};
 
 use crate::fsck::gen::{generate_into, GenConfig};
 use crate::fsck::human::to_human_string;
-use crate::fsck::metadata_size::{
-    estimate_blocks_v09, help_text, parse_args, render, Command as SizeCommand,
-};
+use crate::fsck::metadata_size::estimate_blocks_v09;
 use crate::fsck::validate::Validator;
 use crate::fsck::xml::{dump_writer, parse_xml, to_xml_string, Dialect};
 
@@ -42,67 +40,6 @@ fn thin_dump_of_every_sample_image_equals_our_rewrite_of_it() {
         assert_eq!(md.normalised().expect("normalise"), md, "{path}: dumps are normal");
     }
     assert!(images.len() >= 5, "expected the sample images");
-}
-
-#[test]
-fn thin_metadata_size_output_matches_the_installed_binary() {
-    if !have_tool("thin_metadata_size") {
-        return;
-    }
-    let cases: &[&[&str]] = &[
-        &["-b", "64k", "-s", "1t", "-m", "1000"],
-        &["-b", "64k", "-s", "1t", "-m", "1000", "-n"],
-        &["-b", "64k", "-s", "1t", "-m", "1000", "-u", "m", "-n"],
-        &["-b", "128", "-s", "10g", "-m", "1"],
-        &["-b", "64", "-s", "1000", "-m", "1", "-u", "s"],
-        &["-b", "1k", "-s", "1t", "-m", "1"],
-        &["-b", "2m", "-s", "100G", "-m", "100000", "-u", "M"],
-        &["-b", "2m", "-s", "200t", "-m", "1000", "-u", "g"],
-        &["-u", "m", "-b", "128", "-s", "1t", "-m", "10"],
-        &["-b", "64k", "-s", "1t", "-m", "1k"],
-        &["-b64k", "--pool-size=1t", "--max-thins", "10", "--numeric-only=long"],
-        &["-b", "64kib", "-s", "1tebi", "-m", "10", "-u", "mega"],
-        &["-b", "64k", "-s", "5000000", "-m", "3", "-u", "k"],
-        &["-b", "1s", "-s", "3s", "-m", "1", "-u", "b"],
-        &["-b", "64k", "-s", "99999999999999999999", "-m", "1"],
-        &["--block=256k", "--pool=3t", "--max=7", "-nshort", "-u", "K"],
-    ];
-    let units = "bskKmMgGtTpPeEzZyY";
-    let mut all: Vec<Vec<String>> =
-        cases.iter().map(|c| c.iter().map(|s| s.to_string()).collect()).collect();
-    for u in units.chars() {
-        let args = ["-b", "64k", "-s", "1t", "-m", "1000", "-u"];
-        all.push(args.iter().map(|s| s.to_string()).chain([u.to_string()]).collect());
-    }
-    for args in &all {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let real = run("thin_metadata_size", &argv);
-        match parse_args(&argv) {
-            Ok(SizeCommand::Estimate(o)) => {
-                assert!(real.status.success(), "{argv:?}");
-                let ours = render(&o, "thin_metadata_size");
-                assert_eq!(ours, String::from_utf8_lossy(&real.stdout), "{argv:?}");
-            }
-            other => panic!("{argv:?}: {other:?}"),
-        }
-    }
-    assert_eq!(help_text("thin_metadata_size"), stdout_of("thin_metadata_size", &["-h"]));
-    assert_eq!(parse_args(&["-b", "1", "-h"]).expect("help"), SizeCommand::Help);
-    for bad in [
-        &["-b", "64k", "-s", "1t"][..],
-        &["-b", "63k", "-s", "1t", "-m", "1"],
-        &["-b", "0", "-s", "1t", "-m", "1"],
-        &["-b", "64k", "-s", "1t", "-m", "1", "-nx"],
-    ] {
-        let real = run("thin_metadata_size", bad);
-        let err = parse_args(bad).expect_err("rejected");
-        assert_eq!(real.status.code(), Some(1));
-        assert_eq!(
-            String::from_utf8_lossy(&real.stderr),
-            format!("thin_metadata_size - {err}\n"),
-            "{bad:?}"
-        );
-    }
 }
 
 /// Restores `cfg`'s pool with the real thin_restore, checks it with thin_check and

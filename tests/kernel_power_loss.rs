@@ -13,8 +13,7 @@
 //! Rounds: THINLY_POWER_LOSS_ROUNDS (default 20 under CI, 3 otherwise), two guests at a time
 //! (one vCPU each). THINLY_SEED=N replays a round's choices (its seed is printed).
 
-#[path = "kernel/harness.rs"]
-mod harness;
+use thinly_lab::kernel::harness;
 
 use harness::Work;
 use std::collections::{BTreeMap, BTreeSet};

@@ -4,8 +4,7 @@
 //! the snapshots must still read what they held before. With the details rebuilt at
 //! snap_time 0 the kernel would write in place over the shared blocks. One guest boot.
 
-#[path = "kernel/harness.rs"]
-mod harness;
+use thinly_lab::kernel::harness;
 
 use harness::{Guest, Work};
 use std::collections::BTreeMap;
@@ -16,8 +15,8 @@ use thinly_engine::fsck::repair::repair;
 use thinly_engine::fsck::restore::Overrides;
 use thinly_engine::io::{BlockDevice, FileDevice, IoMode};
 use thinly_engine::kernel::activate::{Activation, ActivationOptions, DATA_FILE, METADATA_FILE};
-use thinly_engine::kernel::opscript::Pattern;
 use thinly_engine::pool::{Pool, PoolOptions, PoolSettings};
+use thinly_lab::kernel::opscript::Pattern;
 
 const BS: u64 = 64 << 10;
 const MIB: u64 = 1 << 20;

@@ -76,7 +76,7 @@ impl Inner {
             return Err(PoolError::ReadOnly(reason.clone()));
         }
         // Parked blocks are free in this commit: their data may have missed its sync. (A
-        // crash leaves them free but written; open punches every free block.)
+        // crash leaves them free but written: not known holes after a reopen.)
         let mut parked = std::mem::take(&mut meta.parked);
         // Inserted below in key order: neighbouring inserts share their b-tree path.
         parked.sort_unstable_by_key(|p| (p.dev, p.vblock));
@@ -129,13 +129,15 @@ impl Inner {
         }
     }
 
-    /// Punches `n` free blocks from `start`; a failure is remembered so the blocks are
-    /// zeroed before reuse.
-    pub(super) fn punch_run(&self, meta: &mut Meta, start: u64, n: u64) {
+    /// Punches `n` blocks from `start` that the commit just made has freed, and records
+    /// them as holes; a failure only leaves them unknown (prepared when reused).
+    fn punch_run(&self, meta: &mut Meta, start: u64, n: u64) {
         let bs = self.block_size;
-        if let Err(e) = self.data.punch_hole(start * bs, n * bs) {
-            tracing::warn!(pool = %self.label, start, n, "hole-punching free blocks failed: {e}");
-            meta.unzeroed.extend(start..start + n);
+        match self.data.punch_hole(start * bs, n * bs) {
+            Ok(()) => meta.holes.insert(start, n),
+            Err(e) => {
+                tracing::warn!(pool = %self.label, start, n, "hole-punching freed blocks failed: {e}")
+            }
         }
     }
 
@@ -293,10 +295,13 @@ impl Inner {
         if nr_blocks < meta.md.nr_data_blocks() {
             return Err(PoolError::Invalid("the data device cannot shrink".into()));
         }
+        let old = meta.md.nr_data_blocks();
         self.data.set_len(nr_blocks * self.block_size)?;
         if let Err(e) = meta.md.resize_data(nr_blocks) {
             return Err(self.metadata_failed(meta, e));
         }
+        // A file grows by a hole.
+        meta.holes.insert(old, nr_blocks - old);
         self.emit(PoolEvent::Extended { total_blocks: nr_blocks });
         let free = meta.md.nr_free_data_blocks();
         if free > meta.config.settings.low_water_mark_blocks {

@@ -1,14 +1,20 @@
 //! Pool lifecycle: create, format, open (with pool.json reconciliation and the exclusive
-//! lock), start (the commit timer and the open-time zeroing of free blocks), close.
+//! lock), start (the commit timer), close.
+//!
+//! Open never writes the data file. It checks the metadata first (the internal checker:
+//! every tree, and the space maps against the references): a pool whose space map
+//! disagrees with its mappings, or with any other fatal problem, opens read-only and says
+//! which commands to run (thin_check, thin_repair) — it never repairs by destroying data.
 
 use super::commit::spawn_timer;
 use super::config::{
     ConfigStore, DirConfigStore, PoolConfig, PoolSettings, VolumeConfig, CONFIG_FORMAT,
 };
+use super::holes::Holes;
 use super::manage::volume_state;
 use super::{Inner, Meta, Mode, Pool, PoolError, Result};
 use crate::io::{BlockDevice, DataDevice, FileData, FileDevice, IoMode};
-use crate::thin::{OpenOptions, ThinMetadata};
+use crate::thin::{check, CheckOptions, OpenOptions, ThinMetadata};
 use crate::units::DevId;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -93,6 +99,7 @@ impl Pool {
     }
 
     /// Formats a pool on the given devices (tests use memory and fault-injecting ones).
+    /// `data` must read as zeros, as a new sparse file does: its blocks are known holes.
     pub fn format_on(
         dev: Arc<dyn BlockDevice>,
         data: Arc<dyn DataDevice>,
@@ -112,7 +119,10 @@ impl Pool {
             journal_seq: 0,
         };
         store.store(&config)?;
-        Self::start(md, config, dev, data, store, lock, label)
+        let mut holes = Holes::default();
+        holes.insert(0, nr_blocks);
+        let state = Opened { md, config, mode: Mode::Write, holes };
+        Self::start(state, dev, data, store, lock, label)
     }
 
     /// Opens the pool in `dir` (exclusively).
@@ -144,10 +154,13 @@ impl Pool {
         lock: Option<PoolLock>,
         label: &str,
     ) -> Result<Pool> {
-        let mut md = ThinMetadata::open(dev.clone(), OpenOptions::default())?;
+        let suspect = check_at_open(&dev, label)?;
+        let read_only = suspect.is_some();
+        let mut md =
+            ThinMetadata::open(dev.clone(), OpenOptions { read_only, ..Default::default() })?;
         let bs = md.data_block_size_sectors() as u64 * 512;
         let stored = store.load()?;
-        let config = reconcile(&mut md, stored, bs)?;
+        let config = reconcile(&mut md, stored, bs, !read_only)?;
         if data.len_bytes() < md.nr_data_blocks() * bs {
             return Err(PoolError::Invalid(format!(
                 "the data file holds {} bytes but the metadata maps {} blocks of {bs}",
@@ -155,19 +168,24 @@ impl Pool {
                 md.nr_data_blocks()
             )));
         }
-        store.store(&config)?;
-        Self::start(md, config, dev, data, store, lock, label)
+        if !read_only {
+            store.store(&config)?;
+        }
+        let mode = suspect.map_or(Mode::Write, Mode::ReadOnly);
+        // Nothing is known about free blocks here: any may hold old bytes.
+        let state = Opened { md, config, mode, holes: Holes::default() };
+        Self::start(state, dev, data, store, lock, label)
     }
 
     fn start(
-        md: ThinMetadata,
-        config: PoolConfig,
+        state: Opened,
         dev: Arc<dyn BlockDevice>,
         data: Arc<dyn DataDevice>,
         store: Box<dyn ConfigStore>,
         lock: Option<PoolLock>,
         label: &str,
     ) -> Result<Pool> {
+        let Opened { md, config, mode, holes } = state;
         let block_size = md.data_block_size_sectors() as u64 * 512;
         let interval = config.settings.commit_interval();
         let volumes = config
@@ -177,13 +195,12 @@ impl Pool {
             .collect();
         let free = md.nr_free_data_blocks();
         let lwm_armed = free > config.settings.low_water_mark_blocks;
-        let zero_free = config.settings.zeroing;
         let inner = Arc::new(Inner {
             label: label.to_string(),
             meta: Mutex::new(Meta {
                 md,
                 config,
-                mode: Mode::Write,
+                mode,
                 lwm_armed,
                 provisioning: 0,
                 commit_waiting: false,
@@ -192,7 +209,7 @@ impl Pool {
                 commit_gen: 0,
                 parked: Vec::new(),
                 committed_writes: 0,
-                unzeroed: Default::default(),
+                holes,
             }),
             provisioned: Condvar::new(),
             space: Condvar::new(),
@@ -209,14 +226,6 @@ impl Pool {
             timer: Mutex::new(None),
             _lock: lock,
         });
-        if zero_free {
-            // Free blocks may hold old data (a crash lost the transaction that wrote them,
-            // or another tool wrote the pool): make every one a hole.
-            let mut meta = inner.meta();
-            for (start, n) in meta.md.free_data_runs() {
-                inner.punch_run(&mut meta, start.0, n);
-            }
-        }
         if !interval.is_zero() {
             let handle = spawn_timer(&inner, interval)?;
             *super::lock(&inner.timer) = Some(handle.thread().clone());
@@ -240,6 +249,40 @@ impl Pool {
     }
 }
 
+/// What `start` begins from: the metadata, the reconciled config, the mode (read-only when
+/// the check at open failed) and the blocks known to be holes.
+struct Opened {
+    md: ThinMetadata,
+    config: PoolConfig,
+    mode: Mode,
+    holes: Holes,
+}
+
+/// Runs the internal checker on the committed metadata. `Some(reason)` when it found a
+/// fatal problem (a space map that disagrees with the mappings is one): the pool must not
+/// take writes, which would trust that space map.
+fn check_at_open(dev: &Arc<dyn BlockDevice>, label: &str) -> Result<Option<String>> {
+    let report = check(dev.clone(), CheckOptions::default())?;
+    let fatal: Vec<_> = report.problems.iter().filter(|p| p.fatal).collect();
+    let Some(first) = fatal.first() else {
+        for p in &report.problems {
+            tracing::warn!(pool = %label, "metadata check: {p} (not fatal)");
+        }
+        return Ok(None);
+    };
+    for p in &fatal {
+        tracing::error!(pool = %label, "metadata check: {p}");
+    }
+    let reason = format!(
+        "the metadata fails its check ({} problems, the first: {first}); the pool is \
+         read-only: run `thin_check` on {label}/{METADATA_FILE}, then `thin_repair` into a \
+         new metadata file",
+        fatal.len()
+    );
+    tracing::error!(pool = %label, "{reason}");
+    Ok(Some(reason))
+}
+
 /// The exclusive lock on the metadata file that a pool holds while open.
 pub type PoolLock = nix::fcntl::Flock<std::fs::File>;
 
@@ -253,8 +296,14 @@ fn lock_file(meta_path: &Path, dir: &Path) -> Result<PoolLock> {
 /// Makes pool.json agree with the metadata after open (see `persist` for the order of
 /// writes): volumes whose device does not exist are dropped (an uncommitted create),
 /// devices no volume names get one (`thin<ID>`, or — when pool.json is one transaction
-/// ahead — are deleted: an uncommitted delete).
-fn reconcile(md: &mut ThinMetadata, stored: Option<PoolConfig>, bs: u64) -> Result<PoolConfig> {
+/// ahead — are deleted: an uncommitted delete; not when `writable` is false: then nothing
+/// is changed and such a device is named like the others).
+fn reconcile(
+    md: &mut ThinMetadata,
+    stored: Option<PoolConfig>,
+    bs: u64,
+    writable: bool,
+) -> Result<PoolConfig> {
     let t = md.transaction_id();
     let mut config = stored.unwrap_or_else(|| PoolConfig {
         format: CONFIG_FORMAT,
@@ -270,7 +319,7 @@ fn reconcile(md: &mut ThinMetadata, stored: Option<PoolConfig>, bs: u64) -> Resu
         );
         config.settings.data_block_size_bytes = bs;
     }
-    let ahead = config.transaction_id == t + 1;
+    let ahead = writable && config.transaction_id == t + 1;
     if config.transaction_id != t && !ahead {
         tracing::warn!(
             "pool.json matches transaction {}, the metadata is at {t}: reconciling",

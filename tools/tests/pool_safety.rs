@@ -1,0 +1,72 @@
+//! Data safety of the pool and its commands (issue 13): opening a pool never destroys data.
+
+mod common;
+
+use common::image::Image;
+use common::{ok, thinly_run};
+use std::path::Path;
+use thinly_engine::io::IoMode;
+use thinly_engine::pool::{Pool, PoolOptions, PoolSettings};
+
+const BS: u64 = 64 << 10;
+
+fn small_pool(dir: &Path) -> Pool {
+    let settings = PoolSettings { commit_interval_ms: 0, ..PoolSettings::default() };
+    let opts = PoolOptions { data_size_bytes: 64 << 20, settings, ..PoolOptions::default() };
+    Pool::create(dir, &opts).expect("create pool")
+}
+
+fn pattern(seed: u8) -> Vec<u8> {
+    (0..BS as usize).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// Reads data block `b` straight from the data file.
+fn data_block(dir: &Path, b: u64) -> Vec<u8> {
+    let bytes = std::fs::read(dir.join("data")).expect("read data file");
+    bytes[(b * BS) as usize..((b + 1) * BS) as usize].to_vec()
+}
+
+#[test]
+fn listing_a_pool_whose_space_map_calls_a_mapped_block_free_keeps_its_bytes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pool");
+    {
+        let pool = small_pool(&dir);
+        let vol = pool.create_volume("v", 16 << 20).expect("create volume");
+        vol.write(0, &pattern(1), false).expect("write block 0");
+        vol.write(BS, &pattern(2), false).expect("write block 1");
+        pool.close().expect("close");
+    }
+    // The finding: a data bitmap that says a mapped block is free (checksum kept valid).
+    let meta = dir.join("metadata");
+    let mut img = Image::load(&meta);
+    let bitmap = img.data_bitmap();
+    let j = (0..16320).find(|&j| img.bitmap_entry(bitmap, j) == 1).expect("a used data block");
+    img.set_bitmap_entry(bitmap, j, 0);
+    img.save(&meta);
+    let before = data_block(&dir, j as u64);
+    assert!(before.iter().any(|&b| b != 0), "the mapped block holds data");
+
+    let dir_s = dir.to_str().expect("utf-8 path");
+    ok(&thinly_run(&["list", "--pool", dir_s]), "thinly list");
+    let status = thinly_run(&["status", "--json", "--pool", dir_s]);
+    ok(&status, "thinly status");
+    assert_eq!(data_block(&dir, j as u64), before, "list/status destroyed a mapped block");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(v["pool"]["mode"], "ro", "a pool whose space map is wrong opens read-only");
+
+    // Served or opened by the engine, it stays read-only: writes are refused, the data
+    // and the metadata stay as they were.
+    let meta_before = std::fs::read(&meta).expect("read metadata");
+    let pool = Pool::open(&dir, IoMode::Auto).expect("open");
+    assert_eq!(pool.status().mode, "ro");
+    let vol = pool.volume("v").expect("volume");
+    assert!(vol.write(2 * BS, &pattern(3), true).is_err(), "a write to a suspect pool");
+    let mut buf = vec![0u8; BS as usize];
+    vol.read(0, &mut buf).expect("reads still work");
+    assert_eq!(buf, pattern(1));
+    pool.close().expect("close");
+    drop((vol, pool));
+    assert_eq!(data_block(&dir, j as u64), before);
+    assert_eq!(std::fs::read(&meta).expect("read metadata"), meta_before);
+}

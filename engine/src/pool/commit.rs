@@ -292,13 +292,19 @@ impl Inner {
     /// Grows the data device and the data space map to `nr_blocks` (uncommitted).
     pub(super) fn extend_locked(&self, meta: &mut Meta, nr_blocks: u64) -> Result<()> {
         self.check_writable(meta)?;
-        if nr_blocks < meta.md.nr_data_blocks() {
-            return Err(PoolError::Invalid("the data device cannot shrink".into()));
-        }
         let old = meta.md.nr_data_blocks();
+        check_extend(meta, old, nr_blocks)?;
+        let old_len = self.data.len_bytes();
         self.data.set_len(nr_blocks * self.block_size)?;
         if let Err(e) = meta.md.resize_data(nr_blocks) {
-            return Err(self.metadata_failed(meta, e));
+            // Refused before it changed the metadata: the data file goes back as it was.
+            if let Err(e) = self.data.set_len(old_len) {
+                tracing::warn!(pool = %self.label, "shrinking the data file back failed: {e}");
+            }
+            return Err(match e {
+                crate::Error::Invalid(m) => PoolError::Invalid(m),
+                e => self.metadata_failed(meta, e),
+            });
         }
         // A file grows by a hole.
         meta.holes.insert(old, nr_blocks - old);
@@ -310,6 +316,34 @@ impl Inner {
         self.space.notify_all();
         Ok(())
     }
+}
+
+/// Refuses an extend that would shrink the data device, pass the format's or memory's
+/// limits, or need more metadata blocks for its space-map bitmaps than are free (the
+/// commit would run out of metadata space and turn the pool read-only).
+fn check_extend(meta: &Meta, old: u64, nr_blocks: u64) -> Result<()> {
+    use crate::limits::{ENTRIES_PER_BITMAP, MAX_DATA_BLOCKS, MAX_DATA_BLOCKS_IN_MEMORY};
+    if nr_blocks < old {
+        return Err(PoolError::Invalid("the data device cannot shrink".into()));
+    }
+    let max = MAX_DATA_BLOCKS.min(MAX_DATA_BLOCKS_IN_MEMORY);
+    if nr_blocks > max {
+        return Err(PoolError::Invalid(format!(
+            "{nr_blocks} data blocks: at most {max} (use larger data blocks)"
+        )));
+    }
+    let s = meta.md.status();
+    let free = s.total_metadata_blocks.saturating_sub(s.used_metadata_blocks);
+    let reserve = crate::limits::metadata_reserve_blocks(s.total_metadata_blocks);
+    // One bitmap per ENTRIES_PER_BITMAP blocks, plus index nodes (generously one per 64).
+    let bitmaps = nr_blocks.div_ceil(ENTRIES_PER_BITMAP) - old.div_ceil(ENTRIES_PER_BITMAP);
+    if bitmaps + bitmaps.div_ceil(64) + reserve > free {
+        return Err(PoolError::NoSpace(format!(
+            "extending to {nr_blocks} data blocks needs {bitmaps} more metadata blocks than \
+             the {free} free: extend the metadata first"
+        )));
+    }
+    Ok(())
 }
 
 /// Commits every `interval` while the pool lives.

@@ -12,7 +12,7 @@ mod mem;
 
 pub use data::{DataDevice, FaultyData, FileData, IoMode, MemData};
 pub use fault::{CrashPlan, FaultyDevice};
-pub use file::FileDevice;
+pub use file::{preallocate, FileDevice};
 pub use mem::MemDevice;
 
 use crate::limits::META_BLOCK_SIZE;

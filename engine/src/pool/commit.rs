@@ -87,6 +87,9 @@ impl Inner {
                 let mut kept: Vec<DataBlock> = parked.iter().map(|p| p.block).collect();
                 kept.sort_unstable();
                 freed.retain(|b| kept.binary_search(b).is_err());
+                if !freed.is_empty() {
+                    self.space_appeared(meta);
+                }
                 self.punch_freed(meta, freed);
             });
         }
@@ -240,6 +243,47 @@ impl Inner {
         }
     }
 
+    /// Runs a data write `f`, treating ENOSPC from the filesystem under the data file as
+    /// out of data space (never as a pool failure): the mode and the event say so, and the
+    /// out-of-space policy decides — `error` fails the write at once, `queue` waits for
+    /// space (a commit that frees blocks punches them, an extend) until its timeout and
+    /// retries. `f` must leave nothing behind when it fails (write_piece gives back the
+    /// block it allocated).
+    pub(super) fn retry_when_full<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut deadline = None;
+        loop {
+            match f() {
+                Err(PoolError::Io(e)) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {}
+                r => return r,
+            }
+            let mut meta = self.meta();
+            if meta.mode == Mode::Write {
+                tracing::warn!(pool = %self.label, "the data file's filesystem is full");
+                meta.mode = Mode::OutOfDataSpace;
+                self.emit(PoolEvent::OutOfDataSpace);
+            }
+            let full = || PoolError::NoSpace("the data file's filesystem is full".into());
+            let until = match meta.config.settings.out_of_space {
+                OutOfSpacePolicy::Queue { timeout_ms } => *deadline
+                    .get_or_insert_with(|| Instant::now() + Duration::from_millis(timeout_ms)),
+                OutOfSpacePolicy::Error => return Err(full()),
+            };
+            let now = Instant::now();
+            if now >= until {
+                return Err(full());
+            }
+            drop(self.space.wait_timeout(meta, until - now));
+        }
+    }
+
+    /// Space appeared (a commit freed blocks, an extend): out of data space is over.
+    fn space_appeared(&self, meta: &mut Meta) {
+        if meta.mode == Mode::OutOfDataSpace {
+            meta.mode = Mode::Write;
+        }
+        self.space.notify_all();
+    }
+
     /// Ends a provisioning started by `alloc_block`; `unused` gives the block back.
     pub(super) fn end_provision(&self, meta: &mut Meta, unused: Option<DataBlock>) {
         meta.provisioning = meta.provisioning.saturating_sub(1);
@@ -313,7 +357,7 @@ impl Inner {
         if free > meta.config.settings.low_water_mark_blocks {
             meta.lwm_armed = true;
         }
-        self.space.notify_all();
+        self.space_appeared(meta);
         Ok(())
     }
 }

@@ -165,6 +165,11 @@ pub const JOURNAL_FILE: &str = "pool.log";
 /// while a management operation stays O(1) (one appended line) instead of O(volumes).
 pub const MAX_JOURNAL_ENTRIES: u64 = 1024;
 
+/// Bytes reserved (fallocate, keeping the size) for a new journal: appends then need no
+/// new space from the filesystem, so management (a delete that frees space) works on a
+/// full one. MAX_JOURNAL_ENTRIES lines of up to 512 bytes.
+pub const JOURNAL_RESERVE_BYTES: u64 = MAX_JOURNAL_ENTRIES * 512;
+
 /// Longest volume name (it becomes an NBD export name and a file-name-safe label).
 pub const MAX_VOLUME_NAME: usize = 128;
 
@@ -251,7 +256,9 @@ impl ConfigStore for DirConfigStore {
         std::fs::rename(&tmp, self.dir.join(CONFIG_FILE))?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         // The checkpoint holds every entry (its journal_seq says so): start a new journal.
-        std::fs::File::create(self.dir.join(JOURNAL_FILE))?.sync_all()?;
+        let journal = std::fs::File::create(self.dir.join(JOURNAL_FILE))?;
+        reserve_journal(&journal);
+        journal.sync_all()?;
         *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = 0;
         Ok(())
     }
@@ -276,6 +283,17 @@ impl ConfigStore for DirConfigStore {
         f.sync_data()?;
         *entries += 1;
         Ok(())
+    }
+}
+
+/// Reserves JOURNAL_RESERVE_BYTES for the journal's appends (best effort: a filesystem
+/// without fallocate just allocates as the journal grows).
+fn reserve_journal(f: &std::fs::File) {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    if let Err(e) = fallocate(f.as_raw_fd(), keep, 0, JOURNAL_RESERVE_BYTES as i64) {
+        tracing::debug!("reserving space for the journal: {e}");
     }
 }
 

@@ -135,7 +135,13 @@ impl Pool {
             )));
         }
         let lock = lock_file(&meta_path, dir)?;
-        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&meta_path, false)?);
+        let meta_file = FileDevice::open(&meta_path, false)?;
+        // Pools made before metadata was preallocated: allocate it now if there is room.
+        let len = meta_file.file().metadata()?.len();
+        if let Err(e) = crate::io::preallocate(meta_file.file(), 0, len) {
+            tracing::warn!("{}: preallocating the metadata file: {e}", dir.display());
+        }
+        let dev: Arc<dyn BlockDevice> = Arc::new(meta_file);
         let data: Arc<dyn DataDevice> = Arc::new(FileData::open(&dir.join(DATA_FILE), io_mode)?);
         Self::open_on(
             dev,
@@ -169,7 +175,13 @@ impl Pool {
             )));
         }
         if !read_only {
-            store.store(&config)?;
+            match store.store(&config) {
+                // pool.json and its journal on disk still hold what was loaded.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {
+                    tracing::warn!("{label}: no space to checkpoint pool.json: {e}")
+                }
+                r => r?,
+            }
         }
         let mode = suspect.map_or(Mode::Write, Mode::ReadOnly);
         // Nothing is known about free blocks here: any may hold old bytes.

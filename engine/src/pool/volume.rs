@@ -214,7 +214,7 @@ impl Volume {
         for p in pieces(self.inner.block_size, offset, data.len() as u64) {
             let bytes = &data[done..done + p.len as usize];
             done += p.len as usize;
-            self.write_piece(&p, Payload::Bytes(bytes))?;
+            self.inner.retry_when_full(|| self.write_piece(&p, Payload::Bytes(bytes)))?;
         }
         self.finish_write(fua)
     }
@@ -229,7 +229,7 @@ impl Volume {
             if p.len == bs && may_trim {
                 self.unmap_block(p.vblock)?;
             } else if p.len == bs || self.is_mapped(p.vblock)? {
-                self.write_piece(&p, Payload::Zeros)?;
+                self.inner.retry_when_full(|| self.write_piece(&p, Payload::Zeros))?;
             }
         }
         self.finish_write(fua)

@@ -70,3 +70,104 @@ fn listing_a_pool_whose_space_map_calls_a_mapped_block_free_keeps_its_bytes() {
     assert_eq!(data_block(&dir, j as u64), before);
     assert_eq!(std::fs::read(&meta).expect("read metadata"), meta_before);
 }
+
+/// Waits for `child` at most 30 s (then kills it and fails).
+fn wait_bounded(mut child: std::process::Child, what: &str) -> std::process::Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn list_and_status_exit_quietly_when_their_reader_goes_away() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pool");
+    let pool = small_pool(&dir);
+    pool.create_volume("v", 16 << 20).expect("volume");
+    pool.close().expect("close");
+    drop(pool);
+    let dir_s = dir.to_str().expect("utf-8 path");
+    for cmd in [
+        &["list", "--pool", dir_s][..],
+        &["status", "--pool", dir_s],
+        &["pool", "status", "--pool", dir_s],
+    ] {
+        // `thinly list | head -0`: the pipe's reader is gone before anything is written.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let child = std::process::Command::new(common::thinly())
+            .args(cmd)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let out = wait_bounded(child, "thinly");
+        assert_eq!(out.status.code(), Some(0), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn serve_refuses_an_explicit_pool_that_does_not_exist_unless_told_to_create_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let typo = tmp.path().join("TYPO");
+    let typo_s = typo.to_str().expect("utf-8 path");
+    let child = std::process::Command::new(common::thinly())
+        .args(["serve", "--pool", typo_s, "--listen", "none"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = wait_bounded(child, "thinly serve --pool TYPO");
+    assert!(!out.status.success(), "serve of a missing --pool must fail");
+    assert!(!typo.join("metadata").exists(), "no pool was created");
+
+    let mut child = std::process::Command::new(common::thinly())
+        .args(["serve", "--pool", typo_s, "--listen", "none", "--create"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(typo.join("control.sock")).is_err() {
+        if std::time::Instant::now() > deadline || child.try_wait().expect("try_wait").is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve --create did not start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let out = wait_bounded(child, "thinly serve --create");
+    assert!(out.status.success(), "serve --create exit");
+    assert!(typo.join("metadata").exists(), "--create made the pool");
+}
+
+#[test]
+fn thin_ls_fails_on_metadata_that_thin_check_rejects() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pool");
+    let pool = small_pool(&dir);
+    let vol = pool.create_volume("v", 16 << 20).expect("create volume");
+    vol.write(0, &pattern(1), false).expect("write");
+    pool.close().expect("close");
+    drop((vol, pool));
+    let meta = dir.join("metadata");
+    let meta_s = meta.to_str().expect("utf-8 path");
+    ok(&thinly_run(&["ls", meta_s]), "thin_ls of good metadata");
+    let mut img = Image::load(&meta);
+    let bitmap = img.data_bitmap();
+    let j = (0..16320).find(|&j| img.bitmap_entry(bitmap, j) == 1).expect("a used data block");
+    img.set_bitmap_entry(bitmap, j, 0);
+    img.save(&meta);
+    assert!(!thinly_run(&["check", meta_s]).status.success(), "thin_check rejects it");
+    let out = thinly_run(&["ls", meta_s]);
+    assert_eq!(out.status.code(), Some(64), "thin_ls fails as thin_check does");
+}

@@ -8,7 +8,8 @@
 
 use super::commit::spawn_timer;
 use super::config::{
-    ConfigStore, DirConfigStore, PoolConfig, PoolSettings, VolumeConfig, CONFIG_FORMAT,
+    ConfigStore, DirConfigStore, PoolConfig, PoolSettings, VolumeConfig, CONFIG_COPY_FILE,
+    CONFIG_FILE, CONFIG_FORMAT, JOURNAL_FILE,
 };
 use super::holes::Holes;
 use super::manage::volume_state;
@@ -77,11 +78,36 @@ impl Pool {
         if opts.data_size_bytes < bs {
             return Err(PoolError::Invalid("the data device must hold at least one block".into()));
         }
+        let made_dir = !dir.exists();
         std::fs::create_dir_all(dir)?;
-        let meta_path = dir.join(METADATA_FILE);
-        if meta_path.exists() {
+        if dir.join(METADATA_FILE).exists() {
             return Err(PoolError::Invalid(format!("{} already holds a pool", dir.display())));
         }
+        // A failed create leaves nothing behind: the files it made go (never one it found).
+        let names = [METADATA_FILE, DATA_FILE, CONFIG_FILE, CONFIG_COPY_FILE, JOURNAL_FILE];
+        let tmps = names.map(|n| format!(".{n}.tmp"));
+        let new: Vec<_> = names
+            .iter()
+            .copied()
+            .chain(tmps.iter().map(String::as_str))
+            .map(|n| dir.join(n))
+            .filter(|p| !p.exists())
+            .collect();
+        let r = Self::create_files(dir, opts);
+        if r.is_err() {
+            for path in new {
+                let _ = std::fs::remove_file(path);
+            }
+            if made_dir {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        r
+    }
+
+    fn create_files(dir: &Path, opts: &PoolOptions) -> Result<Pool> {
+        let bs = opts.settings.data_block_size_bytes;
+        let meta_path = dir.join(METADATA_FILE);
         let nr_meta_blocks = opts.metadata_bytes().div_ceil(4096);
         let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::create(&meta_path, nr_meta_blocks)?);
         let lock = lock_file(&meta_path, dir)?;
@@ -359,7 +385,12 @@ fn reconcile(
         } else {
             let blocks = md.highest_mapped(id)?.map_or(0, |b| b.0 + 1).max(md.nr_data_blocks());
             let name = format!("thin{}", id.0);
-            tracing::info!("device {id}: no volume names it; naming it {name}");
+            tracing::warn!(
+                "device {id}: no volume names it; naming it {name}, GUESSING its size ({} \
+                 bytes: the data device or its highest mapping, if larger) and that it is \
+                 writable; fix them with `thinly resize` if pool.json was lost",
+                blocks * bs
+            );
             config.volumes.insert(
                 name,
                 VolumeConfig {

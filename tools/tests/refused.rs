@@ -129,25 +129,30 @@ struct State {
     list: Value,
 }
 
-fn files(dir: &Path, metadata: bool) -> (Option<Vec<u8>>, Vec<u8>, Option<Vec<u8>>, u64) {
-    (
-        metadata.then(|| std::fs::read(dir.join("metadata")).expect("metadata")),
-        std::fs::read(dir.join("pool.json")).expect("pool.json"),
-        std::fs::read(dir.join("pool.log")).ok(),
-        std::fs::metadata(dir.join("data")).expect("data").len(),
-    )
+/// The files' part of the state (status and list left null).
+fn files(dir: &Path, metadata: bool) -> State {
+    State {
+        metadata: metadata.then(|| std::fs::read(dir.join("metadata")).expect("metadata")),
+        pool_json: std::fs::read(dir.join("pool.json")).expect("pool.json"),
+        journal: std::fs::read(dir.join("pool.log")).ok(),
+        data_len: std::fs::metadata(dir.join("data")).expect("data").len(),
+        status: Value::Null,
+        list: Value::Null,
+    }
 }
 
 fn offline_state(pool: &Pool, dir: &Path) -> State {
     pool.commit().expect("a commit after the case");
-    let (metadata, pool_json, journal, data_len) = files(dir, true);
-    let status = serde_json::to_value(pool.status()).expect("status");
     let list: Vec<Value> = pool
         .list()
         .into_iter()
         .map(|(n, v)| json!({"name": n, "config": v, "status": pool.volume_status(&n).ok()}))
         .collect();
-    State { metadata, pool_json, journal, data_len, status, list: Value::Array(list) }
+    State {
+        status: serde_json::to_value(pool.status()).expect("status"),
+        list: Value::Array(list),
+        ..files(dir, true)
+    }
 }
 
 fn make_pool(dir: &Path) -> Pool {
@@ -225,11 +230,10 @@ impl Served {
     }
 
     fn state(&self) -> State {
-        let (metadata, pool_json, journal, data_len) = files(&self.dir, false);
         let status = self.send(r#"{"op":"status"}"#);
         let list = self.send(r#"{"op":"list"}"#);
         assert_eq!(status["ok"], true, "status: {status}");
-        State { metadata, pool_json, journal, data_len, status, list }
+        State { status, list, ..files(&self.dir, false) }
     }
 
     fn stop(&mut self) {

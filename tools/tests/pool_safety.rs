@@ -171,3 +171,25 @@ fn thin_ls_fails_on_metadata_that_thin_check_rejects() {
     let out = thinly_run(&["ls", meta_s]);
     assert_eq!(out.status.code(), Some(64), "thin_ls fails as thin_check does");
 }
+
+#[test]
+fn thin_ls_and_thin_check_accept_a_pool_holding_a_metadata_snapshot() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pool");
+    let pool = small_pool(&dir);
+    let vol = pool.create_volume("v", 16 << 20).expect("create volume");
+    vol.write(0, &pattern(1), false).expect("write");
+    pool.snapshot("v", "s", true).expect("snapshot");
+    pool.message("reserve_metadata_snap").expect("reserve");
+    vol.write(0, &pattern(2), false).expect("write after the snapshot");
+    pool.close().expect("close");
+    drop((vol, pool));
+    let meta = dir.join("metadata");
+    let meta_s = meta.to_str().expect("utf-8 path");
+    ok(&thinly_run(&["check", meta_s]), "thin_check with a held metadata snapshot");
+    ok(&thinly_run(&["ls", meta_s]), "thin_ls with a held metadata snapshot");
+    ok(&thinly_run(&["ls", "-m", meta_s]), "thin_ls -m");
+    if common::have_tools(&["thin_check"]) {
+        ok(&common::run("thin_check", &[meta_s]), "the real thin_check");
+    }
+}

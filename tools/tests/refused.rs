@@ -186,7 +186,6 @@ fn every_refused_command_offline_leaves_the_pool_exactly_as_it_was() {
         assert_eq!(offline_state(&pool, &dir), before, "{}: {} changed the pool", c.what, c.req);
     }
     if is_held {
-        // (`thinly check` misreports a pool with a held metadata snapshot: not this test's.)
         pool.message("release_metadata_snap").expect("release");
     }
     pool.close().expect("close");

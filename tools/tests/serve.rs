@@ -59,7 +59,8 @@ impl Served {
     fn start(extra: &[&str]) -> Served {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
-        let mut args = vec!["serve", "--pool", dir.to_str().unwrap(), "--listen", "none"];
+        let mut args =
+            vec!["serve", "--pool", dir.to_str().unwrap(), "--listen", "none", "--create"];
         args.extend_from_slice(extra);
         let child =
             Command::new(common::thinly()).args(&args).stderr(Stdio::piped()).spawn().unwrap();

@@ -200,6 +200,8 @@ struct Checker<'a> {
     device: Option<u64>,
     /// Leaf entries below each bottom-level node (shared nodes are walked once).
     entries_below: HashMap<u64, u64>,
+    /// Walking the held metadata snapshot's trees: count references, compare nothing.
+    counting_only: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -215,6 +217,7 @@ impl<'a> Checker<'a> {
             problems: Vec::new(),
             device: None,
             entries_below: HashMap::new(),
+            counting_only: false,
         }
     }
 
@@ -405,7 +408,10 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Walks a two-level mapping tree and a details tree; returns details and roots.
+    /// Walks a two-level mapping tree and a details tree; returns details and roots. Each
+    /// distinct node is walked once, so the device comparisons only hold for the first
+    /// trees walked: `count_held` (whose trees share nodes with the live ones) sets
+    /// `counting_only` to only count the snapshot's references.
     fn mapping_trees(
         &mut self,
         top: u64,
@@ -416,6 +422,14 @@ impl<'a> Checker<'a> {
         let details = self.details(details_root);
         let mut roots = Vec::new();
         self.tree(top, Tree::Top, &mut roots);
+        if self.counting_only {
+            for &(id, root) in &roots {
+                self.device = Some(id);
+                self.tree(root, Tree::Bottom, &mut Vec::new());
+            }
+            self.device = None;
+            return (details, roots);
+        }
         for (id, _) in &roots {
             if !details.contains_key(id) {
                 self.device = Some(*id);
@@ -558,7 +572,9 @@ fn count_held(c: &mut Checker, sb: &Superblock, report: &mut CheckReport) {
         Ok(raw) => {
             let s = Superblock::decode(&raw[..]);
             let mut scratch = CheckReport::default();
+            c.counting_only = true;
             c.mapping_trees(s.data_mapping_root.0, s.device_details_root.0, true, &mut scratch);
+            c.counting_only = false;
             let _ = report;
         }
         Err(e) => c.problem(Some(h), None, format!("metadata snapshot: {e}")),

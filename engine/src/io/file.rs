@@ -1,4 +1,8 @@
 //! A metadata device backed by a regular file (or a block device node).
+//!
+//! A regular file is preallocated (fallocate) whenever it is created or grown, so that
+//! writing metadata never needs new space from the filesystem: a commit must not fail
+//! because the data file filled the filesystem they share.
 
 use super::{out_of_range, Block, BlockDevice};
 use crate::limits::META_BLOCK_SIZE;
@@ -26,6 +30,7 @@ impl FileDevice {
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         file.set_len(nr_blocks * META_BLOCK_SIZE as u64)?;
+        preallocate(&file, 0, nr_blocks * META_BLOCK_SIZE as u64)?;
         Self::from_file(file, false)
     }
 
@@ -45,6 +50,30 @@ impl FileDevice {
             return Err(out_of_range(block, n));
         }
         Ok(block * META_BLOCK_SIZE as u64)
+    }
+}
+
+/// Allocates `[offset, offset + len)` of a regular file (a no-op for a block device),
+/// growing it if needed. A filesystem without fallocate gets the zeros written instead.
+pub fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    if len == 0 || !file.metadata()?.file_type().is_file() {
+        return Ok(());
+    }
+    match fallocate(file.as_raw_fd(), FallocateFlags::empty(), offset as i64, len as i64) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EOPNOTSUPP) => {
+            let zeros = vec![0u8; len.min(1 << 20) as usize];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], offset + done)?;
+                done += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -116,7 +145,13 @@ impl BlockDevice for FileDevice {
     }
 
     fn resize(&self, nr_blocks: u64) -> io::Result<()> {
-        self.file.set_len(nr_blocks * META_BLOCK_SIZE as u64)?;
+        let old = self.nr_blocks() * META_BLOCK_SIZE as u64;
+        let new = nr_blocks * META_BLOCK_SIZE as u64;
+        if new > old {
+            // Space first: a grown file the filesystem cannot back is refused unchanged.
+            preallocate(&self.file, old, new - old)?;
+        }
+        self.file.set_len(new)?;
         self.nr_blocks.store(nr_blocks, Ordering::Release);
         Ok(())
     }

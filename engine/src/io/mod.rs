@@ -18,7 +18,7 @@ pub use data::FaultyData;
 pub use data::{DataDevice, FileData, IoMode, MemData};
 #[cfg(any(test, feature = "testing"))]
 pub use fault::{CrashPlan, FaultyDevice};
-pub use file::FileDevice;
+pub use file::{preallocate, FileDevice};
 pub use mem::MemDevice;
 
 use crate::limits::META_BLOCK_SIZE;

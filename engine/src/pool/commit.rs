@@ -76,7 +76,7 @@ impl Inner {
             return Err(PoolError::ReadOnly(reason.clone()));
         }
         // Parked blocks are free in this commit: their data may have missed its sync. (A
-        // crash leaves them free but written; open punches every free block.)
+        // crash leaves them free but written: not known holes after a reopen.)
         let mut parked = std::mem::take(&mut meta.parked);
         // Inserted below in key order: neighbouring inserts share their b-tree path.
         parked.sort_unstable_by_key(|p| (p.dev, p.vblock));
@@ -87,6 +87,9 @@ impl Inner {
                 let mut kept: Vec<DataBlock> = parked.iter().map(|p| p.block).collect();
                 kept.sort_unstable();
                 freed.retain(|b| kept.binary_search(b).is_err());
+                if !freed.is_empty() {
+                    self.space_appeared(meta);
+                }
                 self.punch_freed(meta, freed);
             });
         }
@@ -129,13 +132,15 @@ impl Inner {
         }
     }
 
-    /// Punches `n` free blocks from `start`; a failure is remembered so the blocks are
-    /// zeroed before reuse.
-    pub(super) fn punch_run(&self, meta: &mut Meta, start: u64, n: u64) {
+    /// Punches `n` blocks from `start` that the commit just made has freed, and records
+    /// them as holes; a failure only leaves them unknown (prepared when reused).
+    fn punch_run(&self, meta: &mut Meta, start: u64, n: u64) {
         let bs = self.block_size;
-        if let Err(e) = self.data.punch_hole(start * bs, n * bs) {
-            tracing::warn!(pool = %self.label, start, n, "hole-punching free blocks failed: {e}");
-            meta.unzeroed.extend(start..start + n);
+        match self.data.punch_hole(start * bs, n * bs) {
+            Ok(()) => meta.holes.insert(start, n),
+            Err(e) => {
+                tracing::warn!(pool = %self.label, start, n, "hole-punching freed blocks failed: {e}")
+            }
         }
     }
 
@@ -238,6 +243,47 @@ impl Inner {
         }
     }
 
+    /// Runs a data write `f`, treating ENOSPC from the filesystem under the data file as
+    /// out of data space (never as a pool failure): the mode and the event say so, and the
+    /// out-of-space policy decides — `error` fails the write at once, `queue` waits for
+    /// space (a commit that frees blocks punches them, an extend) until its timeout and
+    /// retries. `f` must leave nothing behind when it fails (write_piece gives back the
+    /// block it allocated).
+    pub(super) fn retry_when_full<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut deadline = None;
+        loop {
+            match f() {
+                Err(PoolError::Io(e)) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {}
+                r => return r,
+            }
+            let mut meta = self.meta();
+            if meta.mode == Mode::Write {
+                tracing::warn!(pool = %self.label, "the data file's filesystem is full");
+                meta.mode = Mode::OutOfDataSpace;
+                self.emit(PoolEvent::OutOfDataSpace);
+            }
+            let full = || PoolError::NoSpace("the data file's filesystem is full".into());
+            let until = match meta.config.settings.out_of_space {
+                OutOfSpacePolicy::Queue { timeout_ms } => *deadline
+                    .get_or_insert_with(|| Instant::now() + Duration::from_millis(timeout_ms)),
+                OutOfSpacePolicy::Error => return Err(full()),
+            };
+            let now = Instant::now();
+            if now >= until {
+                return Err(full());
+            }
+            drop(self.space.wait_timeout(meta, until - now));
+        }
+    }
+
+    /// Space appeared (a commit freed blocks, an extend): out of data space is over.
+    fn space_appeared(&self, meta: &mut Meta) {
+        if meta.mode == Mode::OutOfDataSpace {
+            meta.mode = Mode::Write;
+        }
+        self.space.notify_all();
+    }
+
     /// Ends a provisioning started by `alloc_block`; `unused` gives the block back.
     pub(super) fn end_provision(&self, meta: &mut Meta, unused: Option<DataBlock>) {
         meta.provisioning = meta.provisioning.saturating_sub(1);
@@ -290,21 +336,58 @@ impl Inner {
     /// Grows the data device and the data space map to `nr_blocks` (uncommitted).
     pub(super) fn extend_locked(&self, meta: &mut Meta, nr_blocks: u64) -> Result<()> {
         self.check_writable(meta)?;
-        if nr_blocks < meta.md.nr_data_blocks() {
-            return Err(PoolError::Invalid("the data device cannot shrink".into()));
-        }
+        let old = meta.md.nr_data_blocks();
+        check_extend(meta, old, nr_blocks)?;
+        let old_len = self.data.len_bytes();
         self.data.set_len(nr_blocks * self.block_size)?;
         if let Err(e) = meta.md.resize_data(nr_blocks) {
-            return Err(self.metadata_failed(meta, e));
+            // Refused before it changed the metadata: the data file goes back as it was.
+            if let Err(e) = self.data.set_len(old_len) {
+                tracing::warn!(pool = %self.label, "shrinking the data file back failed: {e}");
+            }
+            return Err(match e {
+                crate::Error::Invalid(m) => PoolError::Invalid(m),
+                e => self.metadata_failed(meta, e),
+            });
         }
+        // A file grows by a hole.
+        meta.holes.insert(old, nr_blocks - old);
         self.emit(PoolEvent::Extended { total_blocks: nr_blocks });
         let free = meta.md.nr_free_data_blocks();
         if free > meta.config.settings.low_water_mark_blocks {
             meta.lwm_armed = true;
         }
-        self.space.notify_all();
+        self.space_appeared(meta);
         Ok(())
     }
+}
+
+/// Refuses an extend that would shrink the data device, pass the format's or memory's
+/// limits, or need more metadata blocks for its space-map bitmaps than are free (the
+/// commit would run out of metadata space and turn the pool read-only).
+fn check_extend(meta: &Meta, old: u64, nr_blocks: u64) -> Result<()> {
+    use crate::limits::{ENTRIES_PER_BITMAP, MAX_DATA_BLOCKS, MAX_DATA_BLOCKS_IN_MEMORY};
+    if nr_blocks < old {
+        return Err(PoolError::Invalid("the data device cannot shrink".into()));
+    }
+    let max = MAX_DATA_BLOCKS.min(MAX_DATA_BLOCKS_IN_MEMORY);
+    if nr_blocks > max {
+        return Err(PoolError::Invalid(format!(
+            "{nr_blocks} data blocks: at most {max} (use larger data blocks)"
+        )));
+    }
+    let s = meta.md.status();
+    let free = s.total_metadata_blocks.saturating_sub(s.used_metadata_blocks);
+    let reserve = crate::limits::metadata_reserve_blocks(s.total_metadata_blocks);
+    // One bitmap per ENTRIES_PER_BITMAP blocks, plus index nodes (generously one per 64).
+    let bitmaps = nr_blocks.div_ceil(ENTRIES_PER_BITMAP) - old.div_ceil(ENTRIES_PER_BITMAP);
+    if bitmaps + bitmaps.div_ceil(64) + reserve > free {
+        return Err(PoolError::NoSpace(format!(
+            "extending to {nr_blocks} data blocks needs {bitmaps} more metadata blocks than \
+             the {free} free: extend the metadata first"
+        )));
+    }
+    Ok(())
 }
 
 /// Commits every `interval` while the pool lives.

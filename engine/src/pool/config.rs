@@ -159,11 +159,19 @@ impl PoolConfig {
 
 pub const CONFIG_FORMAT: u32 = 1;
 pub const CONFIG_FILE: &str = "pool.json";
+/// A second copy of the checkpoint, written after it: a lost or damaged `pool.json` is
+/// rebuilt from it (with the journal) instead of guessed from the metadata.
+pub const CONFIG_COPY_FILE: &str = "pool.json.bak";
 /// The journal of changes since `pool.json` was written.
 pub const JOURNAL_FILE: &str = "pool.log";
 /// Entries after which the journal is folded into a new `pool.json`: keeps replay short
 /// while a management operation stays O(1) (one appended line) instead of O(volumes).
 pub const MAX_JOURNAL_ENTRIES: u64 = 1024;
+
+/// Bytes reserved (fallocate, keeping the size) for a new journal: appends then need no
+/// new space from the filesystem, so management (a delete that frees space) works on a
+/// full one. MAX_JOURNAL_ENTRIES lines of up to 512 bytes.
+pub const JOURNAL_RESERVE_BYTES: u64 = MAX_JOURNAL_ENTRIES * 512;
 
 /// Longest volume name (it becomes an NBD export name and a file-name-safe label).
 pub const MAX_VOLUME_NAME: usize = 128;
@@ -206,8 +214,31 @@ impl DirConfigStore {
         DirConfigStore { dir: dir.to_path_buf(), entries: std::sync::Mutex::new(0) }
     }
 
+    /// The checkpoint: `pool.json`, or when it is missing or unreadable, its copy.
     fn read_checkpoint(&self) -> io::Result<Option<PoolConfig>> {
-        let path = self.dir.join(CONFIG_FILE);
+        let first = self.read_file(CONFIG_FILE);
+        if let Ok(Some(c)) = first {
+            return Ok(Some(c));
+        }
+        match self.read_file(CONFIG_COPY_FILE) {
+            Ok(Some(c)) => {
+                let why = match &first {
+                    Err(e) => e.to_string(),
+                    _ => "it is missing".to_string(),
+                };
+                tracing::warn!(
+                    "{}: {CONFIG_FILE} cannot be used ({why}): using its copy {CONFIG_COPY_FILE}",
+                    self.dir.display()
+                );
+                Ok(Some(c))
+            }
+            Ok(None) => first,
+            Err(e) => first.and(Err(e)),
+        }
+    }
+
+    fn read_file(&self, name: &str) -> io::Result<Option<PoolConfig>> {
+        let path = self.dir.join(name);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -216,6 +247,17 @@ impl DirConfigStore {
         serde_json::from_str(&text).map(Some).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
         })
+    }
+
+    /// Replaces `name` with `text` atomically (temporary file, fsync, rename, fsync the
+    /// directory).
+    fn write_file(&self, name: &str, text: &str) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(name))?;
+        std::fs::File::open(&self.dir)?.sync_all()
     }
 }
 
@@ -242,16 +284,16 @@ impl ConfigStore for DirConfigStore {
     }
 
     fn store(&self, config: &PoolConfig) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".{CONFIG_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
         let mut text = serde_json::to_string_pretty(config).map_err(io::Error::other)?;
         text.push('\n');
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(CONFIG_FILE))?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.write_file(CONFIG_FILE, &text)?;
+        // Both hold the same checkpoint before the journal restarts: either one, with the
+        // journal, rebuilds the config.
+        self.write_file(CONFIG_COPY_FILE, &text)?;
         // The checkpoint holds every entry (its journal_seq says so): start a new journal.
-        std::fs::File::create(self.dir.join(JOURNAL_FILE))?.sync_all()?;
+        let journal = std::fs::File::create(self.dir.join(JOURNAL_FILE))?;
+        reserve_journal(&journal);
+        journal.sync_all()?;
         *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = 0;
         Ok(())
     }
@@ -276,6 +318,17 @@ impl ConfigStore for DirConfigStore {
         f.sync_data()?;
         *entries += 1;
         Ok(())
+    }
+}
+
+/// Reserves JOURNAL_RESERVE_BYTES for the journal's appends (best effort: a filesystem
+/// without fallocate just allocates as the journal grows).
+fn reserve_journal(f: &std::fs::File) {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    if let Err(e) = fallocate(f.as_raw_fd(), keep, 0, JOURNAL_RESERVE_BYTES as i64) {
+        tracing::debug!("reserving space for the journal: {e}");
     }
 }
 

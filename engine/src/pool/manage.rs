@@ -28,7 +28,7 @@ impl Pool {
     /// Creates an empty volume of `size_bytes` (a multiple of 512).
     pub fn create_volume(&self, name: &str, size_bytes: u64) -> Result<Volume> {
         validate_volume_name(name).map_err(PoolError::Invalid)?;
-        check_size(size_bytes)?;
+        check_size(size_bytes, self.inner.block_size)?;
         let mut meta = self.inner.meta();
         self.inner.check_writable(&meta)?;
         if meta.config.volumes.contains_key(name) {
@@ -80,7 +80,7 @@ impl Pool {
 
     /// Grows or shrinks a volume; shrinking discards everything past the new end.
     pub fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<()> {
-        check_size(size_bytes)?;
+        check_size(size_bytes, self.inner.block_size)?;
         let state = self.state_of(name)?;
         let _quiesced = state.gate.write().unwrap_or_else(|e| e.into_inner());
         let mut meta = self.inner.settled(self.inner.meta(), Some(state.dev));
@@ -199,13 +199,15 @@ pub(super) fn volume_state(name: &str, v: &VolumeConfig) -> VolumeState {
     }
 }
 
-fn check_size(size_bytes: u64) -> Result<()> {
+/// A volume size: a positive multiple of 512 of at most 2^40 blocks (the data space's
+/// own limit, `MAX_DATA_BLOCKS`).
+fn check_size(size_bytes: u64, block_size: u64) -> Result<()> {
     if !size_bytes.is_multiple_of(512) || size_bytes == 0 {
         return Err(PoolError::Invalid(format!(
             "volume size {size_bytes} must be a positive multiple of 512"
         )));
     }
-    if size_bytes / 512 > (1u64 << 40) * (crate::limits::MAX_DATA_BLOCK_SECTORS as u64) {
+    if size_bytes.div_ceil(block_size) > crate::limits::MAX_DATA_BLOCKS {
         return Err(PoolError::Invalid(format!("volume size {size_bytes} is too large")));
     }
     Ok(())

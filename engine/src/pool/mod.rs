@@ -21,10 +21,13 @@
 //! commit and its cell held, and joins the next transaction when the commit ends — so no
 //! commit ever holds a mapping whose data its sync may have missed.
 //!
-//! Zeroing: every free data block is a hole. Open punches every free run (which also clears
-//! blocks written by a transaction a crash lost); each commit punches the blocks it freed
-//! before anyone can reuse them. So a partially written new block reads zeros elsewhere
-//! with no zeroing write.
+//! Zeroing: a new block that a write covers only in part must read zeros elsewhere. The
+//! pool knows which free blocks are holes (`holes::Holes`: the data file of a pool it
+//! created, what an extend added, and what it punched after the commit that freed it); a
+//! new block not known to be one is hole-punched just before its first write, when the
+//! metadata has just given it to that write. Nothing is ever discarded or punched on the
+//! space map's word alone: open does not touch the data file, and a pool whose space map
+//! disagrees with its mappings (the internal check at open) opens read-only.
 //!
 //! Caching: data I/O goes through the kernel's page cache. When a write breaks sharing, the
 //! old copy is left to the snapshots; while the writing volume is the only one open, its
@@ -34,6 +37,7 @@
 
 mod commit;
 pub mod config;
+mod holes;
 mod manage;
 mod open;
 mod prison;
@@ -167,10 +171,8 @@ struct Meta {
     parked: Vec<Parked>,
     /// `Inner::data_writes` as of the last commit.
     committed_writes: u64,
-    /// Free blocks whose hole-punch failed: zeroed before reuse. Every other free block is
-    /// a hole (punched at open and after the commit that frees it), so a new block reads as
-    /// zeros without a zeroing write.
-    unzeroed: std::collections::BTreeSet<u64>,
+    /// Free blocks known to read as zeros (see the module's Zeroing paragraph).
+    holes: holes::Holes,
 }
 
 /// A mapping whose data was written during a commit's data sync (see `Meta::parked`).

@@ -1,14 +1,21 @@
 //! Pool lifecycle: create, format, open (with pool.json reconciliation and the exclusive
-//! lock), start (the commit timer and the open-time zeroing of free blocks), close.
+//! lock), start (the commit timer), close.
+//!
+//! Open never writes the data file. It checks the metadata first (the internal checker:
+//! every tree, and the space maps against the references): a pool whose space map
+//! disagrees with its mappings, or with any other fatal problem, opens read-only and says
+//! which commands to run (thin_check, thin_repair) — it never repairs by destroying data.
 
 use super::commit::spawn_timer;
 use super::config::{
-    ConfigStore, DirConfigStore, PoolConfig, PoolSettings, VolumeConfig, CONFIG_FORMAT,
+    ConfigStore, DirConfigStore, PoolConfig, PoolSettings, VolumeConfig, CONFIG_COPY_FILE,
+    CONFIG_FILE, CONFIG_FORMAT, JOURNAL_FILE,
 };
+use super::holes::Holes;
 use super::manage::volume_state;
 use super::{Inner, Meta, Mode, Pool, PoolError, Result};
 use crate::io::{BlockDevice, DataDevice, FileData, FileDevice, IoMode};
-use crate::thin::{OpenOptions, ThinMetadata};
+use crate::thin::{check, CheckOptions, OpenOptions, ThinMetadata};
 use crate::units::DevId;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -71,11 +78,36 @@ impl Pool {
         if opts.data_size_bytes < bs {
             return Err(PoolError::Invalid("the data device must hold at least one block".into()));
         }
+        let made_dir = !dir.exists();
         std::fs::create_dir_all(dir)?;
-        let meta_path = dir.join(METADATA_FILE);
-        if meta_path.exists() {
+        if dir.join(METADATA_FILE).exists() {
             return Err(PoolError::Invalid(format!("{} already holds a pool", dir.display())));
         }
+        // A failed create leaves nothing behind: the files it made go (never one it found).
+        let names = [METADATA_FILE, DATA_FILE, CONFIG_FILE, CONFIG_COPY_FILE, JOURNAL_FILE];
+        let tmps = names.map(|n| format!(".{n}.tmp"));
+        let new: Vec<_> = names
+            .iter()
+            .copied()
+            .chain(tmps.iter().map(String::as_str))
+            .map(|n| dir.join(n))
+            .filter(|p| !p.exists())
+            .collect();
+        let r = Self::create_files(dir, opts);
+        if r.is_err() {
+            for path in new {
+                let _ = std::fs::remove_file(path);
+            }
+            if made_dir {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        r
+    }
+
+    fn create_files(dir: &Path, opts: &PoolOptions) -> Result<Pool> {
+        let bs = opts.settings.data_block_size_bytes;
+        let meta_path = dir.join(METADATA_FILE);
         let nr_meta_blocks = opts.metadata_bytes().div_ceil(4096);
         let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::create(&meta_path, nr_meta_blocks)?);
         let lock = lock_file(&meta_path, dir)?;
@@ -93,6 +125,7 @@ impl Pool {
     }
 
     /// Formats a pool on the given devices (tests use memory and fault-injecting ones).
+    /// `data` must read as zeros, as a new sparse file does: its blocks are known holes.
     pub fn format_on(
         dev: Arc<dyn BlockDevice>,
         data: Arc<dyn DataDevice>,
@@ -112,7 +145,10 @@ impl Pool {
             journal_seq: 0,
         };
         store.store(&config)?;
-        Self::start(md, config, dev, data, store, lock, label)
+        let mut holes = Holes::default();
+        holes.insert(0, nr_blocks);
+        let state = Opened { md, config, mode: Mode::Write, holes };
+        Self::start(state, dev, data, store, lock, label)
     }
 
     /// Opens the pool in `dir` (exclusively).
@@ -125,7 +161,13 @@ impl Pool {
             )));
         }
         let lock = lock_file(&meta_path, dir)?;
-        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&meta_path, false)?);
+        let meta_file = FileDevice::open(&meta_path, false)?;
+        // Pools made before metadata was preallocated: allocate it now if there is room.
+        let len = meta_file.file().metadata()?.len();
+        if let Err(e) = crate::io::preallocate(meta_file.file(), 0, len) {
+            tracing::warn!("{}: preallocating the metadata file: {e}", dir.display());
+        }
+        let dev: Arc<dyn BlockDevice> = Arc::new(meta_file);
         let data: Arc<dyn DataDevice> = Arc::new(FileData::open(&dir.join(DATA_FILE), io_mode)?);
         Self::open_on(
             dev,
@@ -144,10 +186,13 @@ impl Pool {
         lock: Option<PoolLock>,
         label: &str,
     ) -> Result<Pool> {
-        let mut md = ThinMetadata::open(dev.clone(), OpenOptions::default())?;
+        let suspect = check_at_open(&dev, label)?;
+        let read_only = suspect.is_some();
+        let mut md =
+            ThinMetadata::open(dev.clone(), OpenOptions { read_only, ..Default::default() })?;
         let bs = md.data_block_size_sectors() as u64 * 512;
         let stored = store.load()?;
-        let config = reconcile(&mut md, stored, bs)?;
+        let config = reconcile(&mut md, stored, bs, !read_only)?;
         if data.len_bytes() < md.nr_data_blocks() * bs {
             return Err(PoolError::Invalid(format!(
                 "the data file holds {} bytes but the metadata maps {} blocks of {bs}",
@@ -155,19 +200,30 @@ impl Pool {
                 md.nr_data_blocks()
             )));
         }
-        store.store(&config)?;
-        Self::start(md, config, dev, data, store, lock, label)
+        if !read_only {
+            match store.store(&config) {
+                // pool.json and its journal on disk still hold what was loaded.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {
+                    tracing::warn!("{label}: no space to checkpoint pool.json: {e}")
+                }
+                r => r?,
+            }
+        }
+        let mode = suspect.map_or(Mode::Write, Mode::ReadOnly);
+        // Nothing is known about free blocks here: any may hold old bytes.
+        let state = Opened { md, config, mode, holes: Holes::default() };
+        Self::start(state, dev, data, store, lock, label)
     }
 
     fn start(
-        md: ThinMetadata,
-        config: PoolConfig,
+        state: Opened,
         dev: Arc<dyn BlockDevice>,
         data: Arc<dyn DataDevice>,
         store: Box<dyn ConfigStore>,
         lock: Option<PoolLock>,
         label: &str,
     ) -> Result<Pool> {
+        let Opened { md, config, mode, holes } = state;
         let block_size = md.data_block_size_sectors() as u64 * 512;
         let interval = config.settings.commit_interval();
         let volumes = config
@@ -177,13 +233,12 @@ impl Pool {
             .collect();
         let free = md.nr_free_data_blocks();
         let lwm_armed = free > config.settings.low_water_mark_blocks;
-        let zero_free = config.settings.zeroing;
         let inner = Arc::new(Inner {
             label: label.to_string(),
             meta: Mutex::new(Meta {
                 md,
                 config,
-                mode: Mode::Write,
+                mode,
                 lwm_armed,
                 provisioning: 0,
                 commit_waiting: false,
@@ -192,7 +247,7 @@ impl Pool {
                 commit_gen: 0,
                 parked: Vec::new(),
                 committed_writes: 0,
-                unzeroed: Default::default(),
+                holes,
             }),
             provisioned: Condvar::new(),
             space: Condvar::new(),
@@ -209,14 +264,6 @@ impl Pool {
             timer: Mutex::new(None),
             _lock: lock,
         });
-        if zero_free {
-            // Free blocks may hold old data (a crash lost the transaction that wrote them,
-            // or another tool wrote the pool): make every one a hole.
-            let mut meta = inner.meta();
-            for (start, n) in meta.md.free_data_runs() {
-                inner.punch_run(&mut meta, start.0, n);
-            }
-        }
         if !interval.is_zero() {
             let handle = spawn_timer(&inner, interval)?;
             *super::lock(&inner.timer) = Some(handle.thread().clone());
@@ -240,6 +287,40 @@ impl Pool {
     }
 }
 
+/// What `start` begins from: the metadata, the reconciled config, the mode (read-only when
+/// the check at open failed) and the blocks known to be holes.
+struct Opened {
+    md: ThinMetadata,
+    config: PoolConfig,
+    mode: Mode,
+    holes: Holes,
+}
+
+/// Runs the internal checker on the committed metadata. `Some(reason)` when it found a
+/// fatal problem (a space map that disagrees with the mappings is one): the pool must not
+/// take writes, which would trust that space map.
+fn check_at_open(dev: &Arc<dyn BlockDevice>, label: &str) -> Result<Option<String>> {
+    let report = check(dev.clone(), CheckOptions::default())?;
+    let fatal: Vec<_> = report.problems.iter().filter(|p| p.fatal).collect();
+    let Some(first) = fatal.first() else {
+        for p in &report.problems {
+            tracing::warn!(pool = %label, "metadata check: {p} (not fatal)");
+        }
+        return Ok(None);
+    };
+    for p in &fatal {
+        tracing::error!(pool = %label, "metadata check: {p}");
+    }
+    let reason = format!(
+        "the metadata fails its check ({} problems, the first: {first}); the pool is \
+         read-only: run `thin_check` on {label}/{METADATA_FILE}, then `thin_repair` into a \
+         new metadata file",
+        fatal.len()
+    );
+    tracing::error!(pool = %label, "{reason}");
+    Ok(Some(reason))
+}
+
 /// The exclusive lock on the metadata file that a pool holds while open.
 pub type PoolLock = nix::fcntl::Flock<std::fs::File>;
 
@@ -253,8 +334,14 @@ fn lock_file(meta_path: &Path, dir: &Path) -> Result<PoolLock> {
 /// Makes pool.json agree with the metadata after open (see `persist` for the order of
 /// writes): volumes whose device does not exist are dropped (an uncommitted create),
 /// devices no volume names get one (`thin<ID>`, or — when pool.json is one transaction
-/// ahead — are deleted: an uncommitted delete).
-fn reconcile(md: &mut ThinMetadata, stored: Option<PoolConfig>, bs: u64) -> Result<PoolConfig> {
+/// ahead — are deleted: an uncommitted delete; not when `writable` is false: then nothing
+/// is changed and such a device is named like the others).
+fn reconcile(
+    md: &mut ThinMetadata,
+    stored: Option<PoolConfig>,
+    bs: u64,
+    writable: bool,
+) -> Result<PoolConfig> {
     let t = md.transaction_id();
     let mut config = stored.unwrap_or_else(|| PoolConfig {
         format: CONFIG_FORMAT,
@@ -270,7 +357,7 @@ fn reconcile(md: &mut ThinMetadata, stored: Option<PoolConfig>, bs: u64) -> Resu
         );
         config.settings.data_block_size_bytes = bs;
     }
-    let ahead = config.transaction_id == t + 1;
+    let ahead = writable && config.transaction_id == t + 1;
     if config.transaction_id != t && !ahead {
         tracing::warn!(
             "pool.json matches transaction {}, the metadata is at {t}: reconciling",
@@ -298,7 +385,12 @@ fn reconcile(md: &mut ThinMetadata, stored: Option<PoolConfig>, bs: u64) -> Resu
         } else {
             let blocks = md.highest_mapped(id)?.map_or(0, |b| b.0 + 1).max(md.nr_data_blocks());
             let name = format!("thin{}", id.0);
-            tracing::info!("device {id}: no volume names it; naming it {name}");
+            tracing::warn!(
+                "device {id}: no volume names it; naming it {name}, GUESSING its size ({} \
+                 bytes: the data device or its highest mapping, if larger) and that it is \
+                 writable; fix them with `thinly resize` if pool.json was lost",
+                blocks * bs
+            );
             config.volumes.insert(
                 name,
                 VolumeConfig {

@@ -198,19 +198,52 @@ impl Pool {
             }
             Some("reserve_metadata_snap") => {
                 argc(0)?;
-                let mut meta = self.inner.settled(self.inner.meta(), None);
-                self.inner.check_writable(&meta)?;
-                let r = meta.md.reserve_metadata_snap();
-                r.map(|b| b.0.to_string()).map_err(|e| self.inner.metadata_failed(&mut meta, e))
+                self.metadata_snap(true).map(|b| b.map_or(String::new(), |b| b.to_string()))
             }
             Some("release_metadata_snap") => {
                 argc(0)?;
-                let mut meta = self.inner.meta();
-                self.inner.check_writable(&meta)?;
-                meta.md.release_metadata_snap().map(|()| String::new()).map_err(PoolError::from)
+                self.metadata_snap(false).map(|_| String::new())
             }
             _ => Err(PoolError::Invalid(format!("unknown message {text:?}"))),
         }
+    }
+
+    /// Reserves (`reserve`) or releases the metadata snapshot. Refused, with nothing
+    /// changed, when one is held already (reserve) or none is (release). Both commit the
+    /// metadata inside: everything before them is committed first through the pool's
+    /// commit (the data sync, then the metadata), so that their commits hold only the
+    /// snapshot's own change.
+    fn metadata_snap(&self, reserve: bool) -> Result<Option<u64>> {
+        let mut meta = self.inner.settled(self.inner.meta(), None);
+        self.inner.check_writable(&meta)?;
+        let held = meta.md.status().held_root;
+        match (reserve, held) {
+            (true, Some(b)) => {
+                return Err(PoolError::Metadata(crate::Error::MetadataSnapExists(
+                    crate::units::MetaBlock(b),
+                )))
+            }
+            (false, None) => return Err(PoolError::Metadata(crate::Error::NoMetadataSnap)),
+            _ => {}
+        }
+        loop {
+            let (m, r) = self.inner.commit_locked(meta);
+            meta = m;
+            r?;
+            // Mappings parked during that commit's data sync joined the next transaction:
+            // commit again until nothing is left uncommitted.
+            let writes = self.inner.data_writes.load(Ordering::SeqCst);
+            if !meta.md.has_changes() && writes == meta.committed_writes {
+                break;
+            }
+            meta = self.inner.settled(meta, None);
+        }
+        let r = if reserve {
+            meta.md.reserve_metadata_snap().map(|b| Some(b.0))
+        } else {
+            meta.md.release_metadata_snap().map(|()| None)
+        };
+        r.map_err(|e| self.inner.metadata_failed(&mut meta, e))
     }
 
     fn volume_of(&self, id: DevId) -> Option<(String, Arc<VolumeState>)> {

@@ -214,7 +214,7 @@ impl Volume {
         for p in pieces(self.inner.block_size, offset, data.len() as u64) {
             let bytes = &data[done..done + p.len as usize];
             done += p.len as usize;
-            self.write_piece(&p, Payload::Bytes(bytes))?;
+            self.inner.retry_when_full(|| self.write_piece(&p, Payload::Bytes(bytes)))?;
         }
         self.finish_write(fua)
     }
@@ -229,7 +229,7 @@ impl Volume {
             if p.len == bs && may_trim {
                 self.unmap_block(p.vblock)?;
             } else if p.len == bs || self.is_mapped(p.vblock)? {
-                self.write_piece(&p, Payload::Zeros)?;
+                self.inner.retry_when_full(|| self.write_piece(&p, Payload::Zeros))?;
             }
         }
         self.finish_write(fua)
@@ -328,7 +328,7 @@ impl Volume {
         let bs = inner.block_size;
         let dev = DevId(self.state.dev);
         let cell = inner.prison.lock(self.state.dev, p.vblock, true);
-        let (target, copy_from, unzeroed, overlapped, snapshot_cache) = {
+        let (target, copy_from, prepare, overlapped, snapshot_cache) = {
             let mut meta = inner.meta();
             inner.check_writable(&meta)?;
             let existing = meta
@@ -345,12 +345,13 @@ impl Volume {
                 _ => {
                     let (mut m, b) = inner.alloc_block(meta);
                     let b = b?;
-                    let unzeroed = m.unzeroed.remove(&b.0);
+                    // Not known to read as zeros: prepared below for a partial write.
+                    let prepare = !m.holes.take(b.0) && m.config.settings.zeroing;
                     // Provisioned while a commit syncs the data file: see `Meta::parked`.
                     let overlapped = m.syncing.then_some(m.commit_gen);
                     let snapshot_cache = m.config.settings.snapshot_cache;
                     drop(m);
-                    (b, existing.map(|m| m.data_block), unzeroed, overlapped, snapshot_cache)
+                    (b, existing.map(|m| m.data_block), prepare, overlapped, snapshot_cache)
                 }
             }
         };
@@ -390,11 +391,10 @@ impl Volume {
                         inner.data.copy(src + end, dst + end, bs - end)?;
                     }
                 }
-                // Free blocks are holes (see the pool's zeroing invariant) unless punching
-                // one failed: then zero it here.
-                None if !whole && unzeroed => {
-                    inner.data.write_at(target.0 * bs, &vec![0u8; bs as usize])?
-                }
+                // A new block not known to be a hole (see the pool's Zeroing paragraph):
+                // the metadata has just allocated it to this write, so punching it can
+                // destroy nothing the write would not overwrite anyway.
+                None if !whole && prepare => inner.data.punch_hole(target.0 * bs, bs)?,
                 _ => {}
             }
             // Before the write, whose new pages may then reuse that memory.
@@ -408,10 +408,6 @@ impl Volume {
         })();
         let mut meta = inner.meta();
         if let Err(e) = io {
-            if unzeroed {
-                // It goes back to the free blocks still needing its zeroing write.
-                meta.unzeroed.insert(target.0);
-            }
             inner.end_provision(&mut meta, Some(target));
             return Err(e);
         }

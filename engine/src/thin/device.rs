@@ -41,8 +41,10 @@ impl ThinMetadata {
 
     /// Creates an empty thin device.
     pub fn create_thin(&mut self, id: DevId) -> Result<()> {
-        self.begin_change()?;
+        // A refused change leaves the transaction as it was: checks first.
+        self.check_writable()?;
         self.check_new_id(id)?;
+        self.begin_change()?;
         let root = btree::empty_tree(&mut self.tm, BOTTOM)?;
         self.insert_top(id, root)?;
         let details = DeviceDetails {
@@ -57,7 +59,7 @@ impl ThinMetadata {
 
     /// Creates `id` as a snapshot of `origin`: O(1), sharing the origin's whole bottom tree.
     pub fn create_snap(&mut self, id: DevId, origin: DevId) -> Result<()> {
-        self.begin_change()?;
+        self.check_writable()?;
         self.check_new_id(id)?;
         let origin_details = self.device(origin)?.details;
         if self.sb.time >= MAX_TIME {
@@ -66,6 +68,7 @@ impl ThinMetadata {
                 self.sb.time
             )));
         }
+        self.begin_change()?;
         let root = self.device_root(origin)?;
         self.tm.inc(root)?;
         self.insert_top(id, root)?;
@@ -91,8 +94,9 @@ impl ThinMetadata {
 
     /// Deletes a device, freeing the metadata and data blocks no other device references.
     pub fn delete(&mut self, id: DevId) -> Result<()> {
-        self.begin_change()?;
+        self.check_writable()?;
         self.device(id)?;
+        self.begin_change()?;
         let top = self.sb.data_mapping_root;
         self.sb.data_mapping_root = btree::remove(&mut self.tm, top, TOP, id.0)?.0;
         let details = self.sb.device_details_root;
@@ -103,10 +107,11 @@ impl ThinMetadata {
 
     /// Sets the userspace transaction id to `new` if it is `old` now.
     pub fn set_transaction_id(&mut self, old: u64, new: u64) -> Result<()> {
-        self.begin_change()?;
+        self.check_writable()?;
         if self.sb.trans_id != old {
             return Err(Error::TransactionId { expected: old, actual: self.sb.trans_id });
         }
+        self.begin_change()?;
         self.sb.trans_id = new;
         Ok(())
     }

@@ -25,10 +25,11 @@ impl ThinMetadata {
     /// Commits, then takes a metadata snapshot of that commit, and commits again so the
     /// snapshot is durable. Only one can be held.
     pub fn reserve_metadata_snap(&mut self) -> Result<MetaBlock> {
-        self.begin_change()?;
+        self.check_writable()?;
         if self.sb.held_root.0 != 0 {
             return Err(Error::MetadataSnapExists(self.sb.held_root));
         }
+        self.begin_change()?;
         self.commit()?;
         let mut copy = self.sb.clone();
         copy.data_sm_root = SmRoot::default();
@@ -45,8 +46,9 @@ impl ThinMetadata {
 
     /// Drops the held metadata snapshot, freeing what only it referenced.
     pub fn release_metadata_snap(&mut self) -> Result<()> {
-        self.begin_change()?;
+        self.check_writable()?;
         let h = self.held_snapshot()?.ok_or(Error::NoMetadataSnap)?;
+        self.begin_change()?;
         btree::delete_tree(&mut self.tm, h.data_mapping_root, TOP)?;
         btree::delete_tree(&mut self.tm, h.device_details_root, DETAILS)?;
         self.tm.dec(h.block)?;

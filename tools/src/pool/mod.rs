@@ -27,14 +27,19 @@ pub fn size_arg(s: &str) -> Result<u64, String> {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PoolArgs {
-    /// The pool directory.
-    #[arg(long = "pool", value_name = "DIR", default_value = DEFAULT_POOL_DIR)]
-    pub dir: PathBuf,
+    /// The pool directory [default: ./thinly-pool].
+    #[arg(long = "pool", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 impl PoolArgs {
     pub fn dir(&self) -> PathBuf {
-        self.dir.clone()
+        self.dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_POOL_DIR))
+    }
+
+    /// `--pool` was given (not the default directory).
+    pub fn explicit(&self) -> bool {
+        self.dir.is_some()
     }
 }
 
@@ -168,15 +173,22 @@ pub fn print_response(
     if !r.ok {
         bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r.result)?);
-    } else {
-        let text = human(&r.result);
-        if !text.is_empty() {
-            println!("{text}");
-        }
+    let text = if json { serde_json::to_string_pretty(&r.result)? } else { human(&r.result) };
+    if !text.is_empty() {
+        print_quietly(&format!("{text}\n"))?;
     }
     Ok(())
+}
+
+/// Writes `text` on stdout; a reader that went away (`thinly list | head -0`) is not an
+/// error: the command's work is done, it exits quietly.
+pub fn print_quietly(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
 }
 
 /// A table of volumes.

@@ -23,6 +23,10 @@ pub const DEFAULT_VOLUME_BYTES: u64 = 10 << 30;
 pub struct ServeArgs {
     #[command(flatten)]
     pub pool: PoolArgs,
+    /// Create the pool if `--pool DIR` holds none (without `--pool`, the default pool is
+    /// created when missing).
+    #[arg(long)]
+    pub create: bool,
     /// TCP address to serve on ("none" for no TCP). Port 0 picks a free port (logged).
     #[arg(long, default_value = "127.0.0.1:10809")]
     pub listen: String,
@@ -75,6 +79,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     signals.thread_block().context("blocking SIGINT and SIGTERM")?;
 
     let dir = args.pool.dir();
+    if args.pool.explicit() && !args.create && !dir.join("metadata").exists() {
+        anyhow::bail!(
+            "no pool in {} (create one with `thinly pool create --pool {0}` or serve with \
+             --create)",
+            dir.display()
+        );
+    }
     let pool = open_or_create(
         &dir,
         &default_pool_options(),

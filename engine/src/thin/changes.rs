@@ -104,14 +104,16 @@ mod tests {
         let mut md = snapshot_with_writes(100_000, &[5, 50_000, 99_999]);
         let (ra, rb) = (md.device_root(DevId(0)).unwrap(), md.device_root(DevId(1)).unwrap());
         let (mut entries, mut shared) = (0, 0);
-        btree::diff(&mut md.tm, ra, rb, BOTTOM, 0, u64::MAX, Shared::Skip, &mut |item| {
-            match item {
-                DiffItem::Shared { .. } => shared += 1,
-                _ => entries += 1,
-            }
-            Ok(ControlFlow::Continue(()))
-        })
-        .unwrap();
+        let flow =
+            btree::diff(&mut md.tm, ra, rb, BOTTOM, 0, u64::MAX, Shared::Skip, &mut |item| {
+                match item {
+                    DiffItem::Shared { .. } => shared += 1,
+                    _ => entries += 1,
+                }
+                Ok(ControlFlow::Continue(()))
+            })
+            .unwrap();
+        assert!(flow.is_continue());
         // Three leaves (at most 254 entries each) were compared entry by entry; the other
         // several hundred leaves were stepped over a subtree at a time.
         assert!(entries <= 3 * 254, "{entries} entries compared");
@@ -127,7 +129,7 @@ mod tests {
         md.remove_mapping(DevId(0), VirtBlock(1_000)).unwrap();
         let (ra, rb) = (md.device_root(DevId(0)).unwrap(), md.device_root(DevId(1)).unwrap());
         let mut keys = Vec::new();
-        btree::diff(&mut md.tm, ra, rb, BOTTOM, 100, 2_000, Shared::Walk, &mut |item| {
+        let flow = btree::diff(&mut md.tm, ra, rb, BOTTOM, 100, 2_000, Shared::Walk, &mut |item| {
             match item {
                 DiffItem::Both { key, .. } | DiffItem::LeftOnly { key, .. } => keys.push(key),
                 DiffItem::RightOnly { key, .. } => keys.push(key + 1_000_000),
@@ -136,6 +138,7 @@ mod tests {
             Ok(ControlFlow::Continue(()))
         })
         .unwrap();
+        assert!(flow.is_continue());
         let mut want: Vec<u64> = (100..2_000).filter(|&k| k != 1_000).collect();
         want.insert(900, 1_001_000);
         assert_eq!(keys, want);

@@ -75,6 +75,11 @@ impl Pool {
         Ok(ChangedRanges { ranges, complete_to_bytes: clip(changes.complete_to) })
     }
 
+    /// The thin device id of volume `name` (a name deleted and created anew gets a new one).
+    pub fn volume_dev_id(&self, name: &str) -> Result<DevId> {
+        Ok(DevId(self.state_of(name)?.dev))
+    }
+
     /// The volumes sharing ancestry with `name` (see the module doc), by name, without
     /// `name` itself.
     pub fn related_volumes(&self, name: &str) -> Result<Vec<String>> {

@@ -1,23 +1,84 @@
 //! The pool's volumes as NBD exports: `VolumeExport` adapts a `Volume` to the NBD server's
 //! `Export` trait, `PoolRegistry` finds volumes by name (live: a volume created or deleted
 //! while serving appears or disappears at once).
+//!
+//! Incremental backup: every export V offers a meta context `qemu:dirty-bitmap:S` for each
+//! volume S sharing ancestry with V (`Pool::related_volumes`: same line of snapshots), whose
+//! status marks dirty (bit 0) the data blocks of V that differ from S's. A connection's
+//! context is bound to the volume S is at its first block-status: if S is deleted (or
+//! deleted and created anew) after that, or is gone or unrelated by then, that client's
+//! block-status requests fail with an error reply and the connection goes on.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use thinly_engine::pool::{Pool, RunDetail, Volume};
-use thinly_nbd::export::{STATE_HOLE, STATE_ZERO};
+use thinly_nbd::export::{STATE_DIRTY, STATE_HOLE, STATE_ZERO};
+use thinly_nbd::limits::MAX_EXTENTS_PER_CHUNK;
 use thinly_nbd::{Export, ExportRegistry, Extent, ZeroFlags};
+
+/// The namespace and leaf prefix of the dirty-bitmap contexts (qemu's convention).
+pub const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
+
+/// Changed ranges asked of the pool per block-status request: each makes at most two
+/// extents (the clean gap before it and itself), so the answer fits one chunk.
+const MAX_CHANGED_RANGES: usize = MAX_EXTENTS_PER_CHUNK / 2;
 
 /// The export a client gets when it asks for the default name ("").
 pub const DEFAULT_EXPORT: &str = "vol0";
 
 pub struct VolumeExport {
     vol: Volume,
+    pool: Pool,
+    /// The dirty-bitmap contexts in use: snapshot name → its device id when first used.
+    offered: Mutex<HashMap<String, u64>>,
 }
 
 impl VolumeExport {
-    pub fn new(vol: Volume) -> Self {
-        VolumeExport { vol }
+    pub fn new(pool: Pool, vol: Volume) -> Self {
+        VolumeExport { vol, pool, offered: Mutex::new(HashMap::new()) }
+    }
+
+    /// Fails with ENOENT unless `base` is the volume this connection's context named. The
+    /// handshake asks another instance for the list, so the binding is made at the first
+    /// block-status: `base` must still share ancestry then, and keep its device id after.
+    fn check_still_offered(&self, base: &str) -> io::Result<()> {
+        let gone = || io::Error::from_raw_os_error(nix::libc::ENOENT);
+        let now = self.pool.volume_dev_id(base).map_err(|_| gone())?.0;
+        let mut offered = self.offered.lock().unwrap_or_else(|e| e.into_inner());
+        match offered.get(base) {
+            Some(&dev) if dev == now => Ok(()),
+            Some(_) => Err(gone()),
+            None => {
+                let related = self.pool.related_volumes(self.vol.name()).map_err(|_| gone())?;
+                if !related.iter().any(|r| r == base) {
+                    return Err(gone());
+                }
+                offered.insert(base.to_string(), now);
+                Ok(())
+            }
+        }
+    }
+
+    /// The status of `qemu:dirty-bitmap:<base>`: runs of (length, dirty or clean) from
+    /// `offset`, covering a prefix of the range.
+    fn dirty_runs(&self, base: &str, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
+        self.check_still_offered(base)?;
+        let changes =
+            self.pool.changed_ranges(self.vol.name(), base, offset, len, MAX_CHANGED_RANGES)?;
+        let mut runs = Vec::with_capacity(2 * changes.ranges.len() + 1);
+        let mut at = offset;
+        for (start, n) in changes.ranges {
+            if start > at {
+                runs.push((start - at, 0));
+            }
+            runs.push((n, STATE_DIRTY));
+            at = start + n;
+        }
+        if changes.complete_to_bytes > at {
+            runs.push((changes.complete_to_bytes - at, 0));
+        }
+        Ok(runs)
     }
 
     fn aligned(&self, offset: u64, len: u64) -> bool {
@@ -97,6 +158,18 @@ impl Export for VolumeExport {
             })
             .collect())
     }
+
+    fn extra_meta_contexts(&self) -> Vec<String> {
+        let related = self.pool.related_volumes(self.vol.name()).unwrap_or_default();
+        related.into_iter().map(|s| format!("{DIRTY_BITMAP_PREFIX}{s}")).collect()
+    }
+
+    fn extra_meta_status(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
+        match name.strip_prefix(DIRTY_BITMAP_PREFIX) {
+            Some(base) => self.dirty_runs(base, offset, len),
+            None => Err(io::Error::from_raw_os_error(nix::libc::ENOENT)),
+        }
+    }
 }
 
 /// A volume run as a `base:allocation` run: unmapped bytes are `HOLE | ZERO`.
@@ -144,6 +217,6 @@ impl ExportRegistry for PoolRegistry {
         } else {
             self.pool.volume(name).ok()?
         };
-        Some(Arc::new(VolumeExport::new(vol)))
+        Some(Arc::new(VolumeExport::new(self.pool.clone(), vol)))
     }
 }

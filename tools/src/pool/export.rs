@@ -220,3 +220,41 @@ impl ExportRegistry for PoolRegistry {
         Some(Arc::new(VolumeExport::new(self.pool.clone(), vol)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thinly_engine::pool::PoolOptions;
+
+    const BS: u64 = 64 << 10;
+
+    #[test]
+    fn dirty_bitmaps_are_offered_for_the_line_and_a_deleted_snapshot_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PoolOptions { data_size_bytes: 64 << 20, ..PoolOptions::default() };
+        let pool = Pool::create(&dir.path().join("p"), &opts).unwrap();
+        let vm = pool.create_volume("vm", 16 * BS).unwrap();
+        pool.create_volume("other", 16 * BS).unwrap();
+        vm.write(0, &[1u8; 4096], false).unwrap();
+        pool.snapshot("vm", "s1", true).unwrap();
+        vm.write(3 * BS + 100, &[2u8; 10], false).unwrap();
+        pool.snapshot("s1", "s1b", false).unwrap();
+        let e = VolumeExport::new(pool.clone(), pool.volume("vm").unwrap());
+        let mut offered = e.extra_meta_contexts();
+        offered.sort();
+        assert_eq!(offered, ["qemu:dirty-bitmap:s1", "qemu:dirty-bitmap:s1b"]);
+        let runs = e.extra_meta_status("qemu:dirty-bitmap:s1", BS, 8 * BS).unwrap();
+        assert_eq!(runs, [(2 * BS, 0), (BS, STATE_DIRTY), (5 * BS, 0)]);
+        assert!(e.extra_meta_status("qemu:dirty-bitmap:other", 0, BS).is_err(), "unrelated");
+        pool.delete_volume("s1").unwrap();
+        let err = e.extra_meta_status("qemu:dirty-bitmap:s1", 0, BS).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ENOENT));
+        // Created anew under the same name (and even in the same line), it is another
+        // volume: the connection that used the old one keeps failing.
+        pool.snapshot("vm", "s1", true).unwrap();
+        assert!(e.extra_meta_status("qemu:dirty-bitmap:s1", 0, BS).is_err());
+        // The snapshot of the deleted snapshot still shares the line (its root is vm).
+        assert!(e.extra_meta_status("qemu:dirty-bitmap:s1b", 0, 16 * BS).is_ok());
+        assert!(e.block_status(0, BS).is_ok(), "the export itself goes on");
+    }
+}

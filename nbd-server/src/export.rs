@@ -133,10 +133,18 @@ pub trait Export: Send + Sync {
     }
     /// Status runs of (length, flags) for the extra context `name` (one that
     /// `extra_meta_contexts` offered when the client selected it). Same covering rules as
-    /// `block_status`. A context that has gone away since must fail (e.g. `ENOENT`): the
-    /// client gets an error reply for that request and the connection goes on.
-    fn extra_meta_status(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
-        let _ = (name, offset, len);
+    /// `block_status`; runs past `max_runs` are dropped by the server, so an export whose
+    /// status costs work per run may stop there (`max_runs` is 1 for REQ_ONE, which qemu
+    /// sends on every request). A context that has gone away since must fail (e.g.
+    /// `ENOENT`): the client gets an error reply for that request and the connection goes on.
+    fn extra_meta_status(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        max_runs: usize,
+    ) -> io::Result<Vec<(u64, u32)>> {
+        let _ = (name, offset, len, max_runs);
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 }
@@ -244,7 +252,13 @@ impl Export for WithBitmaps {
     fn extra_meta_contexts(&self) -> Vec<String> {
         ["qemu:dirty-bitmap:s1", "qemu:dirty-bitmap:gone"].map(String::from).to_vec()
     }
-    fn extra_meta_status(&self, name: &str, _: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
+    fn extra_meta_status(
+        &self,
+        name: &str,
+        _: u64,
+        len: u64,
+        _: usize,
+    ) -> io::Result<Vec<(u64, u32)>> {
         match name {
             "qemu:dirty-bitmap:s1" => Ok(vec![(len, STATE_DIRTY)]),
             _ => Err(io::Error::from_raw_os_error(2)), // ENOENT

@@ -167,7 +167,10 @@ fn block_status(
                 v.into_iter().map(|Extent { length, flags }| (length, flags)).collect::<Vec<_>>()
             }),
             MetaContext::AllocationDepth => export.allocation_depth(offset, query),
-            MetaContext::Extra { name, .. } => export.extra_meta_status(name, offset, query),
+            MetaContext::Extra { name, .. } => {
+                let max_runs = if req_one { 1 } else { MAX_EXTENTS_PER_CHUNK };
+                export.extra_meta_status(name, offset, query, max_runs)
+            }
         };
         match runs {
             Ok(runs) => {

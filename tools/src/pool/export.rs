@@ -20,8 +20,8 @@ use thinly_nbd::{Export, ExportRegistry, Extent, ZeroFlags};
 /// The namespace and leaf prefix of the dirty-bitmap contexts (qemu's convention).
 pub const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
 
-/// Changed ranges asked of the pool per block-status request: each makes at most two
-/// extents (the clean gap before it and itself), so the answer fits one chunk.
+/// Changed ranges asked of the pool per block-status request at most: each makes at most
+/// two extents (the clean gap before it and itself), so the answer fits one chunk.
 const MAX_CHANGED_RANGES: usize = MAX_EXTENTS_PER_CHUNK / 2;
 
 /// The export a client gets when it asks for the default name ("").
@@ -62,10 +62,15 @@ impl VolumeExport {
 
     /// The status of `qemu:dirty-bitmap:<base>`: runs of (length, dirty or clean) from
     /// `offset`, covering a prefix of the range.
-    fn dirty_runs(&self, base: &str, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
+    fn dirty_runs(
+        &self,
+        base: &str,
+        offset: u64,
+        len: u64,
+        max_ranges: usize,
+    ) -> io::Result<Vec<(u64, u32)>> {
         self.check_still_offered(base)?;
-        let changes =
-            self.pool.changed_ranges(self.vol.name(), base, offset, len, MAX_CHANGED_RANGES)?;
+        let changes = self.pool.changed_ranges(self.vol.name(), base, offset, len, max_ranges)?;
         let mut runs = Vec::with_capacity(2 * changes.ranges.len() + 1);
         let mut at = offset;
         for (start, n) in changes.ranges {
@@ -164,9 +169,17 @@ impl Export for VolumeExport {
         related.into_iter().map(|s| format!("{DIRTY_BITMAP_PREFIX}{s}")).collect()
     }
 
-    fn extra_meta_status(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
+    /// Each changed range makes at most two runs (the clean gap before it and itself).
+    fn extra_meta_status(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        max_runs: usize,
+    ) -> io::Result<Vec<(u64, u32)>> {
+        let max_ranges = max_runs.div_ceil(2).clamp(1, MAX_CHANGED_RANGES);
         match name.strip_prefix(DIRTY_BITMAP_PREFIX) {
-            Some(base) => self.dirty_runs(base, offset, len),
+            Some(base) => self.dirty_runs(base, offset, len, max_ranges),
             None => Err(io::Error::from_raw_os_error(nix::libc::ENOENT)),
         }
     }
@@ -243,18 +256,21 @@ mod tests {
         let mut offered = e.extra_meta_contexts();
         offered.sort();
         assert_eq!(offered, ["qemu:dirty-bitmap:s1", "qemu:dirty-bitmap:s1b"]);
-        let runs = e.extra_meta_status("qemu:dirty-bitmap:s1", BS, 8 * BS).unwrap();
+        let runs = e.extra_meta_status("qemu:dirty-bitmap:s1", BS, 8 * BS, 64).unwrap();
         assert_eq!(runs, [(2 * BS, 0), (BS, STATE_DIRTY), (5 * BS, 0)]);
-        assert!(e.extra_meta_status("qemu:dirty-bitmap:other", 0, BS).is_err(), "unrelated");
+        // REQ_ONE: the diff stops at the first changed range; the first run is the same.
+        let runs = e.extra_meta_status("qemu:dirty-bitmap:s1", BS, 8 * BS, 1).unwrap();
+        assert_eq!(runs[0], (2 * BS, 0));
+        assert!(e.extra_meta_status("qemu:dirty-bitmap:other", 0, BS, 64).is_err(), "unrelated");
         pool.delete_volume("s1").unwrap();
-        let err = e.extra_meta_status("qemu:dirty-bitmap:s1", 0, BS).unwrap_err();
+        let err = e.extra_meta_status("qemu:dirty-bitmap:s1", 0, BS, 64).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(nix::libc::ENOENT));
         // Created anew under the same name (and even in the same line), it is another
         // volume: the connection that used the old one keeps failing.
         pool.snapshot("vm", "s1", true).unwrap();
-        assert!(e.extra_meta_status("qemu:dirty-bitmap:s1", 0, BS).is_err());
+        assert!(e.extra_meta_status("qemu:dirty-bitmap:s1", 0, BS, 64).is_err());
         // The snapshot of the deleted snapshot still shares the line (its root is vm).
-        assert!(e.extra_meta_status("qemu:dirty-bitmap:s1b", 0, 16 * BS).is_ok());
+        assert!(e.extra_meta_status("qemu:dirty-bitmap:s1b", 0, 16 * BS, 64).is_ok());
         assert!(e.block_status(0, BS).is_ok(), "the export itself goes on");
     }
 }

@@ -7,8 +7,9 @@
 //! in place while another device maps it (it breaks the sharing first), so an unchanged
 //! block number means unchanged contents.
 //!
-//! Bounded per call: at most `max_runs` runs, and the answer says how far it is final,
-//! so a caller can continue from there.
+//! Bounded per call: at most `max_runs` runs and `MAX_DIFF_ITEMS_PER_CALL` steps of the
+//! diff (the caller holds the pool's metadata lock meanwhile); the answer says how far it
+//! is final, so a caller can continue from there.
 
 use super::metadata::ThinMetadata;
 use super::BOTTOM;
@@ -16,6 +17,7 @@ use crate::btree::{self, DiffItem, Shared};
 use crate::error::Result;
 use crate::format::le_u64;
 use crate::format::thin::BlockTime;
+use crate::limits::MAX_DIFF_ITEMS_PER_CALL;
 use crate::units::{DevId, VirtBlock};
 use std::ops::ControlFlow;
 
@@ -31,7 +33,8 @@ pub struct Changes {
 
 impl ThinMetadata {
     /// The blocks of `[begin, end)` whose mapping differs between devices `a` and `b`; at
-    /// most `max_runs` (≥ 1) runs. Reads the current (uncommitted) transaction.
+    /// most `max_runs` (≥ 1) runs, and at most `MAX_DIFF_ITEMS_PER_CALL` diff steps.
+    /// Reads the current (uncommitted) transaction.
     pub fn changed_blocks(
         &mut self,
         a: DevId,
@@ -40,33 +43,51 @@ impl ThinMetadata {
         end: VirtBlock,
         max_runs: usize,
     ) -> Result<Changes> {
+        self.changed_blocks_bounded(a, b, begin.0, end.0, max_runs, MAX_DIFF_ITEMS_PER_CALL)
+    }
+
+    fn changed_blocks_bounded(
+        &mut self,
+        a: DevId,
+        b: DevId,
+        begin: u64,
+        end: u64,
+        max_runs: usize,
+        max_items: usize,
+    ) -> Result<Changes> {
         let (ra, rb) = (self.device_root(a)?, self.device_root(b)?);
-        let mut out = Changes { runs: Vec::new(), complete_to: end.0 };
+        let mut out = Changes { runs: Vec::new(), complete_to: end };
         let max_runs = max_runs.max(1);
-        let _stopped =
-            btree::diff(&mut self.tm, ra, rb, BOTTOM, begin.0, end.0, Shared::Skip, &mut |item| {
-                let key = match item {
-                    DiffItem::LeftOnly { key, .. } | DiffItem::RightOnly { key, .. } => key,
-                    DiffItem::Both { key, left, right }
-                        if data_block(left) != data_block(right) =>
-                    {
-                        key
-                    }
-                    DiffItem::Both { .. } | DiffItem::Shared { .. } => {
-                        return Ok(ControlFlow::Continue(()))
-                    }
-                };
-                let full = out.runs.len() >= max_runs;
-                match out.runs.last_mut() {
-                    Some((first, len)) if *first + *len == key => *len += 1,
-                    _ if full => {
-                        out.complete_to = key;
-                        return Ok(ControlFlow::Break(()));
-                    }
-                    _ => out.runs.push((key, 1)),
+        let mut nr_items = 0usize;
+        let visit = &mut |item: DiffItem| {
+            nr_items += 1;
+            let (key, changed) = match item {
+                DiffItem::LeftOnly { key, .. } | DiffItem::RightOnly { key, .. } => (key, true),
+                DiffItem::Both { key, left, right } => (key, data_block(left) != data_block(right)),
+                DiffItem::Shared { lo, .. } => (lo, false),
+            };
+            // Every key before this item's has been reported (a shared subtree's keys are
+            // ≥ its lower bound), so stopping here leaves a final answer up to `key`. Only
+            // past `begin`, so that every call makes progress.
+            if nr_items > max_items && key > begin {
+                out.complete_to = key;
+                return Ok(ControlFlow::Break(()));
+            }
+            if !changed {
+                return Ok(ControlFlow::Continue(()));
+            }
+            let full = out.runs.len() >= max_runs;
+            match out.runs.last_mut() {
+                Some((first, len)) if *first + *len == key => *len += 1,
+                _ if full => {
+                    out.complete_to = key;
+                    return Ok(ControlFlow::Break(()));
                 }
-                Ok(ControlFlow::Continue(()))
-            })?;
+                _ => out.runs.push((key, 1)),
+            }
+            Ok(ControlFlow::Continue(()))
+        };
+        let _stopped = btree::diff(&mut self.tm, ra, rb, BOTTOM, begin, end, Shared::Skip, visit)?;
         Ok(out)
     }
 }
@@ -142,5 +163,34 @@ mod tests {
         let mut want: Vec<u64> = (100..2_000).filter(|&k| k != 1_000).collect();
         want.insert(900, 1_001_000);
         assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn a_diff_stopped_by_its_step_budget_continues_to_the_same_answer() {
+        let writes: Vec<u64> = (0..60).map(|i| (i * 7_919) % 30_000).collect();
+        let mut md = snapshot_with_writes(30_000, &writes);
+        md.remove_mapping(DevId(0), VirtBlock(12_345)).unwrap();
+        let whole = md.changed_blocks(DevId(0), DevId(1), VirtBlock(0), VirtBlock(u64::MAX), 1000);
+        let whole = whole.unwrap();
+        assert_eq!(whole.complete_to, u64::MAX);
+        for max_items in [1, 5, 50] {
+            let (mut at, mut runs, mut calls) = (0u64, Vec::new(), 0);
+            while at < u64::MAX {
+                let ch = md
+                    .changed_blocks_bounded(DevId(0), DevId(1), at, u64::MAX, 1000, max_items)
+                    .unwrap();
+                assert!(ch.complete_to > at, "every call makes progress");
+                for (first, len) in ch.runs {
+                    match runs.last_mut() {
+                        Some((f, l)) if *f + *l == first => *l += len,
+                        _ => runs.push((first, len)),
+                    }
+                }
+                at = ch.complete_to;
+                calls += 1;
+            }
+            assert_eq!(runs, whole.runs, "budget {max_items}");
+            assert!(calls > 1, "the budget of {max_items} steps bit");
+        }
     }
 }

@@ -100,6 +100,28 @@ impl Served {
     }
 }
 
+impl Served {
+    /// SIGTERM: the server commits and exits 0; then the metadata checks clean with ours
+    /// and, where installed, the real thin_check.
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "thinly serve did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(child.wait().unwrap().code(), Some(0), "exit after SIGTERM");
+        let meta = self.dir.join("metadata");
+        thinly(&["check", meta.to_str().unwrap()]);
+        match tool_path("thin_check") {
+            Some(tc) => drop(ok(tc.to_str().unwrap(), &[meta.to_str().unwrap()])),
+            None => drop(common::missing("thin_check")),
+        }
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -282,7 +304,7 @@ fn dirty_of(runs: impl Iterator<Item = (u64, u64, bool)>) -> Vec<(u64, u64)> {
 }
 
 fn run_case(seed: u64) {
-    let s = Served::start();
+    let mut s = Served::start();
     let mut rng = Rng(seed);
     let mut model = Model::default();
     model.vols.insert("vm".into(), (vec![None; NR_BLOCKS as usize], false));
@@ -328,6 +350,7 @@ fn run_case(seed: u64) {
             }
         }
     }
+    s.stop();
 }
 
 #[test]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs thinly's whole test suite, first installing what the tests need when it is missing
-# (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio and qemu-utils.
+# (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio, qemu-utils and
+# python3 (examples/incremental-backup.sh reads nbdinfo's JSON with it).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +12,7 @@ command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
 command -v fio >/dev/null 2>&1 || need+=(fio)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 [ -x /usr/bin/time ] || need+=(time)
+command -v python3 >/dev/null 2>&1 || need+=(python3-minimal)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo=""

@@ -36,6 +36,11 @@ pub const MAX_DATA_BLOCK_SECTORS: u32 = 2_097_152;
 /// tree of 2^64 keys is 11 levels deep; anything deeper is a cycle or corruption.
 pub const MAX_BTREE_DEPTH: usize = 16;
 
+/// Steps (entries compared or shared subtrees skipped) one changed-blocks query may take
+/// before it returns a partial answer: the pool's metadata lock is held meanwhile, so this
+/// keeps one query to a few milliseconds of other volumes' I/O waiting.
+pub const MAX_DIFF_ITEMS_PER_CALL: usize = 1 << 16;
+
 /// Default byte budget of the metadata block cache. 64 MiB holds every node of a
 /// volume with ~4M mappings, enough that lookups in typical pools never touch the disk.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;

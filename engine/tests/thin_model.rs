@@ -127,6 +127,36 @@ impl Case {
         self.model.insert(id, BTreeMap::new());
     }
 
+    /// Every pair of devices: `changed_blocks` over a random range with a random bound on
+    /// runs gives exactly the model's differing blocks, and continuing from `complete_to`
+    /// gives the rest.
+    fn check_changes(&mut self, rng: &mut Rng) {
+        let ids: Vec<u64> = self.model.keys().copied().collect();
+        for &a in &ids {
+            for &b in &ids {
+                let (begin, end) = (rng.below(300), 3900 + rng.below(400));
+                let (ma, mb) = (&self.model[&a], &self.model[&b]);
+                let want: Vec<u64> = (begin..end).filter(|v| ma.get(v) != mb.get(v)).collect();
+                let max_runs = 1 + rng.below(8) as usize;
+                let mut got = Vec::new();
+                let mut at = begin;
+                while at < end {
+                    let ch = self
+                        .md
+                        .changed_blocks(DevId(a), DevId(b), VirtBlock(at), VirtBlock(end), max_runs)
+                        .unwrap();
+                    assert!(ch.runs.len() <= max_runs && ch.complete_to > at);
+                    for (first, len) in ch.runs {
+                        assert!(first >= at && first + len <= ch.complete_to);
+                        got.extend(first..first + len);
+                    }
+                    at = ch.complete_to;
+                }
+                assert_eq!(got, want, "changed blocks between devices {a} and {b}");
+            }
+        }
+    }
+
     fn commit_model(&mut self) {
         self.committed = self.model.clone();
         self.committed_held = self.held.clone();
@@ -155,9 +185,13 @@ fn run_case(seed: u64, nr_steps: usize) {
         committed_held: None,
         next_id: 1,
     };
-    for _ in 0..nr_steps {
+    for i in 0..nr_steps {
         c.step(&mut rng);
+        if i % 25 == 24 {
+            c.check_changes(&mut rng);
+        }
     }
+    c.check_changes(&mut rng);
     c.md.commit().unwrap();
     c.commit_model();
     // Every device reads back as modelled, with exact mapped_blocks.

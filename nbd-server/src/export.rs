@@ -16,7 +16,7 @@
 use std::io;
 use std::sync::{Arc, RwLock};
 
-pub use crate::proto::consts::{STATE_HOLE, STATE_ZERO};
+pub use crate::proto::consts::{STATE_DIRTY, STATE_HOLE, STATE_ZERO};
 
 /// One run of `base:allocation` status: `length` bytes with `flags`
 /// (`STATE_HOLE | STATE_ZERO` for unallocated, 0 for data).
@@ -124,6 +124,29 @@ pub trait Export: Send + Sync {
     /// `qemu:allocation-depth` runs of (length, depth): 0 unallocated, 1 owned by this
     /// volume, 2 shared with another device. Same covering rules as `block_status`.
     fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>>;
+    /// Meta contexts this export serves besides `base:allocation` and
+    /// `qemu:allocation-depth`, by full name (`namespace:leaf`, e.g.
+    /// `qemu:dirty-bitmap:NAME`). Asked at each LIST/SET_META_CONTEXT; the first
+    /// `MAX_EXTRA_META_CONTEXTS` count. None by default.
+    fn extra_meta_contexts(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Status runs of (length, flags) for the extra context `name` (one that
+    /// `extra_meta_contexts` offered when the client selected it). Same covering rules as
+    /// `block_status`; runs past `max_runs` are dropped by the server, so an export whose
+    /// status costs work per run may stop there (`max_runs` is 1 for REQ_ONE, which qemu
+    /// sends on every request). A context that has gone away since must fail (e.g.
+    /// `ENOENT`): the client gets an error reply for that request and the connection goes on.
+    fn extra_meta_status(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        max_runs: usize,
+    ) -> io::Result<Vec<(u64, u32)>> {
+        let _ = (name, offset, len, max_runs);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
 }
 
 /// Finds exports by name. Exports may appear and disappear at runtime; a connection
@@ -182,6 +205,64 @@ impl ExportRegistry for ExportTable {
             (None, false) => None,
         };
         found.map(|(_, _, e)| Arc::clone(e))
+    }
+}
+
+/// An export for tests: a `MemExport` that also offers `qemu:dirty-bitmap:` contexts
+/// whose status is "all dirty"; one named `qemu:dirty-bitmap:gone` is listed but fails
+/// (like a snapshot deleted after the client selected it).
+#[cfg(test)]
+pub(crate) struct WithBitmaps(pub crate::MemExport);
+
+#[cfg(test)]
+impl Export for WithBitmaps {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn read_only(&self) -> bool {
+        self.0.read_only()
+    }
+    fn can_multi_conn(&self) -> bool {
+        self.0.can_multi_conn()
+    }
+    fn preferred_block_size(&self) -> u32 {
+        self.0.preferred_block_size()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read(offset, buf)
+    }
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        self.0.write(offset, data, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
+        self.0.write_zeroes(offset, len, flags)
+    }
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        self.0.trim(offset, len, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.0.block_status(offset, len)
+    }
+    fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
+        self.0.allocation_depth(offset, len)
+    }
+    fn extra_meta_contexts(&self) -> Vec<String> {
+        ["qemu:dirty-bitmap:s1", "qemu:dirty-bitmap:gone"].map(String::from).to_vec()
+    }
+    fn extra_meta_status(
+        &self,
+        name: &str,
+        _: u64,
+        len: u64,
+        _: usize,
+    ) -> io::Result<Vec<(u64, u32)>> {
+        match name {
+            "qemu:dirty-bitmap:s1" => Ok(vec![(len, STATE_DIRTY)]),
+            _ => Err(io::Error::from_raw_os_error(2)), // ENOENT
+        }
     }
 }
 

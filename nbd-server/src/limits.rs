@@ -25,6 +25,11 @@ pub const MAX_OPTIONS_PER_CONNECTION: u32 = 1024;
 /// Longest string on the wire (names, descriptions, queries): a MUST of §1.
 pub const MAX_STRING_BYTES: usize = 4096;
 
+/// Extra meta contexts (`Export::extra_meta_contexts`) one export may offer; the rest are
+/// neither listed nor selectable. Bounds a LIST reply to ~4 MiB with maximum-length names
+/// (a pool with more snapshots of one volume line than this is not a backup setup).
+pub const MAX_EXTRA_META_CONTEXTS: usize = 1024;
+
 /// Exports listed by `NBD_OPT_LIST` before we stop: bounds the reply to ~4 MiB even with
 /// maximum-length names.
 pub const MAX_LISTED_EXPORTS: usize = 1024;

@@ -400,6 +400,22 @@ enum ThinlyCommand {
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
+    /// The byte ranges where volume B's data differs from volume A's (changed data blocks,
+    /// as thin_delta sees them): "OFFSET LENGTH" lines; online or offline.
+    Diff {
+        /// The older volume (e.g. the previous backup's snapshot).
+        a: String,
+        /// The newer volume.
+        b: String,
+        /// JSON: an array of {"offset", "length"} (with --stat: the totals).
+        #[arg(long)]
+        json: bool,
+        /// Only the totals: changed bytes and extents.
+        #[arg(long)]
+        stat: bool,
+        #[command(flatten)]
+        pool: pool::PoolArgs,
+    },
     /// Print the dmsetup commands that activate the pool under the kernel's dm-thin.
     KernelScript(crate::kernel::KernelScriptArgs),
 }
@@ -497,6 +513,9 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
                     pool::volumes_table(&v["volumes"])
                 )
             });
+        }
+        ThinlyCommand::Diff { a, b, json, stat, pool } => {
+            return pool::diff::run(&pool.dir(), &a, &b, json, stat);
         }
         ThinlyCommand::Message { text, pool } => {
             let r = pool::run_request(&pool.dir(), &Request::Message { text })?;

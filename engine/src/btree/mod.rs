@@ -16,12 +16,14 @@
 
 pub mod builder;
 mod delete;
+mod diff;
 mod insert;
 mod remove;
 mod walk;
 
 pub use builder::{NodeRef, TreeBuilder};
 pub use delete::delete_tree;
+pub use diff::{diff, DiffItem, DiffVisitor, Shared};
 pub use insert::{insert, shadow_path};
 pub use remove::remove;
 pub use walk::{for_each, lookup, lookup_u64, walk, walk_nodes, NodeVisit, Visitor};

@@ -2,17 +2,24 @@
 //! as 0.9.0 prints them (`<same>`, `<different>`, `<left_only>`, `<right_only>`, plain or
 //! `--verbose` with the data blocks of each range).
 //!
-//! Memory: both devices' mappings as coalesced runs (a run per contiguous extent).
+//! The walk is `btree::diff`, the same tree diff the pool's changed-block queries use
+//! (there it skips shared subtrees; here it walks them, since `<same>` ranges are printed).
+//! Memory: the coalesced segments.
 
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Arc;
 
-use super::dump::{read_top_level, reader, select_roots, walk_mappings};
+use std::ops::ControlFlow;
+
+use super::dump::{read_top_level, reader, select_roots};
 use super::error::{Error, Result};
-use super::ir::Run;
-use crate::block_manager::BlockManager;
+use crate::block_manager::ReadBlocks;
+use crate::btree::{self, DiffItem, Shared};
+use crate::format::le_u64;
+use crate::format::thin::BlockTime;
 use crate::io::BlockDevice;
+use crate::thin::BOTTOM;
 use crate::units::MetaBlock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,76 +52,50 @@ pub struct Segment {
     pub right_data: Option<u64>,
 }
 
-fn runs_of(bm: &mut BlockManager, root: MetaBlock) -> Result<Vec<Run>> {
-    let mut runs: Vec<Run> = Vec::new();
-    walk_mappings(bm, root, &mut |k, bt| {
-        let next = Run { origin_begin: k, data_begin: bt.block, len: 1, time: bt.time };
-        match runs.last_mut() {
-            Some(cur) if cur.origin_end() == k && cur.data_end() == bt.block => cur.len += 1,
-            _ => runs.push(next),
-        }
-        Ok(())
-    })?;
-    Ok(runs)
-}
-
-/// The segments in virtual-block order.
-pub fn diff(left: &[Run], right: &[Run]) -> Vec<Segment> {
-    let mut out: Vec<Segment> = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    let (mut li, mut rj) = (0u64, 0u64); // offsets consumed within left[i], right[j]
-    let mut push = |kind, begin, len, l: Option<u64>, r: Option<u64>| {
-        if let Some(last) = out.last_mut() {
-            let contiguous = last.kind == kind && last.begin.checked_add(last.len) == Some(begin);
-            let data_ok = last.left_data.and_then(|d| d.checked_add(last.len)) == l
-                && last.right_data.and_then(|d| d.checked_add(last.len)) == r;
-            if contiguous && data_ok {
-                last.len += len;
-                return;
-            }
-        }
-        out.push(Segment { kind, begin, len, left_data: l, right_data: r });
-    };
-    while i < left.len() || j < right.len() {
-        let a = left.get(i).map(|r| (r.origin_begin + li, r.len - li, r.data_begin + li));
-        let b = right.get(j).map(|r| (r.origin_begin + rj, r.len - rj, r.data_begin + rj));
-        let (take_l, take_r, len, kind) = match (a, b) {
-            (Some(a), Some(b)) if a.0 == b.0 => {
-                let len = a.1.min(b.1);
-                (true, true, len, if a.2 == b.2 { Kind::Same } else { Kind::Different })
-            }
-            (Some(a), Some(b)) if a.0 < b.0 => (true, false, a.1.min(b.0 - a.0), Kind::LeftOnly),
-            (Some(_), Some(b)) => {
-                (false, true, b.1.min(a.map_or(u64::MAX, |a| a.0) - b.0), Kind::RightOnly)
-            }
-            (Some(a), None) => (true, false, a.1, Kind::LeftOnly),
-            (None, Some(b)) => (false, true, b.1, Kind::RightOnly),
-            (None, None) => break,
-        };
-        let begin = if take_l { a.map_or(0, |a| a.0) } else { b.map_or(0, |b| b.0) };
-        push(
-            kind,
-            begin,
-            len,
-            take_l.then(|| a.map_or(0, |a| a.2)),
-            take_r.then(|| b.map_or(0, |b| b.2)),
-        );
-        if take_l {
-            li += len;
-            if li == left[i].len {
-                i += 1;
-                li = 0;
-            }
-        }
-        if take_r {
-            rj += len;
-            if rj == right[j].len {
-                j += 1;
-                rj = 0;
-            }
+/// Appends one virtual block's verdict, coalescing with the last segment when it continues
+/// it (same kind, next block, next data block on each mapped side).
+fn push(out: &mut Vec<Segment>, kind: Kind, begin: u64, l: Option<u64>, r: Option<u64>) {
+    if let Some(last) = out.last_mut() {
+        let contiguous = last.kind == kind && last.begin.checked_add(last.len) == Some(begin);
+        let data_ok = last.left_data.and_then(|d| d.checked_add(last.len)) == l
+            && last.right_data.and_then(|d| d.checked_add(last.len)) == r;
+        if contiguous && data_ok {
+            last.len += 1;
+            return;
         }
     }
-    out
+    out.push(Segment { kind, begin, len: 1, left_data: l, right_data: r });
+}
+
+/// The segments of the two mapping trees in virtual-block order: `btree::diff`, walking
+/// shared subtrees too (thin_delta reports identical ranges as `<same>`).
+pub fn segments<R: ReadBlocks + ?Sized>(
+    r: &mut R,
+    left: MetaBlock,
+    right: MetaBlock,
+) -> Result<Vec<Segment>> {
+    let mut out: Vec<Segment> = Vec::new();
+    let block = |v: &[u8]| BlockTime::unpack(le_u64(v, 0)).block;
+    let visit = &mut |item: DiffItem| {
+        match item {
+            DiffItem::LeftOnly { key, value } => {
+                push(&mut out, Kind::LeftOnly, key, Some(block(value)), None)
+            }
+            DiffItem::RightOnly { key, value } => {
+                push(&mut out, Kind::RightOnly, key, None, Some(block(value)))
+            }
+            DiffItem::Both { key, left, right } => {
+                let (a, b) = (block(left), block(right));
+                let kind = if a == b { Kind::Same } else { Kind::Different };
+                push(&mut out, kind, key, Some(a), Some(b))
+            }
+            // Shared::Walk reports no shared subtree.
+            DiffItem::Shared { .. } => {}
+        }
+        Ok(ControlFlow::Continue(()))
+    };
+    let _all = btree::diff(r, left, right, BOTTOM, 0, u64::MAX, Shared::Walk, visit)?;
+    Ok(out)
 }
 
 /// One side of a delta: a device by id (`--snap1`/`--thin1`), or a bottom-level tree by
@@ -154,9 +135,7 @@ pub fn delta<W: Write>(
         }),
     };
     let (r1, r2) = (find(snap1, "snap1")?, find(snap2, "snap2")?);
-    let left = runs_of(&mut bm, r1)?;
-    let right = runs_of(&mut bm, r2)?;
-    let segs = diff(&left, &right);
+    let segs = segments(&mut bm, r1, r2)?;
     let sb = &roots.ir;
     let mut s = String::new();
     let _ = write!(

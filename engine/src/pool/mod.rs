@@ -35,6 +35,7 @@
 //! reuses that memory instead of growing the cache (`SnapshotCache`; a page of fresh memory
 //! is what a first write costs most on a VM whose host takes free memory back).
 
+mod changes;
 mod commit;
 pub mod config;
 mod holes;
@@ -45,6 +46,7 @@ mod status;
 mod volume;
 
 pub use crate::thin::RunDetail;
+pub use changes::ChangedRanges;
 pub use config::{
     AutoExtend, OutOfSpacePolicy, PoolConfig, PoolSettings, SnapshotCache, VolumeConfig,
 };

@@ -21,12 +21,14 @@
 //!
 //! `ThinMetadata` is single-threaded; the pool serialises access to it.
 
+mod changes;
 mod check;
 mod device;
 mod mapping;
 mod metadata;
 mod snapshot;
 
+pub use changes::Changes;
 pub use check::{check, CheckOptions, Report};
 pub use mapping::{Mapping, Run, RunDetail};
 pub use metadata::{OpenOptions, Status, ThinMetadata};

@@ -122,3 +122,5 @@ pub const REPLY_TYPE_ERROR_OFFSET: u16 = 0x8002;
 /// `base:allocation` status bits (§8.2).
 pub const STATE_HOLE: u32 = 0x1;
 pub const STATE_ZERO: u32 = 0x2;
+/// `qemu:dirty-bitmap:NAME`: the extent changed (§8, qemu's convention).
+pub const STATE_DIRTY: u32 = 0x1;

@@ -18,8 +18,8 @@ use super::request::HeaderMode;
 use super::wire::{put_u16, put_u32, put_u64, Cursor};
 use crate::export::{Export, ExportRegistry};
 use crate::limits::{
-    MAX_LISTED_EXPORTS, MAX_OPTIONS_PER_CONNECTION, MAX_OPTION_BYTES, MAX_PARSED_OPTION_BYTES,
-    MAX_PAYLOAD_BYTES, MAX_STRING_BYTES,
+    MAX_EXTRA_META_CONTEXTS, MAX_LISTED_EXPORTS, MAX_OPTIONS_PER_CONNECTION, MAX_OPTION_BYTES,
+    MAX_PARSED_OPTION_BYTES, MAX_PAYLOAD_BYTES, MAX_STRING_BYTES,
 };
 
 /// Size constraints advertised with `NBD_INFO_BLOCK_SIZE` (§5).
@@ -489,20 +489,22 @@ impl Handshake {
             self.reply_error(option, REP_ERR_INVALID, "malformed meta context request");
             return;
         };
-        if self.registry.open(req.name).is_none() {
+        let Some(export) = self.registry.open(req.name) else {
             self.reply_error(option, REP_ERR_UNKNOWN, "no such export");
             return;
-        }
+        };
         if req.queries.iter().any(|q| !q.contains(':')) {
             self.reply_error(option, REP_ERR_INVALID, "query without a namespace");
             return;
         }
+        let mut extras = export.extra_meta_contexts();
+        extras.truncate(MAX_EXTRA_META_CONTEXTS);
         let mut found: Vec<MetaContext> = if set {
-            req.queries.iter().filter_map(|q| MetaContext::set_match(q)).collect()
+            req.queries.iter().filter_map(|q| MetaContext::set_match(q, &extras)).collect()
         } else if req.queries.is_empty() {
-            MetaContext::ALL.to_vec()
+            MetaContext::list_all(&extras)
         } else {
-            req.queries.iter().flat_map(|q| MetaContext::list_matches(q)).collect()
+            req.queries.iter().flat_map(|q| MetaContext::list_matches(q, &extras)).collect()
         };
         found.sort();
         found.dedup();

@@ -1,6 +1,7 @@
 use super::*;
 use crate::export::ExportTable;
 use crate::mem_export::MemExport;
+use crate::proto::meta::FIRST_EXTRA_ID;
 
 fn registry() -> Arc<dyn ExportRegistry> {
     let t = ExportTable::new();
@@ -274,4 +275,27 @@ fn too_many_options_is_a_hard_disconnect() {
         hs.receive(&one).unwrap();
     }
     assert!(matches!(hs.receive(&one), Err(ProtocolError::TooManyOptions(_))));
+}
+
+#[test]
+fn an_exports_extra_contexts_are_listed_under_their_prefix_and_selected_by_name() {
+    let t = ExportTable::new();
+    t.insert("vm", "", Arc::new(crate::export::WithBitmaps(MemExport::new(1 << 20))));
+    let mut hs = Handshake::new(Arc::new(t));
+    hs.take_output();
+    hs.receive(&3u32.to_be_bytes()).unwrap();
+    send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]));
+    let r = send(&mut hs, &opt(OPT_LIST_META_CONTEXT, &meta_data("vm", &["qemu:dirty-bitmap:"])));
+    let names: Vec<&[u8]> =
+        r.iter().filter(|x| x.1 == REP_META_CONTEXT).map(|x| &x.2[4..]).collect();
+    assert_eq!(names, [&b"qemu:dirty-bitmap:gone"[..], b"qemu:dirty-bitmap:s1"]);
+    let q = ["qemu:dirty-bitmap:s1", "base:allocation", "qemu:dirty-bitmap:other"];
+    let r = send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("vm", &q)));
+    assert_eq!(r.len(), 3);
+    assert_eq!(&r[1].2[..4], &FIRST_EXTRA_ID.to_be_bytes());
+    assert_eq!(&r[1].2[4..], b"qemu:dirty-bitmap:s1");
+    send(&mut hs, &opt(OPT_GO, &info_data("vm", &[])));
+    let n = hs.into_negotiated().unwrap();
+    let s1 = MetaContext::Extra { id: FIRST_EXTRA_ID, name: "qemu:dirty-bitmap:s1".into() };
+    assert_eq!(n.contexts, vec![MetaContext::BaseAllocation, s1]);
 }

@@ -167,6 +167,10 @@ fn block_status(
                 v.into_iter().map(|Extent { length, flags }| (length, flags)).collect::<Vec<_>>()
             }),
             MetaContext::AllocationDepth => export.allocation_depth(offset, query),
+            MetaContext::Extra { name, .. } => {
+                let max_runs = if req_one { 1 } else { MAX_EXTENTS_PER_CHUNK };
+                export.extra_meta_status(name, offset, query, max_runs)
+            }
         };
         match runs {
             Ok(runs) => {
@@ -430,5 +434,32 @@ mod tests {
         let cmd = Command::Write { offset: 0, len: 4, fua: false };
         execute(&m, &session(HeaderMode::Compact), to, cmd, &[1, 2, 3, 4], &mut out);
         assert_eq!(&out[4..8], &28u32.to_be_bytes());
+    }
+
+    #[test]
+    fn an_extra_context_is_answered_by_the_export_and_a_vanished_one_is_an_error_reply() {
+        let e = crate::export::WithBitmaps(MemExport::new(1 << 20));
+        let extra = |id, name: &str| MetaContext::Extra { id, name: name.into() };
+        let mut s = session(HeaderMode::Structured);
+        s.contexts = vec![MetaContext::BaseAllocation, extra(17, "qemu:dirty-bitmap:s1")];
+        let to = ReplyTo { mode: HeaderMode::Structured, cookie: 1, offset: 0 };
+        let cmd = Command::BlockStatus { offset: 0, len: 8192, req_one: false };
+        let mut out = Vec::new();
+        execute(&e, &s, to, cmd, &[], &mut out);
+        let types = chunk_types(&out);
+        assert_eq!(types[1], (REPLY_TYPE_BLOCK_STATUS, REPLY_FLAG_DONE));
+        // The second chunk: header (20 bytes), id 17, one extent of 8192 bytes, dirty.
+        let second = &out[out.len() - 12..];
+        assert_eq!(
+            second,
+            [&17u32.to_be_bytes()[..], &8192u32.to_be_bytes(), &1u32.to_be_bytes()].concat()
+        );
+        s.contexts.push(extra(18, "qemu:dirty-bitmap:gone"));
+        let mut out = Vec::new();
+        execute(&e, &s, to, cmd, &[], &mut out);
+        let types = chunk_types(&out);
+        assert_eq!(types.len(), 1, "one error chunk replaces the whole reply");
+        assert_eq!(types[0].1, REPLY_FLAG_DONE);
+        assert_ne!(types[0].0 & 0x8000, 0, "an error chunk");
     }
 }

@@ -24,15 +24,41 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Create { name: String, size_bytes: u64 },
-    Snapshot { origin: String, name: String, read_only: bool },
-    Delete { name: String },
-    Resize { name: String, size_bytes: u64 },
+    Create {
+        name: String,
+        size_bytes: u64,
+    },
+    Snapshot {
+        origin: String,
+        name: String,
+        read_only: bool,
+    },
+    Delete {
+        name: String,
+    },
+    Resize {
+        name: String,
+        size_bytes: u64,
+    },
     List,
     Status,
-    Extend { size_bytes: u64 },
-    Message { text: String },
+    Extend {
+        size_bytes: u64,
+    },
+    Message {
+        text: String,
+    },
+    /// Changed ranges of `target` against `base` from `offset_bytes` (see `diff_json`).
+    Diff {
+        base: String,
+        target: String,
+        offset_bytes: u64,
+        max_ranges: usize,
+    },
 }
+
+/// Changed ranges one `Diff` request returns at most: one answer line stays ~2 MiB.
+pub const MAX_DIFF_RANGES_PER_REQUEST: usize = 65_536;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
@@ -93,6 +119,9 @@ pub fn execute(pool: &Pool, req: &Request) -> Response {
                 status_json(pool)?
             }
             Request::Message { text } => serde_json::Value::String(pool.message(text)?),
+            Request::Diff { base, target, offset_bytes, max_ranges } => {
+                diff_json(pool, base, target, *offset_bytes, *max_ranges)?
+            }
         })
     })();
     Response::from_result(r)
@@ -108,6 +137,32 @@ fn status_json(pool: &Pool) -> Result<serde_json::Value, PoolError> {
         "pool": status,
         "kernel_status": status.to_string(),
         "volumes": volumes,
+    }))
+}
+
+/// One bounded step of a diff: {"ranges": [[offset, length], …], "complete_to_bytes",
+/// "size_bytes"} over the larger of the two volumes' sizes from `offset`; the caller asks
+/// again from `complete_to_bytes` until it reaches `size_bytes`.
+fn diff_json(
+    pool: &Pool,
+    base: &str,
+    target: &str,
+    offset: u64,
+    max_ranges: usize,
+) -> Result<serde_json::Value, PoolError> {
+    let vols = pool.list();
+    let size_of = |name: &str| {
+        let v = vols.iter().find(|(n, _)| n == name);
+        v.map(|(_, v)| v.size_bytes).ok_or_else(|| PoolError::NoVolume(name.to_string()))
+    };
+    let size = size_of(base)?.max(size_of(target)?);
+    let max = max_ranges.clamp(1, MAX_DIFF_RANGES_PER_REQUEST);
+    let len = size.saturating_sub(offset);
+    let ch = pool.changed_ranges(target, base, offset.min(size), len, max)?;
+    Ok(serde_json::json!({
+        "ranges": ch.ranges,
+        "complete_to_bytes": ch.complete_to_bytes,
+        "size_bytes": size,
     }))
 }
 

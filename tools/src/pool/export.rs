@@ -1,23 +1,89 @@
 //! The pool's volumes as NBD exports: `VolumeExport` adapts a `Volume` to the NBD server's
 //! `Export` trait, `PoolRegistry` finds volumes by name (live: a volume created or deleted
 //! while serving appears or disappears at once).
+//!
+//! Incremental backup: every export V offers a meta context `qemu:dirty-bitmap:S` for each
+//! volume S sharing ancestry with V (`Pool::related_volumes`: same line of snapshots), whose
+//! status marks dirty (bit 0) the data blocks of V that differ from S's. A connection's
+//! context is bound to the volume S is at its first block-status: if S is deleted (or
+//! deleted and created anew) after that, or is gone or unrelated by then, that client's
+//! block-status requests fail with an error reply and the connection goes on.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use thinly_engine::pool::{Pool, RunDetail, Volume};
-use thinly_nbd::export::{STATE_HOLE, STATE_ZERO};
+use thinly_nbd::export::{STATE_DIRTY, STATE_HOLE, STATE_ZERO};
+use thinly_nbd::limits::MAX_EXTENTS_PER_CHUNK;
 use thinly_nbd::{Export, ExportRegistry, Extent, ZeroFlags};
+
+/// The namespace and leaf prefix of the dirty-bitmap contexts (qemu's convention).
+pub const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
+
+/// Changed ranges asked of the pool per block-status request at most: each makes at most
+/// two extents (the clean gap before it and itself), so the answer fits one chunk.
+const MAX_CHANGED_RANGES: usize = MAX_EXTENTS_PER_CHUNK / 2;
 
 /// The export a client gets when it asks for the default name ("").
 pub const DEFAULT_EXPORT: &str = "vol0";
 
 pub struct VolumeExport {
     vol: Volume,
+    pool: Pool,
+    /// The dirty-bitmap contexts in use: snapshot name → its device id when first used.
+    offered: Mutex<HashMap<String, u64>>,
 }
 
 impl VolumeExport {
-    pub fn new(vol: Volume) -> Self {
-        VolumeExport { vol }
+    pub fn new(pool: Pool, vol: Volume) -> Self {
+        VolumeExport { vol, pool, offered: Mutex::new(HashMap::new()) }
+    }
+
+    /// Fails with ENOENT unless `base` is the volume this connection's context named. The
+    /// handshake asks another instance for the list, so the binding is made at the first
+    /// block-status: `base` must still share ancestry then, and keep its device id after.
+    fn check_still_offered(&self, base: &str) -> io::Result<()> {
+        let gone = || io::Error::from_raw_os_error(nix::libc::ENOENT);
+        let now = self.pool.volume_dev_id(base).map_err(|_| gone())?.0;
+        let mut offered = self.offered.lock().unwrap_or_else(|e| e.into_inner());
+        match offered.get(base) {
+            Some(&dev) if dev == now => Ok(()),
+            Some(_) => Err(gone()),
+            None => {
+                let related = self.pool.related_volumes(self.vol.name()).map_err(|_| gone())?;
+                if !related.iter().any(|r| r == base) {
+                    return Err(gone());
+                }
+                offered.insert(base.to_string(), now);
+                Ok(())
+            }
+        }
+    }
+
+    /// The status of `qemu:dirty-bitmap:<base>`: runs of (length, dirty or clean) from
+    /// `offset`, covering a prefix of the range.
+    fn dirty_runs(
+        &self,
+        base: &str,
+        offset: u64,
+        len: u64,
+        max_ranges: usize,
+    ) -> io::Result<Vec<(u64, u32)>> {
+        self.check_still_offered(base)?;
+        let changes = self.pool.changed_ranges(self.vol.name(), base, offset, len, max_ranges)?;
+        let mut runs = Vec::with_capacity(2 * changes.ranges.len() + 1);
+        let mut at = offset;
+        for (start, n) in changes.ranges {
+            if start > at {
+                runs.push((start - at, 0));
+            }
+            runs.push((n, STATE_DIRTY));
+            at = start + n;
+        }
+        if changes.complete_to_bytes > at {
+            runs.push((changes.complete_to_bytes - at, 0));
+        }
+        Ok(runs)
     }
 
     fn aligned(&self, offset: u64, len: u64) -> bool {
@@ -97,6 +163,26 @@ impl Export for VolumeExport {
             })
             .collect())
     }
+
+    fn extra_meta_contexts(&self) -> Vec<String> {
+        let related = self.pool.related_volumes(self.vol.name()).unwrap_or_default();
+        related.into_iter().map(|s| format!("{DIRTY_BITMAP_PREFIX}{s}")).collect()
+    }
+
+    /// Each changed range makes at most two runs (the clean gap before it and itself).
+    fn extra_meta_status(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        max_runs: usize,
+    ) -> io::Result<Vec<(u64, u32)>> {
+        let max_ranges = max_runs.div_ceil(2).clamp(1, MAX_CHANGED_RANGES);
+        match name.strip_prefix(DIRTY_BITMAP_PREFIX) {
+            Some(base) => self.dirty_runs(base, offset, len, max_ranges),
+            None => Err(io::Error::from_raw_os_error(nix::libc::ENOENT)),
+        }
+    }
 }
 
 /// A volume run as a `base:allocation` run: unmapped bytes are `HOLE | ZERO`.
@@ -144,6 +230,47 @@ impl ExportRegistry for PoolRegistry {
         } else {
             self.pool.volume(name).ok()?
         };
-        Some(Arc::new(VolumeExport::new(vol)))
+        Some(Arc::new(VolumeExport::new(self.pool.clone(), vol)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thinly_engine::pool::PoolOptions;
+
+    const BS: u64 = 64 << 10;
+
+    #[test]
+    fn dirty_bitmaps_are_offered_for_the_line_and_a_deleted_snapshot_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = PoolOptions { data_size_bytes: 64 << 20, ..PoolOptions::default() };
+        let pool = Pool::create(&dir.path().join("p"), &opts).unwrap();
+        let vm = pool.create_volume("vm", 16 * BS).unwrap();
+        pool.create_volume("other", 16 * BS).unwrap();
+        vm.write(0, &[1u8; 4096], false).unwrap();
+        pool.snapshot("vm", "s1", true).unwrap();
+        vm.write(3 * BS + 100, &[2u8; 10], false).unwrap();
+        pool.snapshot("s1", "s1b", false).unwrap();
+        let e = VolumeExport::new(pool.clone(), pool.volume("vm").unwrap());
+        let mut offered = e.extra_meta_contexts();
+        offered.sort();
+        assert_eq!(offered, ["qemu:dirty-bitmap:s1", "qemu:dirty-bitmap:s1b"]);
+        let runs = e.extra_meta_status("qemu:dirty-bitmap:s1", BS, 8 * BS, 64).unwrap();
+        assert_eq!(runs, [(2 * BS, 0), (BS, STATE_DIRTY), (5 * BS, 0)]);
+        // REQ_ONE: the diff stops at the first changed range; the first run is the same.
+        let runs = e.extra_meta_status("qemu:dirty-bitmap:s1", BS, 8 * BS, 1).unwrap();
+        assert_eq!(runs[0], (2 * BS, 0));
+        assert!(e.extra_meta_status("qemu:dirty-bitmap:other", 0, BS, 64).is_err(), "unrelated");
+        pool.delete_volume("s1").unwrap();
+        let err = e.extra_meta_status("qemu:dirty-bitmap:s1", 0, BS, 64).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ENOENT));
+        // Created anew under the same name (and even in the same line), it is another
+        // volume: the connection that used the old one keeps failing.
+        pool.snapshot("vm", "s1", true).unwrap();
+        assert!(e.extra_meta_status("qemu:dirty-bitmap:s1", 0, BS, 64).is_err());
+        // The snapshot of the deleted snapshot still shares the line (its root is vm).
+        assert!(e.extra_meta_status("qemu:dirty-bitmap:s1b", 0, 16 * BS, 64).is_ok());
+        assert!(e.block_status(0, BS).is_ok(), "the export itself goes on");
     }
 }

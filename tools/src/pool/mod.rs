@@ -1,9 +1,10 @@
 //! The pool commands of `thinly`: `serve`, `pool create|status|extend`, `create`,
-//! `snapshot`, `delete`, `resize`, `list`, `status`, `message`. Management works on a pool
+//! `snapshot`, `delete`, `resize`, `list`, `status`, `message`, `diff`. Management works on a pool
 //! that is being served (through its control socket) and on one that is not (opened here,
 //! exclusively, for the one operation); both run `control::execute`.
 
 pub mod control;
+pub mod diff;
 pub mod export;
 pub mod serve;
 pub mod size;

@@ -326,6 +326,8 @@ enum ThinlyCommand {
     },
     /// Print the dmsetup commands that activate the pool under the kernel's dm-thin.
     KernelScript(crate::kernel::KernelScriptArgs),
+    /// Make the thin_* names (thin_check, thin_dump, …) links to this binary.
+    InstallLinks(crate::install_links::InstallLinksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -381,6 +383,7 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
         ThinlyCommand::Bench(a) => return bench::run(&a),
         ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
         ThinlyCommand::KernelScript(a) => return crate::kernel::run(&a),
+        ThinlyCommand::InstallLinks(a) => return crate::install_links::run(&a),
         ThinlyCommand::Pool(PoolCommand::Status { json, pool }) => {
             let r = pool::run_request(&pool.dir(), &Request::Status)?;
             if json {

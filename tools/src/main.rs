@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod exit;
 mod files;
+mod install_links;
 mod kernel;
 mod pool;
 

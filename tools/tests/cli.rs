@@ -143,3 +143,61 @@ fn restore_and_repair_refuse_a_missing_or_tiny_output() {
     let o = thinly_run(&["restore", "-i", s(&xml)]);
     assert_eq!(o.status.code(), Some(2), "restore without -o");
 }
+
+/// Every thin_* name in `dir`, as (name, where its link resolves to).
+fn resolved_links(dir: &Path) -> Vec<(String, Option<PathBuf>)> {
+    TOOLS.iter().map(|(name, _)| (name.to_string(), dir.join(name).canonicalize().ok())).collect()
+}
+
+#[test]
+fn install_links_makes_every_thin_name_a_working_link_to_the_binary() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sbin");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let exe = thinly().canonicalize().expect("binary");
+    // Twice: a second run replaces the links it made.
+    for _ in 0..2 {
+        ok(&thinly_run(&["install-links", s(&dir)]), "install-links");
+        for (name, target) in resolved_links(&dir) {
+            assert_eq!(target.as_deref(), Some(exe.as_path()), "{name}");
+        }
+    }
+    let o = run(dir.join("thin_check"), &["-V"]);
+    ok(&o, "thin_check -V through the link");
+    let o = run(dir.join("thin_metadata_size"), &["-b", "64k", "-s", "1t", "-m", "1000"]);
+    ok(&o, "thin_metadata_size through the link");
+}
+
+#[test]
+fn install_links_defaults_to_the_directory_of_the_binary_it_runs_as() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let copy = tmp.path().join("thinly");
+    std::fs::copy(thinly(), &copy).expect("copy the binary");
+    ok(&run(&copy, &["install-links"]), "install-links with no DIR");
+    let exe = copy.canonicalize().expect("copy");
+    for (name, target) in resolved_links(tmp.path()) {
+        assert_eq!(target.as_deref(), Some(exe.as_path()), "{name}");
+    }
+}
+
+#[test]
+fn install_links_leaves_real_tools_alone_unless_forced_and_never_links_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let real = tmp.path().join("thin_dump");
+    std::fs::write(&real, "#!/bin/sh\necho the real thin_dump\n").expect("write");
+    let o = thinly_run(&["install-links", s(tmp.path())]);
+    no_panic(&o, "install-links");
+    assert_eq!(o.status.code(), Some(1), "a real tool in the way is refused");
+    assert_eq!(std::fs::read(&real).expect("read"), b"#!/bin/sh\necho the real thin_dump\n");
+    let names: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").collect();
+    assert_eq!(names.len(), 1, "a refusal makes no link at all");
+    ok(&thinly_run(&["install-links", "--force", s(tmp.path())]), "install-links --force");
+    let exe = thinly().canonicalize().expect("binary");
+    for (name, target) in resolved_links(tmp.path()) {
+        assert_eq!(target.as_deref(), Some(exe.as_path()), "{name}");
+    }
+    // A directory that does not exist gets no links (and no panic).
+    let o = thinly_run(&["install-links", s(&tmp.path().join("absent"))]);
+    no_panic(&o, "install-links into nothing");
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -27,12 +27,28 @@ pub fn missing(what: &str) -> bool {
     false
 }
 
-/// True when every tool runs; otherwise skips loudly (or fails under CI).
+/// True when every tool runs; otherwise skips loudly (or fails under CI). A thin_* name on
+/// PATH that is a link to a thinly binary (`thinly install-links`) is not the real tool: a
+/// comparison with it could not fail.
 pub fn have_tools(tools: &[&str]) -> bool {
-    tools.iter().all(|t| match Command::new(t).arg("-V").output() {
-        Ok(_) => true,
-        Err(_) => missing(t),
+    tools.iter().all(|t| {
+        if let Some(found) = on_path(t) {
+            let real = found.canonicalize().unwrap_or(found.clone());
+            if real.file_name().is_some_and(|n| n == "thinly") {
+                return missing(&format!("{t} (the one on PATH, {}, is thinly)", found.display()));
+            }
+        }
+        match Command::new(t).arg("-V").output() {
+            Ok(_) => true,
+            Err(_) => missing(t),
+        }
     })
+}
+
+/// Where PATH finds `name`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 pub fn run(prog: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {

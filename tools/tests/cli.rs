@@ -201,3 +201,49 @@ fn install_links_leaves_real_tools_alone_unless_forced_and_never_links_nothing()
     no_panic(&o, "install-links into nothing");
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// Runs `thinly ARGS` with stdout and stderr on a pseudo-terminal (util-linux `script`);
+/// None (a loud skip; a failure under CI) without `script`.
+fn on_a_terminal(args: &[&str]) -> Option<String> {
+    if !have_tools(&["script"]) {
+        return None;
+    }
+    let command = std::iter::once(s(&thinly()).to_string())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let o = run("script", &["-qfec", &command, "/dev/null"]);
+    ok(&o, "script");
+    Some(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn long_tools_show_a_bar_with_its_total_on_a_terminal_and_nothing_elsewhere() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pool = tmp.path().join("p");
+    ok(&thinly_run(&["pool", "create", "--pool", s(&pool), "--size", "4G"]), "pool create");
+    let meta = pool.join("metadata");
+    let o = thinly_run(&["check", s(&meta)]);
+    ok(&o, "check");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("checking metadata ["), "a bar on a pipe: {err}");
+    let free: u64 = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("METADATA_FREE_BLOCKS="))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("METADATA_FREE_BLOCKS");
+    let in_use = std::fs::metadata(&meta).expect("stat").len() / 4096 - free;
+    let Some(shown) = on_a_terminal(&["check", s(&meta)]) else { return };
+    assert!(shown.contains(&format!("/{in_use} blocks")), "no bar of {in_use} blocks: {shown}");
+    let xml = tmp.path().join("p.xml");
+    ok(&thinly_run(&["dump", s(&meta), "-o", s(&xml)]), "dump");
+    let shown = on_a_terminal(&["dump", s(&meta), "-o", s(&xml)]).expect("script");
+    assert!(shown.contains(&format!("/{in_use} blocks")), "{shown}");
+    let out = tmp.path().join("restored.meta");
+    sized_file(&out, 8 << 20);
+    let shown = on_a_terminal(&["restore", "-i", s(&xml), "-o", s(&out)]).expect("script");
+    let xml_bytes = std::fs::metadata(&xml).expect("stat").len();
+    assert!(shown.contains("restoring metadata ["), "{shown}");
+    assert!(xml_bytes < 1024, "an empty pool's XML is a few lines");
+    assert!(shown.contains(&format!("/{xml_bytes}B")), "no bar of {xml_bytes} bytes: {shown}");
+}

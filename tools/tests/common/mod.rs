@@ -18,6 +18,16 @@ pub fn thinly() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_thinly"))
 }
 
+/// The size of a sweep sized for CI at `count`: ten times as many with
+/// `THINLY_LONG_SWEEPS=1` (as the engine's model tests).
+pub fn sweep(count: u64) -> u64 {
+    if std::env::var("THINLY_LONG_SWEEPS").is_ok_and(|v| v == "1") {
+        count * 10
+    } else {
+        count
+    }
+}
+
 /// Skips (returns false) or, under CI, fails when `what` is missing.
 pub fn missing(what: &str) -> bool {
     if std::env::var_os("CI").is_some() {

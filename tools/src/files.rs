@@ -130,10 +130,11 @@ impl Progress {
     }
 
     /// A bar over the bytes of `input` (of `total_bytes`), read through the returned reader.
-    pub fn reading<R: Read>(message: &str, input: R, total_bytes: u64) -> (Self, Box<dyn Read>)
-    where
-        R: 'static,
-    {
+    pub fn reading<R: Read + 'static>(
+        message: &str,
+        input: R,
+        total_bytes: u64,
+    ) -> (Self, Box<dyn Read>) {
         let p = Progress::bar(message, total_bytes, "bytes");
         match &p.0 {
             Some(pb) => (Progress(Some(pb.clone())), Box::new(pb.wrap_read(input))),

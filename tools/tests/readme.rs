@@ -280,6 +280,18 @@ fn every_command_block_of_the_readme_runs_as_written_in_order() {
         assert!(config.contains(&format!("\"{name}\"")), "{name} not in pool.json: {config}");
     }
     assert!(!pool.join("nbd.sock").exists() && !pool.join("control.sock").exists());
+    // What the blocks leave in the checkout is ignored by git.
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.gitignore"))
+            .expect(".gitignore");
+    for entry in std::fs::read_dir(&sandbox.clone).expect("ls") {
+        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let ignored = ignore.lines().any(|l| l == format!("/{name}") || l == format!("/{name}/"));
+        assert!(
+            name == "tools" || ignored,
+            "the README leaves {name} in the checkout, not in .gitignore"
+        );
+    }
     let installed = sandbox.home.join(".cargo/bin/thinly").canonicalize().expect("installed");
     let link = sandbox.home.join(".cargo/bin/thin_check").canonicalize().expect("thin_check");
     assert_eq!(link, installed, "thin_check is a link to the installed thinly");

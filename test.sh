@@ -1,12 +1,38 @@
 #!/usr/bin/env bash
 # Runs thinly's whole test suite, first installing what the tests need when it is missing
-# (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio, qemu-utils and
-# python3 (examples/incremental-backup.sh reads nbdinfo's JSON with it).
+# (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio, qemu-utils, time
+# and python3 (examples/incremental-backup.sh reads nbdinfo's JSON with it),
+# and the kernel lab beside this checkout. As a user it uses sudo where root is needed; what
+# it cannot prepare it skips loudly (the tests that need it then skip loudly too), unless CI
+# is set, where that is an error. Arguments go to `cargo test --workspace`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
+ci() { [ -n "${CI:-}" ]; }
+# Says loudly what is skipped and why; under CI it stops the run instead.
+skip_loudly() {
+  if ci; then
+    echo "test.sh: ERROR (CI is set): $*" >&2
+    exit 1
+  fi
+  echo >&2
+  echo "*** test.sh: SKIPPING $*" >&2
+  echo >&2
+}
+# Runs "$@" as root: directly, or through sudo when that works without a password prompt
+# on a non-terminal. Fails (status 1) when neither is possible.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1 && { [ -t 0 ] || sudo -n true 2>/dev/null; }; then
+    sudo "$@"
+  else
+    return 1
+  fi
+}
+
 need=()
-command -v thin_check >/dev/null 2>&1 || need+=(thin-provisioning-tools)
+command -v thin_check >/dev/null 2>&1 || [ -x /usr/sbin/thin_check ] || need+=(thin-provisioning-tools)
 command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
 command -v fio >/dev/null 2>&1 || need+=(fio)
@@ -15,18 +41,30 @@ command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v python3 >/dev/null 2>&1 || need+=(python3-minimal)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  if ! { as_root apt-get update -qq &&
+         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }; then
+    skip_loudly "the installation of ${need[*]} (needs root or sudo); the tests that need them skip"
+  fi
 fi
 
 # The kernel tests (tests/kernel_*.rs) boot the real Linux dm-thin and NBD client in a QEMU
 # guest from the kernel lab; they skip loudly without it, and fail when CI is set. Prepare
 # the lab (idempotent: 0.3 s when it is ready) where the kit exists beside this checkout.
+# setup.sh needs root only to install its host packages; its downloads go to the user's cache.
 LAB_SETUP="$PWD/../shared/kernel-lab/setup.sh"   # $(dirname "$0")/../shared/…: we cd'ed there above
+LAB_CACHE="${THINLY_KERNEL_LAB:-$HOME/.cache/thinly-kernel-lab}"
 if [ -d "$(dirname "$LAB_SETUP")" ]; then
-  "$LAB_SETUP"
+  if [ "$(id -u)" -eq 0 ]; then
+    "$LAB_SETUP"
+  elif ! "$LAB_SETUP"; then
+    echo "test.sh: the kernel lab's setup failed as $(id -un); trying it as root for the user's cache"
+    if as_root env THINLY_KERNEL_LAB="$LAB_CACHE" "$LAB_SETUP" &&
+       as_root chown -R "$(id -u):$(id -g)" "$LAB_CACHE"; then
+      :
+    else
+      skip_loudly "the kernel lab (its setup needs root for its host packages: run $LAB_SETUP as root once); the kernel tests skip"
+    fi
+  fi
 fi
 
 cargo test --workspace "$@"

@@ -270,3 +270,23 @@ fn the_config_journal_folds_into_checkpoints_and_reopens_with_every_volume() {
     assert_eq!(pool.volume("v9").unwrap().size_bytes(), 2 << 20);
     assert!(pool.volume("s7").unwrap().is_read_only());
 }
+
+#[test]
+fn a_clean_close_folds_the_config_journal_into_pool_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Pool::create(dir.path(), &options()).unwrap();
+    pool.create_volume("a", 1 << 20).unwrap();
+    pool.snapshot("a", "b", true).unwrap();
+    let journal = dir.path().join("pool.log");
+    assert_eq!(std::fs::read_to_string(&journal).unwrap().lines().count(), 2);
+    pool.close().unwrap();
+    drop(pool);
+    assert_eq!(std::fs::read_to_string(&journal).unwrap(), "", "the journal was folded");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("pool.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["volumes"]["b"]["snapshot_of"], "a", "{config}");
+    let pool = Pool::open(dir.path(), IoMode::Auto).unwrap();
+    assert!(pool.volume("b").unwrap().is_read_only());
+    assert_metadata_clean(dir.path());
+}

@@ -47,7 +47,7 @@ fn file_store(path: &std::path::Path) -> (Arc<dyn BlockDevice>, Store) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 48,
+        cases: common::sweep_cases(48),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/space_map.txt"))),
         ..ProptestConfig::default()
     })]
@@ -154,7 +154,7 @@ const PLAIN: ValueKind = ValueKind::Plain { size: 8 };
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 32,
+        cases: common::sweep_cases(32),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/btree.txt"))),
         ..ProptestConfig::default()
     })]

@@ -386,10 +386,10 @@ enum ThinlyCommand {
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
-    /// The pool's status (the kernel's thin-pool fields) and its volumes.
+    /// The pool's status (the kernel's thin-pool fields, labelled) and its volumes.
     Status {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: StatusFormat,
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
@@ -397,6 +397,9 @@ enum ThinlyCommand {
     /// "set_transaction_id OLD NEW", "reserve_metadata_snap", "release_metadata_snap".
     Message {
         text: String,
+        /// Print the reply as JSON (the new export's name for create_thin/create_snap).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
@@ -418,16 +421,30 @@ enum ThinlyCommand {
     },
     /// Print the dmsetup commands that activate the pool under the kernel's dm-thin.
     KernelScript(crate::kernel::KernelScriptArgs),
+    /// Make the thin_* names (thin_check, thin_dump, …) links to this binary.
+    InstallLinks(crate::install_links::InstallLinksArgs),
+}
+
+/// How `status` and `pool status` print.
+#[derive(Debug, Clone, Copy, Args)]
+struct StatusFormat {
+    /// Print the status as JSON.
+    #[arg(long, conflicts_with = "raw")]
+    json: bool,
+    /// Print only the kernel's thin-pool status line (`dmsetup status` fields, unlabelled),
+    /// for scripts.
+    #[arg(long, visible_alias = "kernel")]
+    raw: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum PoolCommand {
     /// Create a pool directory (metadata, sparse data file, pool.json).
     Create(pool::PoolCreateArgs),
-    /// The pool's status line (the kernel's thin-pool status fields).
+    /// The pool's status (the kernel's thin-pool status fields, labelled).
     Status {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: StatusFormat,
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
@@ -470,7 +487,8 @@ pub fn run_thinly(args: &[OsString]) -> u8 {
 /// The pool commands (the metadata tools were dispatched by name already).
 fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
     use pool::control::Request;
-    let (dir, req, json) = match cmd {
+    use pool::show;
+    let (dir, req, human): (_, _, fn(&serde_json::Value) -> String) = match cmd {
         ThinlyCommand::Serve(a) => {
             init_logging();
             return pool::serve::run(&a);
@@ -478,53 +496,87 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
         ThinlyCommand::Bench(a) => return bench::run(&a),
         ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
         ThinlyCommand::KernelScript(a) => return crate::kernel::run(&a),
-        ThinlyCommand::Pool(PoolCommand::Status { json, pool }) => {
-            let r = pool::run_request(&pool.dir(), &Request::Status)?;
-            if json {
-                return pool::print_response(r, true, |_| String::new());
-            }
-            return pool::print_response(r, false, |v| {
-                v["kernel_status"].as_str().unwrap_or("").to_string()
-            });
+        ThinlyCommand::InstallLinks(a) => return crate::install_links::run(&a),
+        ThinlyCommand::Pool(PoolCommand::Status { format, pool }) => {
+            return print_status(&pool.dir(), format, false)
         }
+        ThinlyCommand::Status { format, pool } => return print_status(&pool.dir(), format, true),
         ThinlyCommand::Pool(PoolCommand::Extend { size, pool }) => {
-            (pool.dir(), Request::Extend { size_bytes: size }, false)
+            (pool.dir(), Request::Extend { size_bytes: size }, |v| {
+                let p = &v["pool"];
+                let blocks = p["total_data_blocks"].as_u64().unwrap_or(0);
+                let bs = p["data_block_size_bytes"].as_u64().unwrap_or(0);
+                let size = pool::size::format_size(blocks.saturating_mul(bs));
+                format!("extended the pool's data to {size} ({blocks} blocks)")
+            })
         }
         ThinlyCommand::Create { name, size, pool } => {
-            (pool.dir(), Request::Create { name, size_bytes: size }, false)
+            (pool.dir(), Request::Create { name, size_bytes: size }, |v| {
+                show::volume_line("created volume", v)
+            })
         }
         ThinlyCommand::Snapshot { origin, name, read_only, pool } => {
-            (pool.dir(), Request::Snapshot { origin, name, read_only }, false)
+            (pool.dir(), Request::Snapshot { origin, name, read_only }, |v| {
+                show::volume_line("created snapshot", v)
+            })
         }
-        ThinlyCommand::Delete { name, pool } => (pool.dir(), Request::Delete { name }, false),
+        ThinlyCommand::Delete { name, pool } => {
+            let r = pool::run_request(&pool.dir(), &Request::Delete { name: name.clone() })?;
+            return pool::print_response(r, false, |_| format!("deleted volume {name}"));
+        }
         ThinlyCommand::Resize { name, size, pool } => {
-            (pool.dir(), Request::Resize { name, size_bytes: size }, false)
+            (pool.dir(), Request::Resize { name, size_bytes: size }, |v| {
+                show::volume_line("resized volume", v)
+            })
         }
         ThinlyCommand::List { json, pool } => {
             let r = pool::run_request(&pool.dir(), &Request::List)?;
-            return pool::print_response(r, json, pool::volumes_table);
-        }
-        ThinlyCommand::Status { json, pool } => {
-            let r = pool::run_request(&pool.dir(), &Request::Status)?;
-            return pool::print_response(r, json, |v| {
-                format!(
-                    "{}\n{}",
-                    v["kernel_status"].as_str().unwrap_or(""),
-                    pool::volumes_table(&v["volumes"])
-                )
-            });
+            return pool::print_response(r, json, show::volumes_table);
         }
         ThinlyCommand::Diff { a, b, json, stat, pool } => {
             return pool::diff::run(&pool.dir(), &a, &b, json, stat);
         }
-        ThinlyCommand::Message { text, pool } => {
-            let r = pool::run_request(&pool.dir(), &Request::Message { text })?;
-            return pool::print_response(r, false, |v| v.as_str().unwrap_or("").to_string());
-        }
+        ThinlyCommand::Message { text, json, pool } => return run_message(&pool.dir(), text, json),
         _ => anyhow::bail!("internal error: a metadata tool reached the pool commands"),
     };
     let r = pool::run_request(&dir, &req)?;
-    pool::print_response(r, json, |_| String::new())
+    pool::print_response(r, false, human)
+}
+
+/// `status` (with the volumes) and `pool status` (without): labelled, `--json` or `--raw`.
+fn print_status(dir: &std::path::Path, f: StatusFormat, volumes: bool) -> anyhow::Result<()> {
+    let r = pool::run_request(dir, &pool::control::Request::Status)?;
+    if f.raw {
+        return pool::print_response(r, false, |v| {
+            v["kernel_status"].as_str().unwrap_or("").to_string()
+        });
+    }
+    pool::print_response(r, f.json, |v| match volumes {
+        true => format!(
+            "{}\n\n{}",
+            pool::show::status_text(v),
+            pool::show::volumes_table(&v["volumes"])
+        ),
+        false => pool::show::status_text(v),
+    })
+}
+
+/// `thinly message`: the kernel's vocabulary; a new device's export is named and sized.
+fn run_message(dir: &std::path::Path, text: String, json: bool) -> anyhow::Result<()> {
+    use pool::control::Request;
+    let r = pool::run_request(dir, &Request::Message { text: text.clone() })?;
+    if json || !r.ok {
+        return pool::print_response(r, json, |_| String::new());
+    }
+    let reply = r.result.as_str().unwrap_or("").to_string();
+    let creates = matches!(text.split_whitespace().next(), Some("create_thin" | "create_snap"));
+    // The export list is only looked up for a create, and a failure to list only costs the
+    // size in the message: the device was made.
+    let volumes = match creates {
+        true => pool::run_request(dir, &Request::List).ok().filter(|l| l.ok).map(|l| l.result),
+        false => None,
+    };
+    pool::print_response(r, false, |_| pool::show::message_text(&text, &reply, volumes.as_ref()))
 }
 
 fn init_logging() {

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod exit;
 mod files;
+mod install_links;
 mod kernel;
 mod pool;
 

@@ -143,3 +143,107 @@ fn restore_and_repair_refuse_a_missing_or_tiny_output() {
     let o = thinly_run(&["restore", "-i", s(&xml)]);
     assert_eq!(o.status.code(), Some(2), "restore without -o");
 }
+
+/// Every thin_* name in `dir`, as (name, where its link resolves to).
+fn resolved_links(dir: &Path) -> Vec<(String, Option<PathBuf>)> {
+    TOOLS.iter().map(|(name, _)| (name.to_string(), dir.join(name).canonicalize().ok())).collect()
+}
+
+#[test]
+fn install_links_makes_every_thin_name_a_working_link_to_the_binary() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("sbin");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let exe = thinly().canonicalize().expect("binary");
+    // Twice: a second run replaces the links it made.
+    for _ in 0..2 {
+        ok(&thinly_run(&["install-links", s(&dir)]), "install-links");
+        for (name, target) in resolved_links(&dir) {
+            assert_eq!(target.as_deref(), Some(exe.as_path()), "{name}");
+        }
+    }
+    let o = run(dir.join("thin_check"), &["-V"]);
+    ok(&o, "thin_check -V through the link");
+    let o = run(dir.join("thin_metadata_size"), &["-b", "64k", "-s", "1t", "-m", "1000"]);
+    ok(&o, "thin_metadata_size through the link");
+}
+
+#[test]
+fn install_links_defaults_to_the_directory_of_the_binary_it_runs_as() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let copy = tmp.path().join("thinly");
+    std::fs::copy(thinly(), &copy).expect("copy the binary");
+    ok(&run(&copy, &["install-links"]), "install-links with no DIR");
+    let exe = copy.canonicalize().expect("copy");
+    for (name, target) in resolved_links(tmp.path()) {
+        assert_eq!(target.as_deref(), Some(exe.as_path()), "{name}");
+    }
+}
+
+#[test]
+fn install_links_leaves_real_tools_alone_unless_forced_and_never_links_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let real = tmp.path().join("thin_dump");
+    std::fs::write(&real, "#!/bin/sh\necho the real thin_dump\n").expect("write");
+    let o = thinly_run(&["install-links", s(tmp.path())]);
+    no_panic(&o, "install-links");
+    assert_eq!(o.status.code(), Some(1), "a real tool in the way is refused");
+    assert_eq!(std::fs::read(&real).expect("read"), b"#!/bin/sh\necho the real thin_dump\n");
+    let names: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").collect();
+    assert_eq!(names.len(), 1, "a refusal makes no link at all");
+    ok(&thinly_run(&["install-links", "--force", s(tmp.path())]), "install-links --force");
+    let exe = thinly().canonicalize().expect("binary");
+    for (name, target) in resolved_links(tmp.path()) {
+        assert_eq!(target.as_deref(), Some(exe.as_path()), "{name}");
+    }
+    // A directory that does not exist gets no links (and no panic).
+    let o = thinly_run(&["install-links", s(&tmp.path().join("absent"))]);
+    no_panic(&o, "install-links into nothing");
+    assert_eq!(o.status.code(), Some(1));
+}
+
+/// Runs `thinly ARGS` with stdout and stderr on a pseudo-terminal (util-linux `script`);
+/// None (a loud skip; a failure under CI) without `script`.
+fn on_a_terminal(args: &[&str]) -> Option<String> {
+    if !have_tools(&["script"]) {
+        return None;
+    }
+    let command = std::iter::once(s(&thinly()).to_string())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let o = run("script", &["-qfec", &command, "/dev/null"]);
+    ok(&o, "script");
+    Some(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn long_tools_show_a_bar_with_its_total_on_a_terminal_and_nothing_elsewhere() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pool = tmp.path().join("p");
+    ok(&thinly_run(&["pool", "create", "--pool", s(&pool), "--size", "4G"]), "pool create");
+    let meta = pool.join("metadata");
+    let o = thinly_run(&["check", s(&meta)]);
+    ok(&o, "check");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("checking metadata ["), "a bar on a pipe: {err}");
+    let free: u64 = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("METADATA_FREE_BLOCKS="))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("METADATA_FREE_BLOCKS");
+    let in_use = std::fs::metadata(&meta).expect("stat").len() / 4096 - free;
+    let Some(shown) = on_a_terminal(&["check", s(&meta)]) else { return };
+    assert!(shown.contains(&format!("/{in_use} blocks")), "no bar of {in_use} blocks: {shown}");
+    let xml = tmp.path().join("p.xml");
+    ok(&thinly_run(&["dump", s(&meta), "-o", s(&xml)]), "dump");
+    let shown = on_a_terminal(&["dump", s(&meta), "-o", s(&xml)]).expect("script");
+    assert!(shown.contains(&format!("/{in_use} blocks")), "{shown}");
+    let out = tmp.path().join("restored.meta");
+    sized_file(&out, 8 << 20);
+    let shown = on_a_terminal(&["restore", "-i", s(&xml), "-o", s(&out)]).expect("script");
+    let xml_bytes = std::fs::metadata(&xml).expect("stat").len();
+    assert!(shown.contains("restoring metadata ["), "{shown}");
+    assert!(xml_bytes < 1024, "an empty pool's XML is a few lines");
+    assert!(shown.contains(&format!("/{xml_bytes}B")), "no bar of {xml_bytes} bytes: {shown}");
+}

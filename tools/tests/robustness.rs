@@ -73,10 +73,10 @@ fn no_tool_panics_on_randomly_damaged_metadata() {
     let clean = Image::load(&base);
     let seeds: Vec<u64> = match std::env::var("THINLY_SEED").ok().and_then(|v| v.parse().ok()) {
         Some(seed) => vec![seed],
-        // More rounds locally with THINLY_ROUNDS=n.
+        // More rounds with THINLY_ROUNDS=n, or ten times as many with THINLY_LONG_SWEEPS=1.
         None => {
             let rounds = std::env::var("THINLY_ROUNDS").ok().and_then(|v| v.parse().ok());
-            (0..rounds.unwrap_or(24)).collect()
+            (0..rounds.unwrap_or(sweep(24))).collect()
         }
     };
     let (bad, out) = (dir.path().join("bad.meta"), dir.path().join("out.meta"));

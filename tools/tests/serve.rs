@@ -373,8 +373,8 @@ fn volumes_created_and_deleted_online_appear_and_disappear_as_exports() {
     assert!(!list().contains("\"extra\""));
     assert!(!bounded("nbdinfo", &[&s.uri("extra")], 30).status.success());
     // The kernel's message vocabulary works online too.
-    let name = thinly(&["message", "create_thin 77", "--pool", s.pool()]);
-    assert_eq!(name.trim(), "thin77");
+    let name = thinly(&["message", "create_thin 77", "--json", "--pool", s.pool()]);
+    assert_eq!(serde_json::from_str::<String>(&name).unwrap(), "thin77");
     assert!(list().contains("\"thin77\""));
     let status = thinly(&["status", "--json", "--pool", s.pool()]);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -571,9 +571,10 @@ fn management_works_offline_too() {
     assert_eq!(v[0]["name"], "a");
     assert_eq!(v[0]["size_bytes"], 200u64 << 20);
     assert_eq!(v[1]["read_only"], true);
-    let status = thinly(&["pool", "status", "--pool", d]);
+    let status = thinly(&["pool", "status", "--raw", "--pool", d]);
     let fields: Vec<&str> = status.split_whitespace().collect();
     assert_eq!(fields[2], format!("0/{}", 2u64 << 30 >> 16), "{status}");
+    assert_eq!(thinly(&["pool", "status", "--kernel", "--pool", d]), status);
     assert!(thinly(&["message", "reserve_metadata_snap", "--pool", d])
         .trim()
         .parse::<u64>()
@@ -590,4 +591,45 @@ fn management_works_offline_too() {
     let out = bounded(common::thinly().to_str().unwrap(), &["list", "--pool", "/nonexistent"], 30);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pool"));
+}
+
+/// True when `text` has a size in a style other than the one formatter's (`10G`, `1.50M`).
+fn has_short_unit_size(text: &str) -> bool {
+    text.split(|c: char| c.is_whitespace() || "(),;:".contains(c)).any(|w| {
+        let digits = w.trim_end_matches(['K', 'M', 'G', 'T']);
+        digits.len() < w.len() && !digits.is_empty() && digits.parse::<f64>().is_ok()
+    })
+}
+
+#[test]
+fn pool_commands_say_what_they_did_with_one_size_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let d = dir.to_str().unwrap();
+    let said = thinly(&["pool", "create", "--pool", d, "--size", "1G"]);
+    assert!(said.contains("1GiB of data") && said.contains("64KiB"), "{said}");
+    let said = thinly(&["create", "a", "--size", "100M", "--pool", d]);
+    assert_eq!(said.trim(), "created volume a: 100MiB, device 1, read-write");
+    let said = thinly(&["snapshot", "a", "b", "--read-only", "--pool", d]);
+    assert_eq!(said.trim(), "created snapshot b: 100MiB, device 2, read-only, snapshot of a");
+    let said = thinly(&["resize", "a", "--size", "150M", "--pool", d]);
+    assert!(said.starts_with("resized volume a: 150MiB"), "{said}");
+    // A kernel message names the export it adds and the size it got (the data size).
+    let said = thinly(&["message", "create_thin 7", "--pool", d]);
+    assert!(said.contains("added the export thin7 (1GiB, device 7"), "{said}");
+    let status = thinly(&["status", "--pool", d]);
+    for label in ["transaction id", "data", "metadata", "mode", "needs check"] {
+        assert!(status.contains(&format!("  {label} ")), "no {label:?} in {status}");
+    }
+    assert!(status.contains("0 of 16384 blocks used (0B of 1GiB, 64KiB blocks)"), "{status}");
+    assert!(status.contains("thin7") && status.contains("SNAPSHOT OF"), "{status}");
+    let said = thinly(&["delete", "b", "--pool", d]);
+    assert_eq!(said.trim(), "deleted volume b");
+    let said = thinly(&["pool", "extend", "--size", "2G", "--pool", d]);
+    assert!(said.contains("2GiB"), "{said}");
+    let list = thinly(&["list", "--pool", d]);
+    for text in [&status, &list] {
+        assert!(!has_short_unit_size(text), "a size outside the one format: {text}");
+    }
+    assert!(has_short_unit_size("mapped 234.44M of 16G"), "the check can fail");
 }

@@ -272,13 +272,22 @@ impl Pool {
     }
 
     /// Commits and stops the timer. Further I/O on volumes still works until the last
-    /// handle goes; this is the clean shutdown.
+    /// handle goes; this is the clean shutdown. It also folds the config journal
+    /// (`pool.log`) into a new checkpoint (`pool.json`), so that after a clean shutdown
+    /// `pool.json` alone says what the pool holds; a read-only (failed) pool writes nothing.
     pub fn close(&self) -> Result<()> {
         self.inner.stopping.store(true, Ordering::SeqCst);
         if let Some(t) = super::lock(&self.inner.timer).take() {
             t.unpark();
         }
-        self.inner.flush()
+        self.inner.flush()?;
+        let meta = self.inner.meta();
+        if matches!(meta.mode, Mode::ReadOnly(_)) {
+            return Ok(());
+        }
+        // Committed above: the config matches the metadata's transaction.
+        self.inner.config_store.fold(&meta.config)?;
+        Ok(())
     }
 
     /// Commits everything written so far.

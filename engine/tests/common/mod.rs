@@ -38,14 +38,33 @@ impl Rng {
     }
 }
 
-/// The seeds a model test runs: `THINLY_SEED=N` replays one; otherwise `count` seeds
+/// How many times more cases a long sweep runs.
+pub const LONG_SWEEP_FACTOR: u64 = 10;
+
+/// The size of a sweep (seeds, property-test cases) sized for CI at `count`:
+/// `THINLY_LONG_SWEEPS=1` runs `LONG_SWEEP_FACTOR` times as many (a longer search, e.g.
+/// after changing the code under test); the default keeps the suite's time for CI.
+pub fn sweep(count: u64) -> u64 {
+    if std::env::var("THINLY_LONG_SWEEPS").is_ok_and(|v| v == "1") {
+        count * LONG_SWEEP_FACTOR
+    } else {
+        count
+    }
+}
+
+/// `sweep` for proptest's `cases`.
+pub fn sweep_cases(count: u32) -> u32 {
+    u32::try_from(sweep(u64::from(count))).unwrap_or(u32::MAX)
+}
+
+/// The seeds a model test runs: `THINLY_SEED=N` replays one; otherwise `sweep(count)` seeds
 /// starting from a fixed base (or `THINLY_SEED_BASE`).
 pub fn seeds(count: u64) -> Vec<u64> {
     if let Some(s) = std::env::var("THINLY_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![s];
     }
     let base = std::env::var("THINLY_SEED_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    (base..base + count).collect()
+    (base..base + sweep(count)).collect()
 }
 
 /// Runs `f(seed)` for every seed, naming the seed that failed so it can be replayed.

@@ -37,8 +37,8 @@ pub fn run(a: &CheckArgs) -> Result<u8> {
         }
     }
     let report = {
-        let _p = Progress::start("checking metadata");
-        check(dev.clone(), &opts).with_context(|| format!("checking {}", a.input.display()))?
+        let (_p, counted) = Progress::metadata("checking metadata", dev.clone());
+        check(counted, &opts).with_context(|| format!("checking {}", a.input.display()))?
     };
     let passes = report.passes(a.ignore_non_fatal_errors);
     if !a.quiet && !report.metadata_snap_unusable {

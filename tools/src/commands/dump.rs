@@ -28,7 +28,7 @@ pub fn run(a: &DumpArgs) -> Result<u8> {
         DumpFormat::Xml => Box::new(dump_writer(out, Dialect::V09)),
         DumpFormat::HumanReadable => Box::new(human_dump_writer(out)),
     };
-    let _p = Progress::start("dumping metadata");
+    let (_p, dev) = Progress::metadata("dumping metadata", dev);
     if a.repair {
         let opts = SalvageOptions {
             overrides: overrides(&a.overrides),

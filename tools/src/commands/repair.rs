@@ -11,7 +11,7 @@ use crate::files::{open_input, open_output, Progress};
 pub fn run(a: &RepairArgs) -> Result<u8> {
     let input = open_input(&a.input, false)?;
     let output = open_output(&a.output)?;
-    let _p = Progress::start("repairing metadata");
+    let (_p, input) = Progress::metadata("repairing metadata", input);
     let stats = repair(input, output, overrides(&a.overrides))
         .with_context(|| format!("repairing {} into {}", a.input.display(), a.output.display()))?;
     if !a.quiet {

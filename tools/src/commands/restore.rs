@@ -11,7 +11,8 @@ use crate::files::{open_output, open_text_input, Progress};
 pub fn run(a: &RestoreArgs) -> Result<u8> {
     let input = open_text_input(&a.input)?;
     let dev = open_output(&a.output)?;
-    let _p = Progress::start("restoring metadata");
+    let total_bytes = input.metadata().map_or(0, |m| m.len());
+    let (_p, input) = Progress::reading("restoring metadata", input, total_bytes);
     let reader = std::io::BufReader::with_capacity(1 << 20, input);
     restore_xml(reader, dev, overrides(&a.overrides))
         .with_context(|| format!("restoring {} to {}", a.input.display(), a.output.display()))?;

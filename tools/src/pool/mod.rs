@@ -7,15 +7,14 @@ pub mod control;
 pub mod diff;
 pub mod export;
 pub mod serve;
+pub mod show;
 pub mod size;
 
 use anyhow::{bail, Context, Result};
 use control::{execute, Request, Response};
 use std::path::{Path, PathBuf};
 use thinly_engine::io::IoMode;
-use thinly_engine::pool::{
-    OutOfSpacePolicy, Pool, PoolOptions, PoolSettings, SnapshotCache, VolumeStatus,
-};
+use thinly_engine::pool::{OutOfSpacePolicy, Pool, PoolOptions, PoolSettings, SnapshotCache};
 
 /// Where the pool lives when --pool is not given.
 pub const DEFAULT_POOL_DIR: &str = "./thinly-pool";
@@ -156,11 +155,14 @@ pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
     let s = pool.status();
     pool.close()?;
     println!(
-        "created pool {}: {} data blocks of {}, {} metadata blocks",
+        "created pool {}: {} of data in {} blocks of {}, {} of metadata",
         dir.display(),
+        size::format_size(s.total_data_blocks.saturating_mul(s.data_block_size_bytes)),
         s.total_data_blocks,
         size::format_size(s.data_block_size_bytes),
-        s.total_metadata_blocks
+        size::format_size(
+            s.total_metadata_blocks.saturating_mul(thinly_engine::limits::META_BLOCK_SIZE as u64)
+        ),
     );
     Ok(())
 }
@@ -191,37 +193,3 @@ pub fn print_quietly(text: &str) -> Result<()> {
         r => r.context("writing to stdout"),
     }
 }
-
-/// A table of volumes.
-pub fn volumes_table(v: &serde_json::Value) -> String {
-    let vols: Vec<VolumeStatusRow> = serde_json::from_value(v.clone()).unwrap_or_default();
-    let mut out = format!(
-        "{:<24} {:>6} {:>10} {:>10} {:>4}  {}\n",
-        "NAME", "DEV", "SIZE", "MAPPED", "RO", "SNAPSHOT OF"
-    );
-    for r in vols {
-        out.push_str(&format!(
-            "{:<24} {:>6} {:>10} {:>10} {:>4}  {}\n",
-            r.name,
-            r.dev_id,
-            size::format_size(r.size_bytes),
-            size::format_size(r.mapped_sectors * 512),
-            if r.read_only { "yes" } else { "no" },
-            r.snapshot_of.unwrap_or_default()
-        ));
-    }
-    out.trim_end().to_string()
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-struct VolumeStatusRow {
-    name: String,
-    dev_id: u64,
-    size_bytes: u64,
-    read_only: bool,
-    mapped_sectors: u64,
-    snapshot_of: Option<String>,
-}
-
-#[allow(dead_code)]
-fn _uses(_: VolumeStatus) {}

@@ -28,7 +28,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub create: bool,
     /// TCP address to serve on ("none" for no TCP). Port 0 picks a free port (logged).
-    #[arg(long, default_value = "127.0.0.1:10809")]
+    #[arg(long, env = "THINLY_LISTEN", default_value = "127.0.0.1:10809")]
     pub listen: String,
     /// Unix socket to serve on [default: <pool>/nbd.sock].
     #[arg(long)]

@@ -32,9 +32,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// Bytes as the shortest exact K/M/G/T form, else with two decimals.
+/// Bytes for people: the one size format of `thinly`'s own output (status, tables, what a
+/// command did). Binary units with IEC names, no space: an exact multiple without decimals
+/// (`10GiB`), anything else with two (`234.44MiB`), under 1 KiB in bytes (`512B`). The
+/// thin_* tools keep the formats of the tools they replace (`thin_ls`: `234MiB`).
 pub fn format_size(bytes: u64) -> String {
-    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+    for (shift, unit) in [(50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
         if bytes >= 1 << shift {
             if bytes.is_multiple_of(1 << shift) {
                 return format!("{}{unit}", bytes >> shift);
@@ -42,7 +45,7 @@ pub fn format_size(bytes: u64) -> String {
             return format!("{:.2}{unit}", bytes as f64 / (1u64 << shift) as f64);
         }
     }
-    format!("{bytes}")
+    format!("{bytes}B")
 }
 
 #[cfg(test)]
@@ -59,7 +62,10 @@ mod tests {
         assert!(parse_size("10X").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999T").is_err());
-        assert_eq!(format_size(10 << 30), "10G");
-        assert_eq!(format_size(1536 << 20), "1.50G");
+        assert_eq!(format_size(10 << 30), "10GiB");
+        assert_eq!(format_size(1536 << 20), "1.50GiB");
+        assert_eq!(format_size(512), "512B");
+        assert_eq!(format_size(0), "0B");
+        assert_eq!(parse_size(&format_size(64 << 10)), Ok(64 << 10), "it reads back");
     }
 }

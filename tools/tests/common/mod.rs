@@ -17,10 +17,43 @@ pub fn thinly() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_thinly"))
 }
 
-/// Skips (returns false) or, under CI, fails when `what` is missing; and true when every
-/// tool is installed, else the same skip. One rule for every test: `thinly_test_support`.
+/// The size of a sweep sized for CI at `count`: ten times as many with
+/// `THINLY_LONG_SWEEPS=1` (as the engine's model tests).
+#[allow(dead_code)] // each test binary uses its own share of these
+pub fn sweep(count: u64) -> u64 {
+    if std::env::var("THINLY_LONG_SWEEPS").is_ok_and(|v| v == "1") {
+        count * 10
+    } else {
+        count
+    }
+}
+
+/// Skips (returns false) or, under CI, fails when `what` is missing. One rule for every
+/// test: `thinly_test_support`.
 #[allow(unused_imports)] // each test binary uses its own share of these
-pub use thinly_test_support::{require_tools as have_tools, skip_or_fail as missing};
+pub use thinly_test_support::skip_or_fail as missing;
+
+/// True when every tool is installed; otherwise skips loudly (or fails under CI). A thin_*
+/// name on PATH that is a link to a thinly binary (`thinly install-links`) is not the real
+/// tool: a comparison with it could not fail.
+#[allow(dead_code)]
+pub fn have_tools(tools: &[&str]) -> bool {
+    for t in tools {
+        if let Some(found) = on_path(t) {
+            let real = found.canonicalize().unwrap_or(found.clone());
+            if real.file_name().is_some_and(|n| n == "thinly") {
+                return missing(&format!("{t} (the one on PATH, {}, is thinly)", found.display()));
+            }
+        }
+    }
+    thinly_test_support::require_tools(tools)
+}
+
+/// Where PATH finds `name`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
 
 pub fn run(prog: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
     let prog = prog.as_ref();

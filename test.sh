@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs thinly's whole test suite, first installing what the tests need when it is missing
-# (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio and qemu-utils.
+# (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio, qemu-utils,
+# openssl and libssl-dev.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -10,6 +11,11 @@ command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
 command -v fio >/dev/null 2>&1 || need+=(fio)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+# The TLS tests make certificates with the openssl command; the openssl crate links
+# libssl (pkg-config finds it).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo=""

@@ -76,3 +76,7 @@ pub const READ_BUFFER_BYTES: usize = 128 << 10;
 /// Reads that must be answered in one OFFSET_DATA chunk with DF set: the spec demands
 /// 64 KiB; we serve DF up to the full payload limit.
 pub const MAX_DF_READ_BYTES: u64 = MAX_PAYLOAD_BYTES;
+
+/// Keys read from a `--tls-psk` file: a site keeps a key per client, and the file is
+/// read whole into memory at start and on every reload.
+pub const MAX_PSK_KEYS: usize = 65536;

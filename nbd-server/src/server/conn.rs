@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::budget::Budget;
 use super::dispatch::execute;
 use super::stream::Stream;
-use super::Shared;
+use super::{tls, Shared};
 use crate::export::Export;
 use crate::limits::{
     MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS, READ_BUFFER_BYTES, WRITE_TIMEOUT,
@@ -29,6 +29,7 @@ use crate::limits::{
 use crate::proto::consts::{CMD_DISC, CMD_READ};
 use crate::proto::{
     reply, validate, Command, Handshake, Negotiated, ReplyTo, RequestHeader, Session, Status,
+    TlsMode,
 };
 
 /// Largest READ or WRITE the reader serves itself (larger ones overlap better on workers).
@@ -68,12 +69,13 @@ impl Conn {
 }
 
 /// Serves one accepted connection until it ends.
-pub(super) fn serve(stream: Stream, shared: &Shared) {
+pub(super) fn serve(stream: Stream, tls: TlsMode, shared: &Shared) {
     let peer = stream.peer();
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    match handshake(&stream, shared) {
-        Ok(Some((negotiated, leftover))) => {
-            info!(%peer, export = %negotiated.export_name, mode = ?negotiated.mode, "client connected");
+    match handshake(stream, tls, shared) {
+        Ok(Some((stream, negotiated, leftover))) => {
+            let identity = stream.tls_identity().unwrap_or("-").to_owned();
+            info!(%peer, %identity, tls = matches!(stream, Stream::Tls(_)), export = %negotiated.export_name, mode = ?negotiated.mode, "client connected");
             if let Err(e) = transmission(stream, negotiated, leftover, shared) {
                 debug!(%peer, error = %e, "connection setup failed");
             }
@@ -83,18 +85,38 @@ pub(super) fn serve(stream: Stream, shared: &Shared) {
     }
 }
 
-/// Drives the handshake state machine over the socket, within the handshake timeout.
-/// Returns the negotiated state and any bytes already read past the handshake.
-fn handshake(stream: &Stream, shared: &Shared) -> io::Result<Option<(Negotiated, Vec<u8>)>> {
+/// What a finished handshake hands to transmission: the stream (TLS after STARTTLS),
+/// the negotiated state and any bytes already read past the handshake.
+type Handshaken = (Stream, Negotiated, Vec<u8>);
+
+/// Drives the handshake state machine over the socket, within the handshake timeout,
+/// upgrading the stream to TLS on an acknowledged STARTTLS.
+fn handshake(mut stream: Stream, tls: TlsMode, shared: &Shared) -> io::Result<Option<Handshaken>> {
     let deadline = shared.config.handshake_timeout.map(|t| Instant::now() + t);
     let mut hs = Handshake::new(Arc::clone(&shared.registry));
+    hs.set_tls_mode(tls);
     let mut rd = stream.try_clone()?;
     let mut wr = stream.try_clone()?;
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let mut pending = 0; // bytes of `buf` read but not yet consumed by `hs`
     loop {
         let out = hs.take_output();
         if !out.is_empty() {
             wr.write_all(&out)?;
+        }
+        if hs.status() == Status::StartTls {
+            // The client must wait for our ACK before its TLS hello: bytes already
+            // here are not TLS (garbage after STARTTLS).
+            if pending > 0 {
+                let msg = "bytes after STARTTLS before its reply";
+                return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+            }
+            let config = shared.config.tls.as_ref().ok_or_else(|| io::Error::other("no TLS"))?;
+            stream = tls::accept(config, stream, deadline)?;
+            rd = stream.try_clone()?;
+            wr = stream.try_clone()?;
+            hs.tls_started();
+            continue;
         }
         if hs.status() != Status::NeedInput {
             return Ok(None);
@@ -113,11 +135,12 @@ fn handshake(stream: &Stream, shared: &Shared) -> io::Result<Option<(Negotiated,
         }
         let used =
             hs.receive(&buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        pending = n - used;
         if hs.status() == Status::Finished {
             let out = hs.take_output();
             wr.write_all(&out)?;
             let leftover = buf[used..n].to_vec();
-            return Ok(hs.into_negotiated().map(|n| (n, leftover)));
+            return Ok(hs.into_negotiated().map(|n| (stream, n, leftover)));
         }
     }
 }

@@ -10,6 +10,7 @@ mod budget;
 mod conn;
 pub mod dispatch;
 mod stream;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -27,11 +28,13 @@ use tracing::{info, warn};
 
 pub use self::budget::Budget;
 pub use self::stream::Stream;
+pub use self::tls::{Tls, TlsError, TlsSettings};
 use crate::export::ExportRegistry;
 use crate::limits::{
     ACCEPT_POLL_INTERVAL_MS, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS,
     WORKERS_PER_CONNECTION,
 };
+use crate::proto::TlsMode;
 
 /// Tunables of a server; `Default` gives the values in `limits`.
 #[derive(Debug, Clone)]
@@ -52,6 +55,8 @@ pub struct ServerConfig {
     /// requests come later than the maximum, down to no polling, and grows back while
     /// they come within it. `None` (the default): never spin.
     pub busy_poll: Option<Duration>,
+    /// Certificates and keys for listeners whose TLS mode is not `Off`.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +67,7 @@ impl Default for ServerConfig {
             workers_per_connection: WORKERS_PER_CONNECTION,
             max_connections: MAX_CONNECTIONS,
             busy_poll: None,
+            tls: None,
         }
     }
 }
@@ -84,8 +90,8 @@ impl Shared {
 }
 
 enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener, TlsMode),
+    Unix(UnixListener, PathBuf, TlsMode),
 }
 
 /// A server being configured.
@@ -108,20 +114,45 @@ impl Server {
         Self { shared: Arc::new(shared), listeners: Vec::new() }
     }
 
-    /// Listens on a TCP address (port 0 picks one); returns the bound address.
+    /// Listens on a TCP address (port 0 picks one) without TLS; returns the bound address.
     pub fn listen_tcp(&mut self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+        self.listen_tcp_tls(addr, TlsMode::Off)
+    }
+
+    /// Listens on a TCP address with a TLS mode (not `Off` needs `ServerConfig::tls`).
+    pub fn listen_tcp_tls(
+        &mut self,
+        addr: impl ToSocketAddrs,
+        tls: TlsMode,
+    ) -> io::Result<SocketAddr> {
+        self.check_tls(tls)?;
         let l = TcpListener::bind(addr)?;
         l.set_nonblocking(true)?;
         let bound = l.local_addr()?;
-        self.listeners.push(Listener::Tcp(l));
+        self.listeners.push(Listener::Tcp(l, tls));
         Ok(bound)
     }
 
-    /// Listens on a Unix socket at `path` (which must not exist); removed at shutdown.
+    /// Listens on a Unix socket at `path` (which must not exist) without TLS; removed at
+    /// shutdown.
     pub fn listen_unix(&mut self, path: &Path) -> io::Result<()> {
+        self.listen_unix_tls(path, TlsMode::Off)
+    }
+
+    /// Listens on a Unix socket with a TLS mode (not `Off` needs `ServerConfig::tls`).
+    pub fn listen_unix_tls(&mut self, path: &Path, tls: TlsMode) -> io::Result<()> {
+        self.check_tls(tls)?;
         let l = UnixListener::bind(path)?;
         l.set_nonblocking(true)?;
-        self.listeners.push(Listener::Unix(l, path.to_owned()));
+        self.listeners.push(Listener::Unix(l, path.to_owned(), tls));
+        Ok(())
+    }
+
+    fn check_tls(&self, tls: TlsMode) -> io::Result<()> {
+        if tls != TlsMode::Off && self.shared.config.tls.is_none() {
+            let msg = "a TLS listener needs certificates or a PSK file";
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        }
         Ok(())
     }
 
@@ -135,8 +166,8 @@ impl Server {
         let paths = listeners
             .iter()
             .filter_map(|l| match l {
-                Listener::Unix(_, p) => Some(p.clone()),
-                Listener::Tcp(_) => None,
+                Listener::Unix(_, p, _) => Some(p.clone()),
+                Listener::Tcp(..) => None,
             })
             .collect();
         let accept = std::thread::Builder::new()
@@ -202,8 +233,8 @@ fn accept_loop(shared: &Arc<Shared>, listeners: &[Listener]) {
         let mut fds: Vec<PollFd> = listeners
             .iter()
             .map(|l| match l {
-                Listener::Tcp(l) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
-                Listener::Unix(l, _) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
+                Listener::Tcp(l, _) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
+                Listener::Unix(l, _, _) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
             })
             .collect();
         if let Err(e) = poll(&mut fds, PollTimeout::from(ACCEPT_POLL_INTERVAL_MS)) {
@@ -214,25 +245,26 @@ fn accept_loop(shared: &Arc<Shared>, listeners: &[Listener]) {
             continue;
         }
         for l in listeners {
-            while let Some(stream) = accept_one(l) {
-                spawn_connection(shared, stream);
+            while let Some((stream, tls)) = accept_one(l) {
+                spawn_connection(shared, stream, tls);
             }
         }
         reap_finished(shared);
     }
 }
 
-/// Accepts one pending connection, if any, as a blocking stream.
-fn accept_one(l: &Listener) -> Option<Stream> {
+/// Accepts one pending connection, if any, as a blocking stream, with its listener's
+/// TLS mode.
+fn accept_one(l: &Listener) -> Option<(Stream, TlsMode)> {
     let accepted = match l {
-        Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
+        Listener::Tcp(l, tls) => l.accept().and_then(|(s, _)| {
             s.set_nodelay(true)?;
             s.set_nonblocking(false)?;
-            Ok(Stream::Tcp(s))
+            Ok((Stream::Tcp(s), *tls))
         }),
-        Listener::Unix(l, _) => l.accept().and_then(|(s, _)| {
+        Listener::Unix(l, _, tls) => l.accept().and_then(|(s, _)| {
             s.set_nonblocking(false)?;
-            Ok(Stream::Unix(s))
+            Ok((Stream::Unix(s), *tls))
         }),
     };
     match accepted {
@@ -245,7 +277,7 @@ fn accept_one(l: &Listener) -> Option<Stream> {
     }
 }
 
-fn spawn_connection(shared: &Arc<Shared>, stream: Stream) {
+fn spawn_connection(shared: &Arc<Shared>, stream: Stream, tls: TlsMode) {
     let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
     if live.len() >= shared.config.max_connections {
         warn!(limit = shared.config.max_connections, "too many connections; refusing one");
@@ -259,7 +291,7 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream) {
     drop(live);
     let sh = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name(format!("nbd-conn-{id}")).spawn(move || {
-        conn::serve(stream, &sh);
+        conn::serve(stream, tls, &sh);
         sh.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });
     match spawned {

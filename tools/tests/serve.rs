@@ -59,7 +59,10 @@ impl Served {
     fn start(extra: &[&str]) -> Served {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
-        let mut args = vec!["serve", "--pool", dir.to_str().unwrap(), "--listen", "none"];
+        let mut args = vec!["serve", "--pool", dir.to_str().unwrap()];
+        if !extra.contains(&"--listen") {
+            args.extend_from_slice(&["--listen", "none"]);
+        }
         args.extend_from_slice(extra);
         let child =
             Command::new(common::thinly()).args(&args).stderr(Stdio::piped()).spawn().unwrap();
@@ -596,4 +599,96 @@ fn management_works_offline_too() {
     let out = bounded(common::thinly().to_str().unwrap(), &["list", "--pool", "/nonexistent"], 30);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pool"));
+}
+
+/// A self-signed server certificate for localhost in `dir` (server-cert.pem,
+/// server-key.pem, and itself as ca-cert.pem), and a client directory trusting it.
+fn self_signed(dir: &Path, client: &Path) -> bool {
+    let Some(openssl) = tool_path("openssl") else {
+        return common::missing("openssl");
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(client).unwrap();
+    let (key, cert) = (dir.join("server-key.pem"), dir.join("server-cert.pem"));
+    let args = [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ];
+    ok(openssl.to_str().unwrap(), &args, 60);
+    std::fs::copy(&cert, dir.join("ca-cert.pem")).unwrap();
+    std::fs::copy(&cert, client.join("ca-cert.pem")).unwrap();
+    true
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn serve_off_loopback_without_certificates_refuses_before_touching_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let args = ["serve", "--pool", dir.to_str().unwrap(), "--listen", "0.0.0.0:0"];
+    let out = bounded(common::thinly().to_str().unwrap(), &args, 30);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.exists(), "a refused serve created the pool");
+}
+
+#[test]
+fn serve_with_tls_required_serves_nbds_refuses_plain_and_reloads_certificates_on_sighup() {
+    let Some(nbdinfo) = tool_path("nbdinfo") else {
+        common::missing("nbdinfo");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (certs, client) = (tmp.path().join("certs"), tmp.path().join("client"));
+    let (certs2, client2) = (tmp.path().join("certs2"), tmp.path().join("client2"));
+    if !self_signed(&certs, &client) || !self_signed(&certs2, &client2) {
+        return;
+    }
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut s = Served::start(&[
+        "--listen",
+        &listen,
+        "--tls",
+        "require",
+        "--tls-certificates",
+        certs.to_str().unwrap(),
+    ]);
+    let size = |uri: &str| bounded(nbdinfo.to_str().unwrap(), &["--size", uri], 60);
+    let nbds = |c: &Path| format!("nbds://127.0.0.1:{port}/vol0?tls-certificates={}", c.display());
+    assert!(size(&nbds(&client)).status.success());
+    assert!(!size(&format!("nbd://127.0.0.1:{port}/vol0")).status.success(), "plain TCP");
+    let unix =
+        format!("nbds+unix:///vol0?socket={}&tls-certificates={}", s.socket(), client.display());
+    assert!(size(&unix).status.success(), "--tls applies to the unix socket too");
+    for f in ["ca-cert.pem", "server-cert.pem", "server-key.pem"] {
+        std::fs::copy(certs2.join(f), certs.join(f)).unwrap();
+    }
+    let pid = nix::unistd::Pid::from_raw(s.child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !size(&nbds(&client2)).status.success() {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the certificates");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!size(&nbds(&client)).status.success(), "the old certificate is gone");
+    let log = s.stop();
+    assert!(log.contains("reloaded"), "{log}");
 }

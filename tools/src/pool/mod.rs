@@ -7,6 +7,7 @@ pub mod control;
 pub mod export;
 pub mod serve;
 pub mod size;
+pub mod tls;
 
 use anyhow::{bail, Context, Result};
 use control::{execute, Request, Response};

@@ -4,6 +4,7 @@
 
 use super::control::ControlServer;
 use super::export::PoolRegistry;
+use super::tls::{TlsArgs, TlsPlan};
 use super::{default_pool_options, open_or_create, PoolArgs};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
@@ -54,11 +55,14 @@ pub struct ServeArgs {
     /// coming within the time soon stops polling.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 50)]
     pub busy_poll_us: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl ServeArgs {
-    fn server_config(&self) -> ServerConfig {
+    fn server_config(&self, plan: &TlsPlan) -> ServerConfig {
         ServerConfig {
+            tls: plan.tls.clone(),
             handshake_timeout: (self.handshake_timeout > 0)
                 .then(|| Duration::from_secs(self.handshake_timeout)),
             busy_poll: (self.busy_poll_us > 0).then(|| Duration::from_micros(self.busy_poll_us)),
@@ -68,11 +72,14 @@ impl ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
-    // SIGINT and SIGTERM are blocked in every thread and taken by `wait` below.
+    // SIGINT, SIGTERM and SIGHUP are blocked in every thread and taken by `wait` below.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
-    signals.thread_block().context("blocking SIGINT and SIGTERM")?;
+    signals.add(Signal::SIGHUP);
+    signals.thread_block().context("blocking SIGINT, SIGTERM and SIGHUP")?;
+    let listen = (args.listen != "none").then_some(args.listen.as_str());
+    let plan = args.tls.plan(listen)?;
 
     let dir = args.pool.dir();
     let pool = open_or_create(
@@ -83,20 +90,23 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     apply_settings(&pool, args)?;
     let events = pool.subscribe();
 
-    let mut server = Server::new(Arc::new(PoolRegistry::new(pool.clone())), args.server_config());
-    if args.listen != "none" {
+    let registry = Arc::new(PoolRegistry::new(pool.clone()));
+    let mut server = Server::new(registry, args.server_config(&plan));
+    if let Some(listen) = listen {
         let addr = server
-            .listen_tcp(args.listen.as_str())
-            .with_context(|| format!("listening on {}", args.listen))?;
+            .listen_tcp_tls(listen, plan.tcp)
+            .with_context(|| format!("listening on {listen}"))?;
         tracing::info!("serving NBD on {addr}");
-        eprintln!("thinly: serving NBD on tcp {addr}");
+        eprintln!("thinly: serving NBD on tcp {addr} (TLS {:?})", plan.tcp);
     }
     let socket = args.socket.clone().unwrap_or_else(|| dir.join(NBD_SOCKET));
     if socket.exists() {
         std::fs::remove_file(&socket)
             .with_context(|| format!("removing the stale socket {}", socket.display()))?;
     }
-    server.listen_unix(&socket).with_context(|| format!("listening on {}", socket.display()))?;
+    server
+        .listen_unix_tls(&socket, plan.unix)
+        .with_context(|| format!("listening on {}", socket.display()))?;
     eprintln!("thinly: serving NBD on unix {}", socket.display());
     let handle = server.start().context("starting the NBD server")?;
     let control =
@@ -104,7 +114,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     eprintln!("thinly: control socket {}", dir.join(super::control::CONTROL_SOCKET).display());
     let watcher = spawn_event_watcher(events, dir.clone(), args.on_low_water.clone());
 
-    let sig = signals.wait().context("waiting for a signal")?;
+    let sig = wait_for_stop(&signals, &plan)?;
     eprintln!("thinly: {sig:?}: finishing in-flight requests and committing");
     handle.shutdown();
     control.stop();
@@ -114,6 +124,22 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     drop(watcher);
     eprintln!("thinly: pool {} closed cleanly", dir.display());
     Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM; on SIGHUP reloads the TLS certificates and keys (a
+/// failed reload keeps the current ones).
+fn wait_for_stop(signals: &SigSet, plan: &TlsPlan) -> Result<Signal> {
+    loop {
+        let sig = signals.wait().context("waiting for a signal")?;
+        if sig != Signal::SIGHUP {
+            return Ok(sig);
+        }
+        match plan.tls.as_ref().map(|t| t.reload()) {
+            Some(Ok(())) => eprintln!("thinly: SIGHUP: TLS certificates and keys reloaded"),
+            Some(Err(e)) => eprintln!("thinly: SIGHUP: TLS reload failed, keeping the old: {e}"),
+            None => eprintln!("thinly: SIGHUP: nothing to reload"),
+        }
+    }
 }
 
 fn apply_settings(pool: &Pool, args: &ServeArgs) -> Result<()> {

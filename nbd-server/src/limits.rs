@@ -67,6 +67,15 @@ pub const DEFAULT_IDLE_TIMEOUT: Option<Duration> = None;
 /// the connection is dropped so shutdown never waits on it forever.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a shutdown waits for connections with requests in flight (new requests
+/// get ESHUTDOWN meanwhile) before it closes them: a client that keeps sending, or
+/// stops reading its replies, must not hold a SIGTERM forever. 30 s covers a commit of
+/// a large dirty cache; systemd's default stop timeout is 90 s.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a draining shutdown looks for connections that became idle.
+pub const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 /// How often the accept loop wakes to notice a shutdown request.
 pub const ACCEPT_POLL_INTERVAL_MS: u16 = 100;
 

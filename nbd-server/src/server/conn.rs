@@ -23,13 +23,11 @@ use super::dispatch::execute;
 use super::stream::Stream;
 use super::{tls, Shared};
 use crate::export::Export;
-use crate::limits::{
-    MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS, READ_BUFFER_BYTES, WRITE_TIMEOUT,
-};
+use crate::limits::{READ_BUFFER_BYTES, WRITE_TIMEOUT};
 use crate::proto::consts::{CMD_DISC, CMD_READ};
 use crate::proto::{
-    reply, validate, Command, Handshake, Negotiated, ReplyTo, RequestHeader, Session, Status,
-    TlsMode,
+    reply, validate, Command, Handshake, NbdErrno, Negotiated, ReplyTo, RequestHeader, Session,
+    Status, TlsMode,
 };
 
 /// Largest READ or WRITE the reader serves itself (larger ones overlap better on workers).
@@ -48,7 +46,7 @@ struct Conn {
     export: Arc<dyn Export>,
     session: Session,
     writer: Mutex<Stream>,
-    budget: Budget,
+    budget: Arc<Budget>,
     broken: AtomicBool,
 }
 
@@ -69,14 +67,14 @@ impl Conn {
 }
 
 /// Serves one accepted connection until it ends.
-pub(super) fn serve(stream: Stream, tls: TlsMode, shared: &Shared) {
+pub(super) fn serve(stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &Shared) {
     let peer = stream.peer();
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     match handshake(stream, tls, shared) {
         Ok(Some((stream, negotiated, leftover))) => {
             let identity = stream.tls_identity().unwrap_or("-").to_owned();
             info!(%peer, %identity, tls = matches!(stream, Stream::Tls(_)), export = %negotiated.export_name, mode = ?negotiated.mode, "client connected");
-            if let Err(e) = transmission(stream, negotiated, leftover, shared) {
+            if let Err(e) = transmission(stream, negotiated, leftover, budget, shared) {
                 debug!(%peer, error = %e, "connection setup failed");
             }
         }
@@ -149,6 +147,7 @@ fn transmission(
     stream: Stream,
     negotiated: Negotiated,
     leftover: Vec<u8>,
+    budget: Arc<Budget>,
     shared: &Shared,
 ) -> io::Result<()> {
     stream.set_read_timeout(shared.config.idle_timeout)?;
@@ -156,7 +155,7 @@ fn transmission(
         export: Arc::clone(&negotiated.export),
         session: Session::from_negotiated(&negotiated),
         writer: Mutex::new(stream.try_clone()?),
-        budget: Budget::new(MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS),
+        budget,
         broken: AtomicBool::new(false),
     };
     let reader = io::Cursor::new(leftover).chain(stream.try_clone()?);
@@ -168,7 +167,7 @@ fn transmission(
             s.spawn(|| worker(&conn, &rx));
         }
         let poll = shared.config.busy_poll.map(|budget| (&stream, budget));
-        read_requests(&mut reader, &conn, tx, poll);
+        read_requests(&mut reader, &conn, tx, poll, &shared.shutting_down);
     });
     let _ = stream.shutdown(Shutdown::Both);
     Ok(())
@@ -209,6 +208,7 @@ fn read_requests<R: Read>(
     conn: &Conn,
     tx: Sender<Job>,
     poll: Option<(&Stream, Duration)>,
+    draining: &AtomicBool,
 ) {
     let mode = conn.session.mode;
     let mut poller = poll.map(|(stream, max)| Poller::new(stream, max));
@@ -256,6 +256,14 @@ fn read_requests<R: Read>(
             break End::Error(format!("truncated payload: {e}"));
         }
         let to = ReplyTo { mode, cookie: header.cookie, offset: header.offset };
+        if draining.load(Ordering::Relaxed) {
+            // §9.4: new requests during a drain are answered ESHUTDOWN.
+            let mut out = Vec::new();
+            reply::error(&mut out, to, NbdErrno::Shutdown);
+            conn.send(&out);
+            conn.budget.release(charged);
+            continue;
+        }
         match validate(&header, &conn.session) {
             Ok(command) if serve_inline(&command, conn, reader.buffer().is_empty()) => {
                 // The client waits for this reply (nothing else in flight, nothing more

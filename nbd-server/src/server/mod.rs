@@ -2,9 +2,12 @@
 //! few workers each (see `conn`), and graceful shutdown.
 //!
 //! Life cycle: `Server::new` → `listen_tcp` / `listen_unix` → `start` (spawns the
-//! accept loop) → `ServerHandle::shutdown`: stop accepting, stop reading new requests
-//! on every connection, let in-flight requests finish and their replies go out, join
-//! every thread, remove our Unix socket files, and return. The caller then commits.
+//! accept loop) → `ServerHandle::shutdown`, which drains (§9.4): stop accepting; answer
+//! new requests `ESHUTDOWN` (the client should then disconnect); close every connection
+//! as soon as it has nothing in flight, letting in-flight requests finish and their
+//! replies go out; at the drain time limit (`ServerConfig::drain_timeout`) hard-close
+//! what is left, so a client that keeps sending cannot hold the server; join every
+//! thread, remove our Unix socket files, and return. The caller then commits.
 
 mod budget;
 mod conn;
@@ -31,8 +34,9 @@ pub use self::stream::Stream;
 pub use self::tls::{Tls, TlsError, TlsSettings};
 use crate::export::ExportRegistry;
 use crate::limits::{
-    ACCEPT_POLL_INTERVAL_MS, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS,
-    WORKERS_PER_CONNECTION,
+    ACCEPT_POLL_INTERVAL_MS, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DRAIN_POLL_INTERVAL, MAX_CONNECTIONS, MAX_IN_FLIGHT_BYTES,
+    MAX_IN_FLIGHT_REQUESTS, WORKERS_PER_CONNECTION,
 };
 use crate::proto::TlsMode;
 
@@ -57,6 +61,9 @@ pub struct ServerConfig {
     pub busy_poll: Option<Duration>,
     /// Certificates and keys for listeners whose TLS mode is not `Off`.
     pub tls: Option<Arc<Tls>>,
+    /// How long shutdown waits for connections with requests in flight before it
+    /// closes them anyway.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +75,7 @@ impl Default for ServerConfig {
             max_connections: MAX_CONNECTIONS,
             busy_poll: None,
             tls: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -78,8 +86,9 @@ pub(crate) struct Shared {
     config: ServerConfig,
     shutting_down: AtomicBool,
     next_id: AtomicU64,
-    /// A second handle to each live connection, so shutdown can stop its reader.
-    live: Mutex<HashMap<u64, Stream>>,
+    /// A second handle to each live connection and its in-flight budget, so shutdown
+    /// can see which are idle and stop their readers.
+    live: Mutex<HashMap<u64, (Stream, Arc<Budget>)>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -190,22 +199,26 @@ impl ServerHandle {
         self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Graceful shutdown: stop accepting, let in-flight requests finish and be
-    /// answered, close every connection, and return once every thread has ended.
+    /// Starts draining without waiting: from now on new requests get `ESHUTDOWN` and
+    /// handshakes `ERR_SHUTDOWN`. `shutdown` finishes the job.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Graceful shutdown (see the module doc): drain within the time limit, close every
+    /// connection, and return once every thread has ended.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.begin_shutdown();
         if let Some(accept) = self.accept.take() {
             if accept.join().is_err() {
                 warn!("accept thread panicked");
             }
         }
-        for s in self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            let _ = s.shutdown(Shutdown::Read);
-        }
+        self.drain();
         let threads =
             std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
@@ -217,6 +230,36 @@ impl ServerHandle {
             let _ = std::fs::remove_file(p);
         }
         info!("server stopped");
+    }
+}
+
+impl ServerHandle {
+    /// Closes each connection once nothing is in flight on it; at the time limit,
+    /// closes the rest both ways (a blocked reply send then fails at once).
+    fn drain(&self) {
+        let deadline = std::time::Instant::now() + self.shared.config.drain_timeout;
+        loop {
+            let live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
+            if live.is_empty() {
+                return;
+            }
+            let late = std::time::Instant::now() >= deadline;
+            if late {
+                warn!(nr_connections = live.len(), "drain time limit reached; closing");
+            }
+            for (stream, budget) in live.values() {
+                if late {
+                    let _ = stream.shutdown(Shutdown::Both);
+                } else if budget.requests_in_flight() == 0 {
+                    let _ = stream.shutdown(Shutdown::Read);
+                }
+            }
+            drop(live);
+            if late {
+                return;
+            }
+            std::thread::sleep(DRAIN_POLL_INTERVAL);
+        }
     }
 }
 
@@ -287,11 +330,12 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream, tls: TlsMode) {
         return;
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    live.insert(id, handle);
+    let budget = Arc::new(Budget::new(MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS));
+    live.insert(id, (handle, Arc::clone(&budget)));
     drop(live);
     let sh = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name(format!("nbd-conn-{id}")).spawn(move || {
-        conn::serve(stream, tls, &sh);
+        conn::serve(stream, tls, budget, &sh);
         sh.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });
     match spawned {

@@ -1,6 +1,7 @@
 //! `thinly serve`: open (or create) a pool and serve every volume over NBD, with a control
-//! socket for management, until SIGINT or SIGTERM; then stop accepting, finish what is in
-//! flight, commit and exit 0.
+//! socket for management, until SIGINT or SIGTERM; then stop accepting, answer new
+//! requests ESHUTDOWN, let what is in flight finish (at most --drain-timeout), commit and
+//! exit 0. SIGHUP reloads the TLS certificates and keys.
 
 use super::control::ControlServer;
 use super::export::PoolRegistry;
@@ -55,6 +56,10 @@ pub struct ServeArgs {
     /// coming within the time soon stops polling.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 50)]
     pub busy_poll_us: u64,
+    /// On SIGTERM/SIGINT: seconds to let requests in flight finish (new ones get
+    /// ESHUTDOWN) before closing connections anyway; then commit and exit.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub drain_timeout: u64,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -63,6 +68,7 @@ impl ServeArgs {
     fn server_config(&self, plan: &TlsPlan) -> ServerConfig {
         ServerConfig {
             tls: plan.tls.clone(),
+            drain_timeout: Duration::from_secs(self.drain_timeout),
             handshake_timeout: (self.handshake_timeout > 0)
                 .then(|| Duration::from_secs(self.handshake_timeout)),
             busy_poll: (self.busy_poll_us > 0).then(|| Duration::from_micros(self.busy_poll_us)),

@@ -692,3 +692,42 @@ fn serve_with_tls_required_serves_nbds_refuses_plain_and_reloads_certificates_on
     let log = s.stop();
     assert!(log.contains("reloaded"), "{log}");
 }
+
+#[test]
+fn the_minimum_block_size_is_one_byte_and_unaligned_io_keeps_snapshots_intact() {
+    if !have_clients() {
+        return;
+    }
+    let mut s = Served::start(&[]);
+    let u = s.uri("vol0");
+    let info = ok("nbdinfo", &["--json", &u], 30);
+    assert!(info.contains("\"block_size_minimum\": 1,"), "{info}");
+    qemu_io(&u, &["write -P 0xab 0 192k", "flush"]);
+    thinly(&["snapshot", "vol0", "snap", "--pool", s.pool()]);
+    // Odd ranges, one straddling a data block boundary (64 KiB): copy-on-write of two
+    // shared blocks by a 3-byte write, then unaligned zeroing and discard.
+    qemu_io(
+        &u,
+        &[
+            "write -P 0x11 65535 3",
+            "write -P 0x22 1001 7",
+            "write -z 131075 5",
+            "discard 140001 3",
+            "flush",
+        ],
+    );
+    qemu_io(
+        &u,
+        &[
+            "read -P 0xab 0 1001",
+            "read -P 0x22 1001 7",
+            "read -P 0xab 1008 64527",
+            "read -P 0x11 65535 3",
+            "read -P 0xab 65538 65537",
+            "read -P 0 131075 5",
+            "read -P 0xab 131080 8921",
+        ],
+    );
+    qemu_io(&s.uri("snap"), &["read -P 0xab 0 192k"]);
+    s.stop();
+}

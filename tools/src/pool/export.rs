@@ -44,6 +44,13 @@ impl Export for VolumeExport {
         self.vol.block_size_bytes().min(1 << 20) as u32
     }
 
+    /// Byte-granular, as qemu-nbd: the pool reads, writes, zeroes and discards any byte
+    /// range (partial blocks are read-modify-written or zeroed), so strict clients may
+    /// address any byte.
+    fn min_block_size(&self) -> u32 {
+        1
+    }
+
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         Ok(self.vol.read(offset, buf)?)
     }

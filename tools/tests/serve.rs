@@ -731,3 +731,21 @@ fn the_minimum_block_size_is_one_byte_and_unaligned_io_keeps_snapshots_intact() 
     qemu_io(&s.uri("snap"), &["read -P 0xab 0 192k"]);
     s.stop();
 }
+
+#[test]
+fn a_config_file_sets_serve_flags_and_the_command_line_overrides_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("thinly.toml");
+    let pool = tmp.path().join("pool");
+    let text = format!("pool = {:?}\nlisten = \"0.0.0.0:0\"\n", pool.to_str().unwrap());
+    std::fs::write(&conf, text).unwrap();
+    // From the file alone: a non-loopback address without TLS keys is refused.
+    let args = ["serve", "--config", conf.to_str().unwrap()];
+    let out = bounded(common::thinly().to_str().unwrap(), &args, 30);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pool.exists());
+    // The command line's --listen and --pool (Served passes one) win.
+    let mut s = Served::start(&["--config", conf.to_str().unwrap(), "--listen", "none"]);
+    assert!(!pool.exists(), "the file's pool was overridden");
+    s.stop();
+}

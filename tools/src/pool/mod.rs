@@ -3,6 +3,7 @@
 //! that is being served (through its control socket) and on one that is not (opened here,
 //! exclusively, for the one operation); both run `control::execute`.
 
+pub mod config;
 pub mod control;
 pub mod export;
 pub mod serve;

@@ -23,6 +23,10 @@ pub const DEFAULT_VOLUME_BYTES: u64 = 10 << 30;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// TOML file with any of these flags as keys (`listen = "0.0.0.0:10809"`); flags on
+    /// the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub pool: PoolArgs,
     /// TCP address to serve on ("none" for no TCP). Port 0 picks a free port (logged).
@@ -78,6 +82,14 @@ impl ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
+    if let Some(config) = &args.config {
+        let merged = super::config::merge(config, &super::config::serve_words())?;
+        return serve(&merged);
+    }
+    serve(args)
+}
+
+fn serve(args: &ServeArgs) -> Result<()> {
     // SIGINT, SIGTERM and SIGHUP are blocked in every thread and taken by `wait` below.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);

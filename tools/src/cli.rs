@@ -374,10 +374,8 @@ pub fn run_thinly(args: &[OsString]) -> u8 {
 fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
     use pool::control::Request;
     let (dir, req, json) = match cmd {
-        ThinlyCommand::Serve(a) => {
-            init_logging();
-            return pool::serve::run(&a);
-        }
+        // serve sets up its own logging (--log-format).
+        ThinlyCommand::Serve(a) => return pool::serve::run(&a),
         ThinlyCommand::Bench(a) => return bench::run(&a),
         ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
         ThinlyCommand::KernelScript(a) => return crate::kernel::run(&a),
@@ -425,11 +423,4 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
     };
     let r = pool::run_request(&dir, &req)?;
     pool::print_response(r, json, |_| String::new())
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -749,3 +749,26 @@ fn a_config_file_sets_serve_flags_and_the_command_line_overrides_it() {
     assert!(!pool.exists(), "the file's pool was overridden");
     s.stop();
 }
+
+#[test]
+fn each_connection_ends_with_one_json_log_line_naming_peer_export_bytes_and_duration() {
+    if !have_clients() {
+        return;
+    }
+    let mut s = Served::start(&["--log-format", "json"]);
+    qemu_io(&s.uri("vol0"), &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
+    let log = s.stop();
+    let closed: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "connection closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{log}");
+    let line = &closed[0];
+    assert_eq!(line["export"], "vol0");
+    assert_eq!(line["peer"], "unix");
+    assert_eq!(line["identity"], "-");
+    assert!(line["written_bytes"].as_u64() >= Some(65536), "{line}");
+    assert!(line["read_bytes"].as_u64() >= Some(65536), "{line}");
+    assert!(line["duration_ms"].is_u64(), "{line}");
+}

@@ -70,12 +70,22 @@ impl Conn {
 pub(super) fn serve(stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &Shared) {
     let peer = stream.peer();
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let started = Instant::now();
     match handshake(stream, tls, shared) {
         Ok(Some((stream, negotiated, leftover))) => {
             let identity = stream.tls_identity().unwrap_or("-").to_owned();
-            info!(%peer, %identity, tls = matches!(stream, Stream::Tls(_)), export = %negotiated.export_name, mode = ?negotiated.mode, "client connected");
-            if let Err(e) = transmission(stream, negotiated, leftover, budget, shared) {
-                debug!(%peer, error = %e, "connection setup failed");
+            let tls = matches!(stream, Stream::Tls(_));
+            let export = negotiated.export_name.clone();
+            debug!(%peer, %identity, tls, %export, mode = ?negotiated.mode, "client connected");
+            match transmission(stream, negotiated, leftover, budget, shared) {
+                // The one line per connection: who, what, how much, how long.
+                Ok(t) => info!(
+                    %peer, %identity, tls, %export,
+                    read_bytes = t.read_bytes, written_bytes = t.written_bytes,
+                    nr_requests = t.nr_requests, duration_ms = started.elapsed().as_millis() as u64,
+                    "connection closed"
+                ),
+                Err(e) => debug!(%peer, error = %e, "connection setup failed"),
             }
         }
         Ok(None) => debug!(%peer, "handshake ended without an export"),
@@ -149,7 +159,7 @@ fn transmission(
     leftover: Vec<u8>,
     budget: Arc<Budget>,
     shared: &Shared,
-) -> io::Result<()> {
+) -> io::Result<Traffic> {
     stream.set_read_timeout(shared.config.idle_timeout)?;
     let conn = Conn {
         export: Arc::clone(&negotiated.export),
@@ -162,15 +172,25 @@ fn transmission(
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Mutex::new(rx);
-    std::thread::scope(|s| {
+    let traffic = std::thread::scope(|s| {
         for _ in 0..shared.config.workers_per_connection.max(1) {
             s.spawn(|| worker(&conn, &rx));
         }
         let poll = shared.config.busy_poll.map(|budget| (&stream, budget));
-        read_requests(&mut reader, &conn, tx, poll, &shared.shutting_down);
+        read_requests(&mut reader, &conn, tx, poll, &shared.shutting_down)
     });
     let _ = stream.shutdown(Shutdown::Both);
-    Ok(())
+    Ok(traffic)
+}
+
+/// What a connection did, for its closing log line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    /// Bytes asked for by valid READs.
+    read_bytes: u64,
+    /// Bytes carried by valid WRITEs.
+    written_bytes: u64,
+    nr_requests: u64,
 }
 
 fn worker(conn: &Conn, rx: &Mutex<Receiver<Job>>) {
@@ -209,8 +229,9 @@ fn read_requests<R: Read>(
     tx: Sender<Job>,
     poll: Option<(&Stream, Duration)>,
     draining: &AtomicBool,
-) {
+) -> Traffic {
     let mode = conn.session.mode;
+    let mut traffic = Traffic::default();
     let mut poller = poll.map(|(stream, max)| Poller::new(stream, max));
     let end = loop {
         if conn.broken.load(Ordering::Relaxed) {
@@ -264,7 +285,14 @@ fn read_requests<R: Read>(
             conn.budget.release(charged);
             continue;
         }
-        match validate(&header, &conn.session) {
+        traffic.nr_requests += 1;
+        let validated = validate(&header, &conn.session);
+        match &validated {
+            Ok(Command::Read { len, .. }) => traffic.read_bytes += len,
+            Ok(Command::Write { len, .. }) => traffic.written_bytes += len,
+            _ => {}
+        }
+        match validated {
             Ok(command) if serve_inline(&command, conn, reader.buffer().is_empty()) => {
                 // The client waits for this reply (nothing else in flight, nothing more
                 // received): answer it here rather than hand it to a worker and back.
@@ -295,6 +323,7 @@ fn read_requests<R: Read>(
         }
         other => debug!(end = ?other, "client finished"),
     }
+    traffic
 }
 
 /// Adaptive busy-polling of one connection's socket (as QEMU's event loop polls): the

@@ -64,8 +64,29 @@ pub struct ServeArgs {
     /// ESHUTDOWN) before closing connections anyway; then commit and exit.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_timeout: u64,
+    /// Log lines as text or as one JSON object a line (for log collectors). The level
+    /// comes from RUST_LOG [default: warn, and info for connections].
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr; one line per connection at info (see thinly_nbd's conn module).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,thinly_nbd=info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().flatten_event(true).try_init(),
+    };
 }
 
 impl ServeArgs {
@@ -90,6 +111,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 }
 
 fn serve(args: &ServeArgs) -> Result<()> {
+    init_logging(args.log_format);
     // SIGINT, SIGTERM and SIGHUP are blocked in every thread and taken by `wait` below.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);

@@ -772,3 +772,72 @@ fn each_connection_ends_with_one_json_log_line_naming_peer_export_bytes_and_dura
     assert!(line["read_bytes"].as_u64() >= Some(65536), "{line}");
     assert!(line["duration_ms"].is_u64(), "{line}");
 }
+
+#[test]
+fn socket_activation_serves_the_passed_sockets_and_notifies_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let (Some(activate), Some(nbdinfo)) =
+        (tool_path("systemd-socket-activate"), tool_path("nbdinfo"))
+    else {
+        common::missing("systemd-socket-activate or nbdinfo");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, sock, notify) =
+        (tmp.path().join("pool"), tmp.path().join("act.sock"), tmp.path().join("notify"));
+    let ready = UnixDatagram::bind(&notify).unwrap();
+    ready.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let port = free_port();
+    let tcp = format!("127.0.0.1:{port}");
+    let child = Command::new(activate)
+        .args(["-l", &tcp, "-l", sock.to_str().unwrap(), "-E", "NOTIFY_SOCKET"])
+        .arg(common::thinly())
+        .args(["serve", "--pool", pool.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut s = Served { _tmp: tmp, dir: pool.clone(), child: Some(child) };
+    // systemd-socket-activate binds both, then waits for the first connection before it
+    // starts thinly.
+    s.wait_for(&sock);
+    let size = |uri: &str| bounded(nbdinfo.to_str().unwrap(), &["--size", uri], 60);
+    let by_tcp = std::thread::spawn({
+        let uri = format!("nbd://{tcp}/vol0");
+        let nbdinfo = nbdinfo.clone();
+        move || bounded(nbdinfo.to_str().unwrap(), &["--size", &uri], 60)
+    });
+    let mut buf = [0u8; 256];
+    let n = ready.recv(&mut buf).expect("READY=1 within 60 s");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    assert!(by_tcp.join().unwrap().status.success(), "the activated TCP socket serves");
+    let unix = format!("nbd+unix:///vol0?socket={}", sock.display());
+    assert!(size(&unix).status.success(), "the activated unix socket serves");
+    assert!(!pool.join("nbd.sock").exists(), "no socket of its own under activation");
+    let log = s.stop();
+    let n = ready.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"), "{log}");
+}
+
+#[test]
+fn the_nbd_socket_is_owner_only_by_default_and_a_live_server_is_not_taken_over() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Served::start(&[]);
+    let mode = std::fs::metadata(s.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second server on the same socket path refuses and leaves the first serving.
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other");
+    let args = ["serve", "--pool", other.to_str().unwrap(), "--listen", "none", "--socket"];
+    let mut args = args.to_vec();
+    let socket = s.socket();
+    args.push(&socket);
+    let out = bounded(common::thinly().to_str().unwrap(), &args, 60);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::os::unix::net::UnixStream::connect(s.socket()).is_ok(), "still served");
+    s.stop();
+    let mut s = Served::start(&["--socket-mode", "660"]);
+    let mode = std::fs::metadata(s.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    s.stop();
+}

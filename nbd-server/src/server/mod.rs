@@ -100,7 +100,8 @@ impl Shared {
 
 enum Listener {
     Tcp(TcpListener, TlsMode),
-    Unix(UnixListener, PathBuf, TlsMode),
+    /// The path is removed at shutdown (None: someone else owns it, e.g. systemd).
+    Unix(UnixListener, Option<PathBuf>, TlsMode),
 }
 
 /// A server being configured.
@@ -153,7 +154,24 @@ impl Server {
         self.check_tls(tls)?;
         let l = UnixListener::bind(path)?;
         l.set_nonblocking(true)?;
-        self.listeners.push(Listener::Unix(l, path.to_owned(), tls));
+        self.listeners.push(Listener::Unix(l, Some(path.to_owned()), tls));
+        Ok(())
+    }
+
+    /// Serves on a TCP listener made elsewhere (systemd socket activation).
+    pub fn add_tcp_listener(&mut self, l: TcpListener, tls: TlsMode) -> io::Result<SocketAddr> {
+        self.check_tls(tls)?;
+        l.set_nonblocking(true)?;
+        let bound = l.local_addr()?;
+        self.listeners.push(Listener::Tcp(l, tls));
+        Ok(bound)
+    }
+
+    /// Serves on a Unix listener made elsewhere; its file is left alone at shutdown.
+    pub fn add_unix_listener(&mut self, l: UnixListener, tls: TlsMode) -> io::Result<()> {
+        self.check_tls(tls)?;
+        l.set_nonblocking(true)?;
+        self.listeners.push(Listener::Unix(l, None, tls));
         Ok(())
     }
 
@@ -175,7 +193,7 @@ impl Server {
         let paths = listeners
             .iter()
             .filter_map(|l| match l {
-                Listener::Unix(_, p, _) => Some(p.clone()),
+                Listener::Unix(_, p, _) => p.clone(),
                 Listener::Tcp(..) => None,
             })
             .collect();

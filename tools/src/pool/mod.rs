@@ -8,6 +8,7 @@ pub mod control;
 pub mod export;
 pub mod serve;
 pub mod size;
+pub mod systemd;
 pub mod tls;
 
 use anyhow::{bail, Context, Result};

@@ -5,10 +5,12 @@
 
 use super::control::ControlServer;
 use super::export::PoolRegistry;
+use super::systemd;
 use super::tls::{TlsArgs, TlsPlan};
 use super::{default_pool_options, open_or_create, PoolArgs};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +34,13 @@ pub struct ServeArgs {
     /// TCP address to serve on ("none" for no TCP). Port 0 picks a free port (logged).
     #[arg(long, default_value = "127.0.0.1:10809")]
     pub listen: String,
-    /// Unix socket to serve on [default: <pool>/nbd.sock].
+    /// Unix socket to serve on [default: <pool>/nbd.sock]. Refused if a server answers
+    /// there already.
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Permissions of the unix socket, octal [default: 600, owner only].
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = octal_mode)]
+    pub socket_mode: u32,
     /// Command run (by sh -c) when free data blocks fall to the low water mark; the pool's
     /// figures are in THINLY_POOL, THINLY_FREE_BLOCKS, THINLY_TOTAL_BLOCKS,
     /// THINLY_BLOCK_SIZE and THINLY_EVENT.
@@ -70,6 +76,13 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+fn octal_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode like 600 or 660")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,8 +131,14 @@ fn serve(args: &ServeArgs) -> Result<()> {
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGHUP);
     signals.thread_block().context("blocking SIGINT, SIGTERM and SIGHUP")?;
-    let listen = (args.listen != "none").then_some(args.listen.as_str());
-    let plan = args.tls.plan(listen)?;
+    let activated = systemd::activated_listeners()?;
+    let tcp_addrs: Vec<String> = match &activated {
+        Some(a) => {
+            a.tcp.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect()
+        }
+        None => (args.listen != "none").then(|| args.listen.clone()).into_iter().collect(),
+    };
+    let plan = args.tls.plan(tls_deciding_address(&tcp_addrs)?)?;
 
     let dir = args.pool.dir();
     let pool = open_or_create(
@@ -132,38 +151,93 @@ fn serve(args: &ServeArgs) -> Result<()> {
 
     let registry = Arc::new(PoolRegistry::new(pool.clone()));
     let mut server = Server::new(registry, args.server_config(&plan));
-    if let Some(listen) = listen {
-        let addr = server
-            .listen_tcp_tls(listen, plan.tcp)
-            .with_context(|| format!("listening on {listen}"))?;
-        tracing::info!("serving NBD on {addr}");
-        eprintln!("thinly: serving NBD on tcp {addr} (TLS {:?})", plan.tcp);
-    }
-    let socket = args.socket.clone().unwrap_or_else(|| dir.join(NBD_SOCKET));
-    if socket.exists() {
-        std::fs::remove_file(&socket)
-            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
-    }
-    server
-        .listen_unix_tls(&socket, plan.unix)
-        .with_context(|| format!("listening on {}", socket.display()))?;
-    eprintln!("thinly: serving NBD on unix {}", socket.display());
+    let socket = match activated {
+        Some(a) => listen_activated(&mut server, a, &plan)?,
+        None => listen(&mut server, args, &plan, &dir)?,
+    };
     let handle = server.start().context("starting the NBD server")?;
     let control =
         ControlServer::start(pool.clone(), &dir).context("starting the control socket")?;
     eprintln!("thinly: control socket {}", dir.join(super::control::CONTROL_SOCKET).display());
     let watcher = spawn_event_watcher(events, dir.clone(), args.on_low_water.clone());
+    systemd::notify_ready();
 
     let sig = wait_for_stop(&signals, &plan)?;
+    systemd::notify_stopping();
     eprintln!("thinly: {sig:?}: finishing in-flight requests and committing");
     handle.shutdown();
     control.stop();
-    let _ = std::fs::remove_file(&socket);
+    if let Some(socket) = socket {
+        let _ = std::fs::remove_file(&socket);
+    }
     pool.close().context("committing the pool")?;
     drop(pool);
     drop(watcher);
     eprintln!("thinly: pool {} closed cleanly", dir.display());
     Ok(())
+}
+
+/// The TCP address whose loopback-ness sets the default TLS mode: the first one that is
+/// not loopback, else the first.
+fn tls_deciding_address(addrs: &[String]) -> Result<Option<&str>> {
+    for a in addrs {
+        if !super::tls::is_loopback(a)? {
+            return Ok(Some(a));
+        }
+    }
+    Ok(addrs.first().map(String::as_str))
+}
+
+/// Listens on --listen and the unix socket (created owner-only, or --socket-mode);
+/// returns the socket's path. Refuses a path where a live server answers.
+fn listen(
+    server: &mut Server,
+    args: &ServeArgs,
+    plan: &TlsPlan,
+    dir: &Path,
+) -> Result<Option<PathBuf>> {
+    if args.listen != "none" {
+        let addr = server
+            .listen_tcp_tls(args.listen.as_str(), plan.tcp)
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!("serving NBD on {addr}");
+        eprintln!("thinly: serving NBD on tcp {addr} (TLS {:?})", plan.tcp);
+    }
+    let socket = args.socket.clone().unwrap_or_else(|| dir.join(NBD_SOCKET));
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        anyhow::bail!("a server is already answering on {}; not taking it over", socket.display());
+    }
+    if socket.exists() {
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    // Created under umask 077 so that no moment exists when others may connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let bound = server.listen_unix_tls(&socket, plan.unix);
+    nix::sys::stat::umask(old);
+    bound.with_context(|| format!("listening on {}", socket.display()))?;
+    let mode = std::fs::Permissions::from_mode(args.socket_mode);
+    std::fs::set_permissions(&socket, mode)
+        .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    eprintln!("thinly: serving NBD on unix {} (mode {:o})", socket.display(), args.socket_mode);
+    Ok(Some(socket))
+}
+
+/// Serves on the sockets systemd passed instead of --listen and --socket.
+fn listen_activated(
+    server: &mut Server,
+    a: systemd::Activated,
+    plan: &TlsPlan,
+) -> Result<Option<PathBuf>> {
+    for l in a.tcp {
+        let addr = server.add_tcp_listener(l, plan.tcp).context("an activated TCP socket")?;
+        eprintln!("thinly: serving NBD on activated tcp {addr} (TLS {:?})", plan.tcp);
+    }
+    for l in a.unix {
+        server.add_unix_listener(l, plan.unix).context("an activated unix socket")?;
+        eprintln!("thinly: serving NBD on an activated unix socket");
+    }
+    Ok(None)
 }
 
 /// Waits for SIGINT or SIGTERM; on SIGHUP reloads the TLS certificates and keys (a

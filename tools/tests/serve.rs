@@ -841,3 +841,71 @@ fn the_nbd_socket_is_owner_only_by_default_and_a_live_server_is_not_taken_over()
     assert_eq!(mode, 0o660);
     s.stop();
 }
+
+#[test]
+fn the_control_socket_is_owner_only_under_any_umask_capped_and_checks_its_peer() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let cmd = format!(
+        "umask 000; exec {} serve --pool {} --listen none",
+        common::thinly().display(),
+        dir.display()
+    );
+    let child = Command::new("sh").args(["-c", &cmd]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut s = Served { _tmp: tmp, dir: dir.clone(), child: Some(child) };
+    let control = dir.join("control.sock");
+    s.wait_for(&control);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&control), 0o600, "control socket under umask 000");
+    assert_eq!(mode(&dir.join("nbd.sock")), 0o600, "NBD socket under umask 000");
+    // Sixteen idle clients are held; the seventeenth is closed at once.
+    let idle: Vec<UnixStream> = (0..16).map(|_| UnixStream::connect(&control).unwrap()).collect();
+    let mut extra = UnixStream::connect(&control).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "closed without an answer");
+    drop(idle);
+    // Another user, even with the socket opened up to everyone, is refused.
+    if let Some(setpriv) = tool_path("setpriv") {
+        std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
+        for d in [dir.parent().unwrap(), &dir] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let out = bounded(
+            setpriv.to_str().unwrap(),
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                common::thinly().to_str().unwrap(),
+                "delete",
+                "vol0",
+                "--pool",
+                dir.to_str().unwrap(),
+            ],
+            60,
+        );
+        assert!(!out.status.success(), "another user deleted a volume");
+    } else {
+        common::missing("setpriv");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The owner is served again once the idle clients are gone.
+        let out = bounded(common::thinly().to_str().unwrap(), &["list", "--pool", s.pool()], 60);
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("vol0"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the control socket did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = s.stop();
+    assert!(log.contains("too many clients"), "{log}");
+    if tool_path("setpriv").is_some() {
+        assert!(log.contains("refused another user"), "{log}");
+    }
+}

@@ -43,9 +43,15 @@ pub const MAX_IN_FLIGHT_REQUESTS: usize = 128;
 /// 2-core machine with threads when many clients connect.
 pub const WORKERS_PER_CONNECTION: usize = 4;
 
-/// Connections served at once; more are accepted and closed at once, so one client
-/// opening sockets in a loop cannot exhaust threads and memory.
+/// Connections served at once per listener; more are accepted and closed at once, so
+/// one client opening sockets in a loop cannot exhaust threads and memory, and a flood
+/// on one listener (TCP) leaves the others (the unix socket) usable.
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// Warnings about refused or failed connections are logged at most once per this
+/// interval (with a count of those held back): a client reconnecting in a loop must not
+/// flood the log.
+pub const LOG_RATE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Extents per block-status chunk. The spec allows up to 2^20 (§7.4); 2^16 keeps a reply
 /// under 1 MiB, and clients continue from where a reply stopped.

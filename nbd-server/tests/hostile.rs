@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io;
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -482,4 +482,26 @@ fn a_client_that_keeps_writing_and_never_reads_cannot_hold_shutdown_past_the_dra
     std::thread::sleep(Duration::from_millis(200));
     handle.shutdown(); // returns: the drain limit closed the connection
     assert!(writer.join().unwrap(), "the server closed the endless writer");
+}
+
+#[test]
+fn a_flood_of_tcp_connections_hits_its_own_cap_and_the_unix_socket_still_serves() {
+    let config = ServerConfig { max_connections: 2, ..ServerConfig::default() };
+    let srv = TestServer::start_with("per-listener-cap", config);
+    let tcp = |_| {
+        let s = std::net::TcpStream::connect(srv.tcp).unwrap();
+        s.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+        s
+    };
+    let mut held: Vec<std::net::TcpStream> = (0..2).map(tcp).collect();
+    for s in &mut held {
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap(); // admitted: greeted
+    }
+    let mut refused = tcp(2);
+    let mut buf = [0u8; 18];
+    assert!(matches!(refused.read(&mut buf), Ok(0) | Err(_)), "third TCP connection closed");
+    let mut c = Raw::open(&srv.socket, "mem", false);
+    c.write_ok(1, 0, &[5u8; 512]);
+    assert_eq!(c.read_simple(2, 0, 512), vec![5u8; 512]);
 }

@@ -909,3 +909,35 @@ fn the_control_socket_is_owner_only_under_any_umask_capped_and_checks_its_peer()
         assert!(log.contains("refused another user"), "{log}");
     }
 }
+
+#[test]
+fn idle_timeout_closes_a_quiet_handshaked_connection_with_a_log_line() {
+    use std::io::Read;
+    if !have_clients() {
+        return;
+    }
+    let mut s = Served::start(&["--idle-timeout", "1"]);
+    // A handshaked client that then sends nothing is closed: the read ends before our
+    // own 20 s guard.
+    let mut c = std::os::unix::net::UnixStream::connect(s.socket()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut greeting = [0u8; 18];
+    c.read_exact(&mut greeting).unwrap();
+    use std::io::Write;
+    c.write_all(&3u32.to_be_bytes()).unwrap(); // fixed newstyle, no zeroes
+    let mut export_name = 0x4948_4156_454F_5054u64.to_be_bytes().to_vec(); // IHAVEOPT
+    export_name.extend_from_slice(&1u32.to_be_bytes());
+    export_name.extend_from_slice(&4u32.to_be_bytes());
+    export_name.extend_from_slice(b"vol0");
+    c.write_all(&export_name).unwrap();
+    let mut reply = [0u8; 10];
+    c.read_exact(&mut reply).unwrap(); // size and flags: transmission begins
+    let mut rest = Vec::new();
+    let r = c.read_to_end(&mut rest);
+    assert!(
+        r.is_ok() || r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "an idle connection outlived --idle-timeout: {r:?}"
+    );
+    let log = s.stop();
+    assert!(log.contains("idle timeout"), "{log}");
+}

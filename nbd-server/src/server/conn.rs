@@ -89,7 +89,11 @@ pub(super) fn serve(stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &
             }
         }
         Ok(None) => debug!(%peer, "handshake ended without an export"),
-        Err(e) => info!(%peer, error = %e, "handshake failed; disconnecting"),
+        Err(e) => {
+            if let Some(suppressed) = shared.refusals.admit() {
+                info!(%peer, error = %e, suppressed, "handshake failed; disconnecting");
+            }
+        }
     }
 }
 
@@ -321,6 +325,7 @@ fn read_requests<R: Read>(
         End::Error(e) => {
             warn!(error = %e, "protocol error; disconnecting after in-flight requests")
         }
+        End::Idle => info!("idle timeout: nothing in flight and nothing received; closing"),
         other => debug!(end = ?other, "client finished"),
     }
     traffic

@@ -35,8 +35,8 @@ pub use self::tls::{Tls, TlsError, TlsSettings};
 use crate::export::ExportRegistry;
 use crate::limits::{
     ACCEPT_POLL_INTERVAL_MS, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DRAIN_POLL_INTERVAL, MAX_CONNECTIONS, MAX_IN_FLIGHT_BYTES,
-    MAX_IN_FLIGHT_REQUESTS, WORKERS_PER_CONNECTION,
+    DEFAULT_IDLE_TIMEOUT, DRAIN_POLL_INTERVAL, LOG_RATE_INTERVAL, MAX_CONNECTIONS,
+    MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS, WORKERS_PER_CONNECTION,
 };
 use crate::proto::TlsMode;
 
@@ -50,7 +50,8 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// Worker threads per connection.
     pub workers_per_connection: usize,
-    /// Connections served at once.
+    /// Connections served at once by each listener (counted per listener, so a flood on
+    /// TCP cannot lock out the unix socket's clients).
     pub max_connections: usize,
     /// Busy-poll: a connection's reader, finding nothing to read and nothing in flight,
     /// polls the socket up to this long before it sleeps. Saves the wake-up of a sleeping
@@ -88,8 +89,47 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// A second handle to each live connection and its in-flight budget, so shutdown
     /// can see which are idle and stop their readers.
-    live: Mutex<HashMap<u64, (Stream, Arc<Budget>)>>,
+    live: Mutex<HashMap<u64, LiveConn>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Warnings about refused connections, at most one a second.
+    refusals: RateLimit,
+}
+
+/// What shutdown and the connection caps need of a live connection.
+struct LiveConn {
+    stream: Stream,
+    budget: Arc<Budget>,
+    /// Index of the listener that accepted it.
+    listener: usize,
+}
+
+/// Lets a repeated warning through at most once per `LOG_RATE_INTERVAL`, counting the
+/// ones it held back, so a client reconnecting in a loop cannot flood the log.
+pub(crate) struct RateLimit {
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        Self { state: Mutex::new((None, 0)) }
+    }
+
+    /// `Some(n)`: log now, `n` similar events were suppressed since the last line.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match s.0 {
+            Some(last) if now.duration_since(last) < LOG_RATE_INTERVAL => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = s.1;
+                *s = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -120,6 +160,7 @@ impl Server {
             next_id: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
+            refusals: RateLimit::new(),
         };
         Self { shared: Arc::new(shared), listeners: Vec::new() }
     }
@@ -265,7 +306,7 @@ impl ServerHandle {
             if late {
                 warn!(nr_connections = live.len(), "drain time limit reached; closing");
             }
-            for (stream, budget) in live.values() {
+            for LiveConn { stream, budget, .. } in live.values() {
                 if late {
                     let _ = stream.shutdown(Shutdown::Both);
                 } else if budget.requests_in_flight() == 0 {
@@ -305,9 +346,9 @@ fn accept_loop(shared: &Arc<Shared>, listeners: &[Listener]) {
             }
             continue;
         }
-        for l in listeners {
+        for (i, l) in listeners.iter().enumerate() {
             while let Some((stream, tls)) = accept_one(l) {
-                spawn_connection(shared, stream, tls);
+                spawn_connection(shared, stream, tls, i);
             }
         }
         reap_finished(shared);
@@ -338,10 +379,15 @@ fn accept_one(l: &Listener) -> Option<(Stream, TlsMode)> {
     }
 }
 
-fn spawn_connection(shared: &Arc<Shared>, stream: Stream, tls: TlsMode) {
+fn spawn_connection(shared: &Arc<Shared>, stream: Stream, tls: TlsMode, listener: usize) {
     let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
-    if live.len() >= shared.config.max_connections {
-        warn!(limit = shared.config.max_connections, "too many connections; refusing one");
+    let nr_here = live.values().filter(|c| c.listener == listener).count();
+    if nr_here >= shared.config.max_connections {
+        if let Some(suppressed) = shared.refusals.admit() {
+            let peer = stream.peer();
+            let limit = shared.config.max_connections;
+            warn!(%peer, limit, suppressed, "too many connections on this listener; refusing");
+        }
         return;
     }
     let Ok(handle) = stream.try_clone() else {
@@ -349,7 +395,7 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream, tls: TlsMode) {
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let budget = Arc::new(Budget::new(MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS));
-    live.insert(id, (handle, Arc::clone(&budget)));
+    live.insert(id, LiveConn { stream: handle, budget: Arc::clone(&budget), listener });
     drop(live);
     let sh = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name(format!("nbd-conn-{id}")).spawn(move || {

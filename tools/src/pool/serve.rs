@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// coming within the time soon stops polling.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 50)]
     pub busy_poll_us: u64,
+    /// Close a connection that has nothing in flight and sends nothing for this many
+    /// seconds (0: never; a VM's idle disk may legitimately stay quiet for hours).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub idle_timeout: u64,
+    /// Connections served at once by each listener (TCP and the unix socket separately).
+    #[arg(long, value_name = "N", default_value_t = thinly_nbd::limits::MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// On SIGTERM/SIGINT: seconds to let requests in flight finish (new ones get
     /// ESHUTDOWN) before closing connections anyway; then commit and exit.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -107,6 +114,8 @@ impl ServeArgs {
         ServerConfig {
             tls: plan.tls.clone(),
             drain_timeout: Duration::from_secs(self.drain_timeout),
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            max_connections: self.max_connections.max(1),
             handshake_timeout: (self.handshake_timeout > 0)
                 .then(|| Duration::from_secs(self.handshake_timeout)),
             busy_poll: (self.busy_poll_us > 0).then(|| Duration::from_micros(self.busy_poll_us)),

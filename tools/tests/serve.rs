@@ -941,3 +941,26 @@ fn idle_timeout_closes_a_quiet_handshaked_connection_with_a_log_line() {
     let log = s.stop();
     assert!(log.contains("idle timeout"), "{log}");
 }
+
+#[test]
+fn export_flags_serve_only_the_named_volumes() {
+    if !have_clients() {
+        return;
+    }
+    let mut s = Served::start(&["--export", "vol0", "--export", "data"]);
+    thinly(&["create", "data", "--size", "1M", "--pool", s.pool()]);
+    thinly(&["create", "secret", "--size", "1M", "--pool", s.pool()]);
+    let list = ok("nbdinfo", &["--list", "--json", &s.uri("")], 30);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let mut names: Vec<&str> = v["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["export-name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["data", "vol0"]);
+    assert!(bounded("nbdinfo", &["--size", &s.uri("data")], 30).status.success());
+    assert!(!bounded("nbdinfo", &["--size", &s.uri("secret")], 30).status.success());
+    s.stop();
+}

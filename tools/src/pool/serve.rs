@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// coming within the time soon stops polling.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 50)]
     pub busy_poll_us: u64,
+    /// Serve only this volume (repeatable); others are neither listed nor opened
+    /// [default: every volume].
+    #[arg(long = "export", value_name = "NAME")]
+    pub exports: Vec<String>,
     /// Close a connection that has nothing in flight and sends nothing for this many
     /// seconds (0: never; a VM's idle disk may legitimately stay quiet for hours).
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
@@ -158,7 +162,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     apply_settings(&pool, args)?;
     let events = pool.subscribe();
 
-    let registry = Arc::new(PoolRegistry::new(pool.clone()));
+    let registry = Arc::new(PoolRegistry::new(pool.clone()).with_only(&args.exports));
     let mut server = Server::new(registry, args.server_config(&plan));
     let socket = match activated {
         Some(a) => listen_activated(&mut server, a, &plan)?,

@@ -34,6 +34,11 @@ pub const MAX_LISTED_EXPORTS: usize = 1024;
 /// the reader stops reading from the socket while the budget is spent.
 pub const MAX_IN_FLIGHT_BYTES: u64 = 2 * MAX_PAYLOAD_BYTES;
 
+/// Bytes in flight (request payloads plus expected reply data) over all connections:
+/// 512 MiB, eight connections' full budgets. Without it, clients that never read their
+/// replies could pin 64 MiB each (16 GiB at the connection cap); with it they wait.
+pub const MAX_SERVER_IN_FLIGHT_BYTES: u64 = 8 * MAX_IN_FLIGHT_BYTES;
+
 /// Requests in flight per connection. fio runs iodepth 32+, nbdcopy 64 × 256 KiB; 128
 /// keeps them all busy while bounding per-request bookkeeping.
 pub const MAX_IN_FLIGHT_REQUESTS: usize = 128;

@@ -505,3 +505,43 @@ fn a_flood_of_tcp_connections_hits_its_own_cap_and_the_unix_socket_still_serves(
     c.write_ok(1, 0, &[5u8; 512]);
     assert_eq!(c.read_simple(2, 0, 512), vec![5u8; 512]);
 }
+
+#[test]
+fn the_server_wide_in_flight_budget_makes_other_clients_wait_instead_of_growing_memory() {
+    let config = ServerConfig {
+        max_server_in_flight_bytes: thinly_nbd::limits::MAX_IN_FLIGHT_BYTES,
+        ..ServerConfig::default()
+    };
+    let (_dir, socket, export, handle) = gated_server("server-budget", config);
+    let mut a = Raw::open(&socket, "gated", false);
+    let big = vec![0x77u8; 32 << 20];
+    a.request(CMD_WRITE, 0, 1, 0, 32 << 20, &big);
+    a.request(CMD_WRITE, 0, 2, 32 << 20, 32 << 20, &big);
+    {
+        let mut s = export.state.lock().unwrap();
+        while s.0 < 2 {
+            s = export.cv.wait(s).unwrap();
+        }
+    }
+    // The whole server budget is held by A's two writes: B's read must wait for it.
+    let mut b = Raw::open(&socket, "gated", false);
+    b.request(CMD_READ, 0, 3, 0, 4096, &[]);
+    let waiting = std::thread::spawn(move || {
+        let reply = b.simple_reply();
+        (reply, b.recv(4096).unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "B was answered while the server budget was spent");
+    {
+        let mut s = export.state.lock().unwrap();
+        s.1 = true;
+        export.cv.notify_all();
+    }
+    let mut cookies = [a.simple_reply().1, a.simple_reply().1];
+    cookies.sort();
+    assert_eq!(cookies, [1, 2]);
+    let (reply, data) = waiting.join().unwrap();
+    assert_eq!(reply, (0, 3));
+    assert!(data.iter().all(|&x| x == 0x77));
+    handle.shutdown();
+}

@@ -47,10 +47,27 @@ struct Conn {
     session: Session,
     writer: Mutex<Stream>,
     budget: Arc<Budget>,
+    /// The whole server's budget of bytes in flight, shared by every connection.
+    server_budget: Arc<Budget>,
     broken: AtomicBool,
 }
 
 impl Conn {
+    /// Takes `cost` from this connection's budget, then from the server's (in that
+    /// order, everywhere, so no cycle of waiting can form); returns the charge.
+    fn acquire(&self, cost: u64) -> u64 {
+        let charged = self.budget.acquire(cost);
+        let server = self.server_budget.acquire(charged);
+        debug_assert_eq!(server, charged, "the server budget is the larger one");
+        charged
+    }
+
+    /// Returns what `acquire` took.
+    fn release(&self, charged: u64) {
+        self.server_budget.release(charged);
+        self.budget.release(charged);
+    }
+
     /// Sends one complete reply. A failure marks the connection broken and shuts the
     /// socket down so the reader stops too.
     fn send(&self, bytes: &[u8]) {
@@ -170,6 +187,7 @@ fn transmission(
         session: Session::from_negotiated(&negotiated),
         writer: Mutex::new(stream.try_clone()?),
         budget,
+        server_budget: Arc::clone(&shared.server_budget),
         broken: AtomicBool::new(false),
     };
     let reader = io::Cursor::new(leftover).chain(stream.try_clone()?);
@@ -206,7 +224,7 @@ fn worker(conn: &Conn, rx: &Mutex<Receiver<Job>>) {
         execute(conn.export.as_ref(), &conn.session, job.to, job.command, &job.payload, &mut out);
         drop(job.payload);
         conn.send(&out);
-        conn.budget.release(job.charged);
+        conn.release(job.charged);
         if out.capacity() > READ_BUFFER_BYTES {
             out = Vec::new();
         }
@@ -274,10 +292,10 @@ fn read_requests<R: Read>(
             Err(e) => break End::Error(e.to_string()),
         };
         let reply_len = if header.command == CMD_READ { header.length } else { 0 };
-        let charged = conn.budget.acquire((payload_len as u64).saturating_add(reply_len));
+        let charged = conn.acquire((payload_len as u64).saturating_add(reply_len));
         let mut payload = vec![0u8; payload_len];
         if let Err(e) = reader.read_exact(&mut payload) {
-            conn.budget.release(charged);
+            conn.release(charged);
             break End::Error(format!("truncated payload: {e}"));
         }
         let to = ReplyTo { mode, cookie: header.cookie, offset: header.offset };
@@ -286,7 +304,7 @@ fn read_requests<R: Read>(
             let mut out = Vec::new();
             reply::error(&mut out, to, NbdErrno::Shutdown);
             conn.send(&out);
-            conn.budget.release(charged);
+            conn.release(charged);
             continue;
         }
         traffic.nr_requests += 1;
@@ -304,11 +322,11 @@ fn read_requests<R: Read>(
                 execute(conn.export.as_ref(), &conn.session, to, command, &payload, &mut out);
                 drop(payload);
                 conn.send(&out);
-                conn.budget.release(charged);
+                conn.release(charged);
             }
             Ok(command) => {
                 if let Err(mpsc::SendError(job)) = tx.send(Job { to, command, payload, charged }) {
-                    conn.budget.release(job.charged);
+                    conn.release(job.charged);
                     break End::Broken;
                 }
             }
@@ -317,7 +335,7 @@ fn read_requests<R: Read>(
                 let mut out = Vec::new();
                 reply::error(&mut out, to, errno);
                 conn.send(&out);
-                conn.budget.release(charged);
+                conn.release(charged);
             }
         }
     };

@@ -36,7 +36,8 @@ use crate::export::ExportRegistry;
 use crate::limits::{
     ACCEPT_POLL_INTERVAL_MS, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DRAIN_POLL_INTERVAL, LOG_RATE_INTERVAL, MAX_CONNECTIONS,
-    MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS, WORKERS_PER_CONNECTION,
+    MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS, MAX_SERVER_IN_FLIGHT_BYTES,
+    WORKERS_PER_CONNECTION,
 };
 use crate::proto::TlsMode;
 
@@ -65,6 +66,10 @@ pub struct ServerConfig {
     /// How long shutdown waits for connections with requests in flight before it
     /// closes them anyway.
     pub drain_timeout: Duration,
+    /// Bytes of request payload and reply data in flight over all connections (at
+    /// least one connection's worth); a reader waits for room, so clients that do not
+    /// read their replies get back-pressure, not server memory.
+    pub max_server_in_flight_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +82,7 @@ impl Default for ServerConfig {
             busy_poll: None,
             tls: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_server_in_flight_bytes: MAX_SERVER_IN_FLIGHT_BYTES,
         }
     }
 }
@@ -93,6 +99,8 @@ pub(crate) struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Warnings about refused connections, at most one a second.
     refusals: RateLimit,
+    /// Bytes in flight over all connections (see `ServerConfig::max_server_in_flight_bytes`).
+    server_budget: Arc<Budget>,
 }
 
 /// What shutdown and the connection caps need of a live connection.
@@ -155,12 +163,16 @@ impl Server {
     pub fn new(registry: Arc<dyn ExportRegistry>, config: ServerConfig) -> Self {
         let shared = Shared {
             registry,
-            config,
+            config: config.clone(),
             shutting_down: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
             refusals: RateLimit::new(),
+            server_budget: Arc::new(Budget::new(
+                config.max_server_in_flight_bytes.max(MAX_IN_FLIGHT_BYTES),
+                usize::MAX,
+            )),
         };
         Self { shared: Arc::new(shared), listeners: Vec::new() }
     }

@@ -836,9 +836,11 @@ fn the_nbd_socket_is_owner_only_by_default_and_a_live_server_is_not_taken_over()
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(std::os::unix::net::UnixStream::connect(s.socket()).is_ok(), "still served");
     s.stop();
-    let mut s = Served::start(&["--socket-mode", "660"]);
-    let mode = std::fs::metadata(s.socket()).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o660);
+    let mut s = Served::start(&["--socket-mode", "660", "--socket-group", "65534"]);
+    let meta = std::fs::metadata(s.socket()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.gid(), 65534, "--socket-group");
     s.stop();
 }
 

@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Permissions of the unix socket, octal [default: 600, owner only].
     #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = octal_mode)]
     pub socket_mode: u32,
+    /// Group owning the unix socket (name or number), for --socket-mode 660.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// Command run (by sh -c) when free data blocks fall to the low water mark; the pool's
     /// figures are in THINLY_POOL, THINLY_FREE_BLOCKS, THINLY_TOTAL_BLOCKS,
     /// THINLY_BLOCK_SIZE and THINLY_EVENT.
@@ -232,8 +235,24 @@ fn listen(
     let mode = std::fs::Permissions::from_mode(args.socket_mode);
     std::fs::set_permissions(&socket, mode)
         .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    if let Some(group) = &args.socket_group {
+        let gid = group_id(group)?;
+        nix::unistd::chown(&socket, None, Some(gid))
+            .with_context(|| format!("giving {} to group {group}", socket.display()))?;
+    }
     eprintln!("thinly: serving NBD on unix {} (mode {:o})", socket.display(), args.socket_mode);
     Ok(Some(socket))
+}
+
+/// A group by name or number.
+fn group_id(group: &str) -> Result<nix::unistd::Gid> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    let g = nix::unistd::Group::from_name(group)
+        .with_context(|| format!("looking up group {group}"))?
+        .with_context(|| format!("no group named {group}"))?;
+    Ok(g.gid)
 }
 
 /// Serves on the sockets systemd passed instead of --listen and --socket.

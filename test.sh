@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs thinly's whole test suite, first installing what the tests need when it is missing
-# (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio, qemu-utils, time
+# (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio, qemu-utils, time,
+# openssl, libssl-dev (the TLS tests and the openssl crate)
 # and python3 (examples/incremental-backup.sh reads nbdinfo's JSON with it),
 # and the kernel lab beside this checkout. As a user it uses sudo where root is needed; what
 # it cannot prepare it skips loudly (the tests that need it then skip loudly too), unless CI
@@ -39,6 +40,11 @@ command -v fio >/dev/null 2>&1 || need+=(fio)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 [ -x /usr/bin/time ] || need+=(time)
 command -v python3 >/dev/null 2>&1 || need+=(python3-minimal)
+# The TLS tests make certificates with the openssl command; the openssl crate links
+# libssl (pkg-config finds it).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   if ! { as_root apt-get update -qq &&

@@ -39,6 +39,11 @@ pub const MAX_LISTED_EXPORTS: usize = 1024;
 /// the reader stops reading from the socket while the budget is spent.
 pub const MAX_IN_FLIGHT_BYTES: u64 = 2 * MAX_PAYLOAD_BYTES;
 
+/// Bytes in flight (request payloads plus expected reply data) over all connections:
+/// 512 MiB, eight connections' full budgets. Without it, clients that never read their
+/// replies could pin 64 MiB each (16 GiB at the connection cap); with it they wait.
+pub const MAX_SERVER_IN_FLIGHT_BYTES: u64 = 8 * MAX_IN_FLIGHT_BYTES;
+
 /// Requests in flight per connection. fio runs iodepth 32+, nbdcopy 64 × 256 KiB; 128
 /// keeps them all busy while bounding per-request bookkeeping.
 pub const MAX_IN_FLIGHT_REQUESTS: usize = 128;
@@ -48,9 +53,15 @@ pub const MAX_IN_FLIGHT_REQUESTS: usize = 128;
 /// 2-core machine with threads when many clients connect.
 pub const WORKERS_PER_CONNECTION: usize = 4;
 
-/// Connections served at once; more are accepted and closed at once, so one client
-/// opening sockets in a loop cannot exhaust threads and memory.
+/// Connections served at once per listener; more are accepted and closed at once, so
+/// one client opening sockets in a loop cannot exhaust threads and memory, and a flood
+/// on one listener (TCP) leaves the others (the unix socket) usable.
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// Warnings about refused or failed connections are logged at most once per this
+/// interval (with a count of those held back): a client reconnecting in a loop must not
+/// flood the log.
+pub const LOG_RATE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Extents per block-status chunk. The spec allows up to 2^20 (§7.4); 2^16 keeps a reply
 /// under 1 MiB, and clients continue from where a reply stopped.
@@ -72,6 +83,15 @@ pub const DEFAULT_IDLE_TIMEOUT: Option<Duration> = None;
 /// the connection is dropped so shutdown never waits on it forever.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a shutdown waits for connections with requests in flight (new requests
+/// get ESHUTDOWN meanwhile) before it closes them: a client that keeps sending, or
+/// stops reading its replies, must not hold a SIGTERM forever. 30 s covers a commit of
+/// a large dirty cache; systemd's default stop timeout is 90 s.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a draining shutdown looks for connections that became idle.
+pub const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 /// How often the accept loop wakes to notice a shutdown request.
 pub const ACCEPT_POLL_INTERVAL_MS: u16 = 100;
 
@@ -81,3 +101,7 @@ pub const READ_BUFFER_BYTES: usize = 128 << 10;
 /// Reads that must be answered in one OFFSET_DATA chunk with DF set: the spec demands
 /// 64 KiB; we serve DF up to the full payload limit.
 pub const MAX_DF_READ_BYTES: u64 = MAX_PAYLOAD_BYTES;
+
+/// Keys read from a `--tls-psk` file: a site keeps a key per client, and the file is
+/// read whole into memory at start and on every reload.
+pub const MAX_PSK_KEYS: usize = 65536;

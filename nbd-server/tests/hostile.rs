@@ -4,13 +4,16 @@
 
 mod common;
 
-use std::io;
+use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::*;
 use thinly_nbd::proto::consts::*;
-use thinly_nbd::{Export, ExportTable, Extent, MemExport, Server, ServerConfig, ZeroFlags};
+use thinly_nbd::{
+    Export, ExportTable, Extent, MemExport, Server, ServerConfig, ServerHandle, ZeroFlags,
+};
 
 #[test]
 fn hostile_clients_close_only_their_own_connection_and_data_stays_intact() {
@@ -391,4 +394,154 @@ fn extended_headers_use_extended_chunks_for_every_reply() {
     // server reads before it looks at the magic).
     c.request(CMD_FLUSH, 0, 5, 0, 0, &[0u8; 4]);
     assert!(c.closed_by_server());
+}
+
+fn gated_server(
+    tag: &str,
+    config: ServerConfig,
+) -> (TempDir, PathBuf, Arc<GatedExport>, ServerHandle) {
+    let dir = TempDir::new(tag);
+    let socket = dir.path("nbd.sock");
+    let export = Arc::new(GatedExport {
+        inner: MemExport::new(MEM_SIZE),
+        state: Mutex::new((0, false)),
+        cv: Condvar::new(),
+    });
+    let table = Arc::new(ExportTable::new());
+    table.insert("gated", "", export.clone());
+    let mut server = Server::new(table, config);
+    server.listen_unix(&socket).unwrap();
+    let handle = server.start().unwrap();
+    (dir, socket, export, handle)
+}
+
+#[test]
+fn requests_sent_while_draining_get_eshutdown_and_in_flight_ones_complete() {
+    let (_dir, socket, export, handle) = gated_server("drain", ServerConfig::default());
+    let mut c = Raw::open(&socket, "gated", false);
+    let data = pattern(4096, 8);
+    // Large enough to go to a worker, so the reader stays free to read what follows.
+    c.request(CMD_WRITE, 0, 1, 0, 1 << 20, &pattern(1 << 20, 9));
+    {
+        let mut s = export.state.lock().unwrap();
+        while s.0 < 1 {
+            s = export.cv.wait(s).unwrap();
+        }
+    }
+    handle.begin_shutdown();
+    c.request(CMD_READ, 0, 2, 0, 4096, &[]);
+    assert_eq!(c.simple_reply(), (108, 2), "a new request while draining: ESHUTDOWN");
+    c.request(CMD_WRITE, 0, 3, 4 << 20, 4096, &data);
+    assert_eq!(c.simple_reply(), (108, 3));
+    let stopper = std::thread::spawn(move || handle.shutdown());
+    {
+        let mut s = export.state.lock().unwrap();
+        s.1 = true;
+        export.cv.notify_all();
+    }
+    assert_eq!(c.simple_reply(), (0, 1), "the in-flight write completes");
+    assert!(c.closed_by_server());
+    stopper.join().unwrap();
+    let mut buf = vec![0u8; 4096];
+    export.inner.read(4 << 20, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "the refused write did not happen");
+    export.inner.read(8192, &mut buf).unwrap();
+    assert!(buf == pattern(1 << 20, 9)[8192..12288], "the in-flight write landed");
+}
+
+#[test]
+fn a_client_that_keeps_writing_and_never_reads_cannot_hold_shutdown_past_the_drain_limit() {
+    let config = ServerConfig { drain_timeout: Duration::from_secs(1), ..ServerConfig::default() };
+    let (_dir, socket, export, handle) = gated_server("drain-limit", config);
+    {
+        let mut s = export.state.lock().unwrap();
+        s.1 = true; // writes pass at once
+    }
+    let mut c = Raw::open(&socket, "gated", false);
+    let writer = std::thread::spawn(move || {
+        let data = pattern(65536, 1);
+        // Bounded: stops when the server closes (or after 1 GiB, which it never reaches).
+        for i in 0..16384u64 {
+            let mut v = REQUEST_MAGIC.to_be_bytes().to_vec();
+            v.extend_from_slice(&0u16.to_be_bytes());
+            v.extend_from_slice(&CMD_WRITE.to_be_bytes());
+            v.extend_from_slice(&i.to_be_bytes());
+            v.extend_from_slice(&((i % 512) * 65536).to_be_bytes());
+            v.extend_from_slice(&65536u32.to_be_bytes());
+            v.extend_from_slice(&data);
+            if c.send(&v).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    // Let the client fill the pipes both ways.
+    while handle.nr_connections() == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    handle.shutdown(); // returns: the drain limit closed the connection
+    assert!(writer.join().unwrap(), "the server closed the endless writer");
+}
+
+#[test]
+fn a_flood_of_tcp_connections_hits_its_own_cap_and_the_unix_socket_still_serves() {
+    let config = ServerConfig { max_connections: 2, ..ServerConfig::default() };
+    let srv = TestServer::start_with("per-listener-cap", config);
+    let tcp = |_| {
+        let s = std::net::TcpStream::connect(srv.tcp).unwrap();
+        s.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+        s
+    };
+    let mut held: Vec<std::net::TcpStream> = (0..2).map(tcp).collect();
+    for s in &mut held {
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap(); // admitted: greeted
+    }
+    let mut refused = tcp(2);
+    let mut buf = [0u8; 18];
+    assert!(matches!(refused.read(&mut buf), Ok(0) | Err(_)), "third TCP connection closed");
+    let mut c = Raw::open(&srv.socket, "mem", false);
+    c.write_ok(1, 0, &[5u8; 512]);
+    assert_eq!(c.read_simple(2, 0, 512), vec![5u8; 512]);
+}
+
+#[test]
+fn the_server_wide_in_flight_budget_makes_other_clients_wait_instead_of_growing_memory() {
+    let config = ServerConfig {
+        max_server_in_flight_bytes: thinly_nbd::limits::MAX_IN_FLIGHT_BYTES,
+        ..ServerConfig::default()
+    };
+    let (_dir, socket, export, handle) = gated_server("server-budget", config);
+    let mut a = Raw::open(&socket, "gated", false);
+    let big = vec![0x77u8; 32 << 20];
+    a.request(CMD_WRITE, 0, 1, 0, 32 << 20, &big);
+    a.request(CMD_WRITE, 0, 2, 32 << 20, 32 << 20, &big);
+    {
+        let mut s = export.state.lock().unwrap();
+        while s.0 < 2 {
+            s = export.cv.wait(s).unwrap();
+        }
+    }
+    // The whole server budget is held by A's two writes: B's read must wait for it.
+    let mut b = Raw::open(&socket, "gated", false);
+    b.request(CMD_READ, 0, 3, 0, 4096, &[]);
+    let waiting = std::thread::spawn(move || {
+        let reply = b.simple_reply();
+        (reply, b.recv(4096).unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "B was answered while the server budget was spent");
+    {
+        let mut s = export.state.lock().unwrap();
+        s.1 = true;
+        export.cv.notify_all();
+    }
+    let mut cookies = [a.simple_reply().1, a.simple_reply().1];
+    cookies.sort();
+    assert_eq!(cookies, [1, 2]);
+    let (reply, data) = waiting.join().unwrap();
+    assert_eq!(reply, (0, 3));
+    assert!(data.iter().all(|&x| x == 0x77));
+    handle.shutdown();
 }

@@ -489,10 +489,8 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
     use pool::control::Request;
     use pool::show;
     let (dir, req, human): (_, _, fn(&serde_json::Value) -> String) = match cmd {
-        ThinlyCommand::Serve(a) => {
-            init_logging();
-            return pool::serve::run(&a);
-        }
+        // serve sets up its own logging (--log-format).
+        ThinlyCommand::Serve(a) => return pool::serve::run(&a),
         ThinlyCommand::Bench(a) => return bench::run(&a),
         ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
         ThinlyCommand::KernelScript(a) => return crate::kernel::run(&a),
@@ -577,11 +575,4 @@ fn run_message(dir: &std::path::Path, text: String, json: bool) -> anyhow::Resul
         false => None,
     };
     pool::print_response(r, false, |_| pool::show::message_text(&text, &reply, volumes.as_ref()))
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

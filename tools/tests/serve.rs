@@ -59,8 +59,10 @@ impl Served {
     fn start(extra: &[&str]) -> Served {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
-        let mut args =
-            vec!["serve", "--pool", dir.to_str().unwrap(), "--listen", "none", "--create"];
+        let mut args = vec!["serve", "--pool", dir.to_str().unwrap(), "--create"];
+        if !extra.contains(&"--listen") {
+            args.extend_from_slice(&["--listen", "none"]);
+        }
         args.extend_from_slice(extra);
         let child =
             Command::new(common::thinly()).args(&args).stderr(Stdio::piped()).spawn().unwrap();
@@ -632,4 +634,371 @@ fn pool_commands_say_what_they_did_with_one_size_format() {
         assert!(!has_short_unit_size(text), "a size outside the one format: {text}");
     }
     assert!(has_short_unit_size("mapped 234.44M of 16G"), "the check can fail");
+}
+
+/// A self-signed server certificate for localhost in `dir` (server-cert.pem,
+/// server-key.pem, and itself as ca-cert.pem), and a client directory trusting it.
+fn self_signed(dir: &Path, client: &Path) -> bool {
+    let Some(openssl) = thinly_test_support::find_tool("openssl") else {
+        return common::missing("openssl");
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(client).unwrap();
+    let (key, cert) = (dir.join("server-key.pem"), dir.join("server-cert.pem"));
+    let args = [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ];
+    ok(openssl.to_str().unwrap(), &args, 60);
+    std::fs::copy(&cert, dir.join("ca-cert.pem")).unwrap();
+    std::fs::copy(&cert, client.join("ca-cert.pem")).unwrap();
+    true
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn serve_off_loopback_without_certificates_refuses_before_touching_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let args = ["serve", "--pool", dir.to_str().unwrap(), "--listen", "0.0.0.0:0"];
+    let out = bounded(common::thinly().to_str().unwrap(), &args, 30);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.exists(), "a refused serve created the pool");
+}
+
+#[test]
+fn serve_with_tls_required_serves_nbds_refuses_plain_and_reloads_certificates_on_sighup() {
+    let Some(nbdinfo) = thinly_test_support::find_tool("nbdinfo") else {
+        common::missing("nbdinfo");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (certs, client) = (tmp.path().join("certs"), tmp.path().join("client"));
+    let (certs2, client2) = (tmp.path().join("certs2"), tmp.path().join("client2"));
+    if !self_signed(&certs, &client) || !self_signed(&certs2, &client2) {
+        return;
+    }
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut s = Served::start(&[
+        "--listen",
+        &listen,
+        "--tls",
+        "require",
+        "--tls-certificates",
+        certs.to_str().unwrap(),
+    ]);
+    let size = |uri: &str| bounded(nbdinfo.to_str().unwrap(), &["--size", uri], 60);
+    let nbds = |c: &Path| format!("nbds://127.0.0.1:{port}/vol0?tls-certificates={}", c.display());
+    assert!(size(&nbds(&client)).status.success());
+    assert!(!size(&format!("nbd://127.0.0.1:{port}/vol0")).status.success(), "plain TCP");
+    let unix =
+        format!("nbds+unix:///vol0?socket={}&tls-certificates={}", s.socket(), client.display());
+    assert!(size(&unix).status.success(), "--tls applies to the unix socket too");
+    for f in ["ca-cert.pem", "server-cert.pem", "server-key.pem"] {
+        std::fs::copy(certs2.join(f), certs.join(f)).unwrap();
+    }
+    let pid = nix::unistd::Pid::from_raw(s.child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !size(&nbds(&client2)).status.success() {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the certificates");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!size(&nbds(&client)).status.success(), "the old certificate is gone");
+    let log = s.stop();
+    assert!(log.contains("reloaded"), "{log}");
+}
+
+#[test]
+fn the_minimum_block_size_is_one_byte_and_unaligned_io_keeps_snapshots_intact() {
+    if !have_clients() {
+        return;
+    }
+    let mut s = Served::start(&[]);
+    let u = s.uri("vol0");
+    let info = ok("nbdinfo", &["--json", &u], 30);
+    assert!(info.contains("\"block_size_minimum\": 1,"), "{info}");
+    qemu_io(&u, &["write -P 0xab 0 192k", "flush"]);
+    thinly(&["snapshot", "vol0", "snap", "--pool", s.pool()]);
+    // Odd ranges, one straddling a data block boundary (64 KiB): copy-on-write of two
+    // shared blocks by a 3-byte write, then unaligned zeroing and discard.
+    qemu_io(
+        &u,
+        &[
+            "write -P 0x11 65535 3",
+            "write -P 0x22 1001 7",
+            "write -z 131075 5",
+            "discard 140001 3",
+            "flush",
+        ],
+    );
+    qemu_io(
+        &u,
+        &[
+            "read -P 0xab 0 1001",
+            "read -P 0x22 1001 7",
+            "read -P 0xab 1008 64527",
+            "read -P 0x11 65535 3",
+            "read -P 0xab 65538 65537",
+            "read -P 0 131075 5",
+            "read -P 0xab 131080 8921",
+        ],
+    );
+    qemu_io(&s.uri("snap"), &["read -P 0xab 0 192k"]);
+    s.stop();
+}
+
+#[test]
+fn a_config_file_sets_serve_flags_and_the_command_line_overrides_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("thinly.toml");
+    let pool = tmp.path().join("pool");
+    let text = format!("pool = {:?}\nlisten = \"0.0.0.0:0\"\n", pool.to_str().unwrap());
+    std::fs::write(&conf, text).unwrap();
+    // From the file alone: a non-loopback address without TLS keys is refused.
+    let args = ["serve", "--config", conf.to_str().unwrap()];
+    let out = bounded(common::thinly().to_str().unwrap(), &args, 30);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pool.exists());
+    // The command line's --listen and --pool (Served passes one) win.
+    let mut s = Served::start(&["--config", conf.to_str().unwrap(), "--listen", "none"]);
+    assert!(!pool.exists(), "the file's pool was overridden");
+    s.stop();
+}
+
+#[test]
+fn each_connection_ends_with_one_json_log_line_naming_peer_export_bytes_and_duration() {
+    if !have_clients() {
+        return;
+    }
+    let mut s = Served::start(&["--log-format", "json"]);
+    qemu_io(&s.uri("vol0"), &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
+    let log = s.stop();
+    let closed: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "connection closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{log}");
+    let line = &closed[0];
+    assert_eq!(line["export"], "vol0");
+    assert_eq!(line["peer"], "unix");
+    assert_eq!(line["identity"], "-");
+    assert!(line["written_bytes"].as_u64() >= Some(65536), "{line}");
+    assert!(line["read_bytes"].as_u64() >= Some(65536), "{line}");
+    assert!(line["duration_ms"].is_u64(), "{line}");
+}
+
+#[test]
+fn socket_activation_serves_the_passed_sockets_and_notifies_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let (Some(activate), Some(nbdinfo)) = (
+        thinly_test_support::find_tool("systemd-socket-activate"),
+        thinly_test_support::find_tool("nbdinfo"),
+    ) else {
+        common::missing("systemd-socket-activate or nbdinfo");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, sock, notify) =
+        (tmp.path().join("pool"), tmp.path().join("act.sock"), tmp.path().join("notify"));
+    let ready = UnixDatagram::bind(&notify).unwrap();
+    ready.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let port = free_port();
+    let tcp = format!("127.0.0.1:{port}");
+    let child = Command::new(activate)
+        .args(["-l", &tcp, "-l", sock.to_str().unwrap(), "-E", "NOTIFY_SOCKET"])
+        .arg(common::thinly())
+        .args(["serve", "--pool", pool.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut s = Served { _tmp: tmp, dir: pool.clone(), child: Some(child) };
+    // systemd-socket-activate binds both, then waits for the first connection before it
+    // starts thinly.
+    s.wait_for(&sock);
+    let size = |uri: &str| bounded(nbdinfo.to_str().unwrap(), &["--size", uri], 60);
+    let by_tcp = std::thread::spawn({
+        let uri = format!("nbd://{tcp}/vol0");
+        let nbdinfo = nbdinfo.clone();
+        move || bounded(nbdinfo.to_str().unwrap(), &["--size", &uri], 60)
+    });
+    let mut buf = [0u8; 256];
+    let n = ready.recv(&mut buf).expect("READY=1 within 60 s");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    assert!(by_tcp.join().unwrap().status.success(), "the activated TCP socket serves");
+    let unix = format!("nbd+unix:///vol0?socket={}", sock.display());
+    assert!(size(&unix).status.success(), "the activated unix socket serves");
+    assert!(!pool.join("nbd.sock").exists(), "no socket of its own under activation");
+    let log = s.stop();
+    let n = ready.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"), "{log}");
+}
+
+#[test]
+fn the_nbd_socket_is_owner_only_by_default_and_a_live_server_is_not_taken_over() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Served::start(&[]);
+    let mode = std::fs::metadata(s.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second server on the same socket path refuses and leaves the first serving.
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other");
+    let args = ["serve", "--pool", other.to_str().unwrap(), "--listen", "none", "--socket"];
+    let mut args = args.to_vec();
+    let socket = s.socket();
+    args.push(&socket);
+    let out = bounded(common::thinly().to_str().unwrap(), &args, 60);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::os::unix::net::UnixStream::connect(s.socket()).is_ok(), "still served");
+    s.stop();
+    let mut s = Served::start(&["--socket-mode", "660", "--socket-group", "65534"]);
+    let meta = std::fs::metadata(s.socket()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.gid(), 65534, "--socket-group");
+    s.stop();
+}
+
+#[test]
+fn the_control_socket_is_owner_only_under_any_umask_capped_and_checks_its_peer() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let cmd = format!(
+        "umask 000; exec {} serve --pool {} --listen none",
+        common::thinly().display(),
+        dir.display()
+    );
+    let child = Command::new("sh").args(["-c", &cmd]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut s = Served { _tmp: tmp, dir: dir.clone(), child: Some(child) };
+    let control = dir.join("control.sock");
+    s.wait_for(&control);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&control), 0o600, "control socket under umask 000");
+    assert_eq!(mode(&dir.join("nbd.sock")), 0o600, "NBD socket under umask 000");
+    // Sixteen idle clients are held; the seventeenth is closed at once.
+    let idle: Vec<UnixStream> = (0..16).map(|_| UnixStream::connect(&control).unwrap()).collect();
+    let mut extra = UnixStream::connect(&control).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "closed without an answer");
+    drop(idle);
+    // Another user, even with the socket opened up to everyone, is refused.
+    if let Some(setpriv) = thinly_test_support::find_tool("setpriv") {
+        std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
+        for d in [dir.parent().unwrap(), &dir] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let out = bounded(
+            setpriv.to_str().unwrap(),
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                common::thinly().to_str().unwrap(),
+                "delete",
+                "vol0",
+                "--pool",
+                dir.to_str().unwrap(),
+            ],
+            60,
+        );
+        assert!(!out.status.success(), "another user deleted a volume");
+    } else {
+        common::missing("setpriv");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The owner is served again once the idle clients are gone.
+        let out = bounded(common::thinly().to_str().unwrap(), &["list", "--pool", s.pool()], 60);
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("vol0"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the control socket did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = s.stop();
+    assert!(log.contains("too many clients"), "{log}");
+    if thinly_test_support::find_tool("setpriv").is_some() {
+        assert!(log.contains("refused another user"), "{log}");
+    }
+}
+
+#[test]
+fn idle_timeout_closes_a_quiet_handshaked_connection_with_a_log_line() {
+    use std::io::Read;
+    if !have_clients() {
+        return;
+    }
+    let mut s = Served::start(&["--idle-timeout", "1"]);
+    // A handshaked client that then sends nothing is closed: the read ends before our
+    // own 20 s guard.
+    let mut c = std::os::unix::net::UnixStream::connect(s.socket()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut greeting = [0u8; 18];
+    c.read_exact(&mut greeting).unwrap();
+    use std::io::Write;
+    c.write_all(&3u32.to_be_bytes()).unwrap(); // fixed newstyle, no zeroes
+    let mut export_name = 0x4948_4156_454F_5054u64.to_be_bytes().to_vec(); // IHAVEOPT
+    export_name.extend_from_slice(&1u32.to_be_bytes());
+    export_name.extend_from_slice(&4u32.to_be_bytes());
+    export_name.extend_from_slice(b"vol0");
+    c.write_all(&export_name).unwrap();
+    let mut reply = [0u8; 10];
+    c.read_exact(&mut reply).unwrap(); // size and flags: transmission begins
+    let mut rest = Vec::new();
+    let r = c.read_to_end(&mut rest);
+    assert!(
+        r.is_ok() || r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "an idle connection outlived --idle-timeout: {r:?}"
+    );
+    let log = s.stop();
+    assert!(log.contains("idle timeout"), "{log}");
+}
+
+#[test]
+fn export_flags_serve_only_the_named_volumes() {
+    if !have_clients() {
+        return;
+    }
+    let mut s = Served::start(&["--export", "vol0", "--export", "data"]);
+    thinly(&["create", "data", "--size", "1M", "--pool", s.pool()]);
+    thinly(&["create", "secret", "--size", "1M", "--pool", s.pool()]);
+    let list = ok("nbdinfo", &["--list", "--json", &s.uri("")], 30);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let mut names: Vec<&str> = v["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["export-name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["data", "vol0"]);
+    assert!(bounded("nbdinfo", &["--size", &s.uri("data")], 30).status.success());
+    assert!(!bounded("nbdinfo", &["--size", &s.uri("secret")], 30).status.success());
+    s.stop();
 }

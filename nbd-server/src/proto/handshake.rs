@@ -105,6 +105,21 @@ pub enum Status {
     Finished,
     /// The client aborted (or the handshake ended without an export); close.
     Closed,
+    /// STARTTLS was acknowledged: send the output, run the TLS handshake on the socket
+    /// (nothing else may have been received), then call `tls_started`.
+    StartTls,
+}
+
+/// How a listener treats TLS (§4.4.3's server modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// NOTLS: STARTTLS is refused with `ERR_POLICY`.
+    #[default]
+    Off,
+    /// SELECTIVETLS: a client may upgrade, or not.
+    On,
+    /// FORCEDTLS: before TLS only STARTTLS and ABORT; the rest gets `ERR_TLS_REQD`.
+    Require,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +135,8 @@ enum State {
         remaining: u32,
         reply: u32,
     },
+    /// Waiting for the driver's TLS handshake after STARTTLS was acknowledged.
+    StartTls,
     Finished,
     Closed,
 }
@@ -138,6 +155,8 @@ pub struct Handshake {
     meta: Option<(String, Vec<MetaContext>)>,
     nr_options: u32,
     shutting_down: bool,
+    tls_mode: TlsMode,
+    tls_active: bool,
     result: Option<Negotiated>,
 }
 
@@ -160,8 +179,35 @@ impl Handshake {
             meta: None,
             nr_options: 0,
             shutting_down: false,
+            tls_mode: TlsMode::Off,
+            tls_active: false,
             result: None,
         }
+    }
+
+    /// Sets the listener's TLS mode; call before the first `receive`.
+    pub fn set_tls_mode(&mut self, mode: TlsMode) {
+        self.tls_mode = mode;
+    }
+
+    /// The driver finished the TLS handshake after `Status::StartTls`. Everything
+    /// negotiated before is forgotten (§4.4.3): header mode and meta contexts.
+    pub fn tls_started(&mut self) {
+        assert_eq!(self.state, State::StartTls, "tls_started without STARTTLS");
+        self.tls_active = true;
+        self.mode = HeaderMode::Compact;
+        self.meta = None;
+        self.expect_option_header();
+    }
+
+    /// Whether TLS is running on this connection.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    /// FORCEDTLS before the upgrade: only STARTTLS and ABORT are allowed.
+    fn tls_required(&self) -> bool {
+        self.tls_mode == TlsMode::Require && !self.tls_active
     }
 
     /// From now on every option but ABORT is answered `ERR_SHUTDOWN` (§4.3).
@@ -174,6 +220,7 @@ impl Handshake {
         match self.state {
             State::Finished => Status::Finished,
             State::Closed => Status::Closed,
+            State::StartTls => Status::StartTls,
             _ => Status::NeedInput,
         }
     }
@@ -239,7 +286,7 @@ impl Handshake {
             }
             State::OptionData { option } => self.option(option, unit),
             // receive() never calls process in these states.
-            State::Skip { .. } | State::Finished | State::Closed => Ok(()),
+            State::Skip { .. } | State::StartTls | State::Finished | State::Closed => Ok(()),
         }
     }
 
@@ -304,6 +351,11 @@ impl Handshake {
                 reason: "export name too long",
             });
         }
+        if self.tls_required() && option != OPT_ABORT {
+            self.reply_error(option, REP_ERR_TLS_REQD, "start TLS first");
+            self.expect_option_header();
+            return Ok(());
+        }
         self.reply_error(option, reply, "option not supported or too large");
         self.expect_option_header();
         Ok(())
@@ -328,6 +380,15 @@ impl Handshake {
             self.reply_error(option, REP_ERR_SHUTDOWN, "server shutting down");
             return Ok(());
         }
+        if self.tls_required() && option != OPT_STARTTLS {
+            if option == OPT_EXPORT_NAME {
+                // No reply is possible to EXPORT_NAME: hard disconnect (§4.4.3).
+                let name = String::from_utf8_lossy(data).into_owned();
+                return Err(ProtocolError::ExportNameFailed { name, reason: "TLS required" });
+            }
+            self.reply_error(option, REP_ERR_TLS_REQD, "start TLS first");
+            return Ok(());
+        }
         if !self.fixed_newstyle && option != OPT_EXPORT_NAME {
             self.reply_error(option, REP_ERR_INVALID, "fixed newstyle not negotiated");
             return Ok(());
@@ -339,11 +400,7 @@ impl Handshake {
                 Ok(())
             }
             OPT_STARTTLS => {
-                if data.is_empty() {
-                    self.reply_error(option, REP_ERR_POLICY, "TLS is not configured");
-                } else {
-                    self.reply_error(option, REP_ERR_INVALID, "STARTTLS takes no data");
-                }
+                self.starttls(data);
                 Ok(())
             }
             OPT_INFO | OPT_GO => {
@@ -362,6 +419,19 @@ impl Handshake {
                 self.reply_error(option, REP_ERR_UNSUP, "unknown option");
                 Ok(())
             }
+        }
+    }
+
+    fn starttls(&mut self, data: &[u8]) {
+        if !data.is_empty() {
+            self.reply_error(OPT_STARTTLS, REP_ERR_INVALID, "STARTTLS takes no data");
+        } else if self.tls_mode == TlsMode::Off {
+            self.reply_error(OPT_STARTTLS, REP_ERR_POLICY, "TLS is not enabled here");
+        } else if self.tls_active {
+            self.reply_error(OPT_STARTTLS, REP_ERR_INVALID, "TLS is already running");
+        } else {
+            self.reply(OPT_STARTTLS, REP_ACK, &[]);
+            self.state = State::StartTls;
         }
     }
 

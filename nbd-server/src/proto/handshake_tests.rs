@@ -299,3 +299,74 @@ fn an_exports_extra_contexts_are_listed_under_their_prefix_and_selected_by_name(
     let s1 = MetaContext::Extra { id: FIRST_EXTRA_ID, name: "qemu:dirty-bitmap:s1".into() };
     assert_eq!(n.contexts, vec![MetaContext::BaseAllocation, s1]);
 }
+
+fn started_with_tls(mode: TlsMode) -> Handshake {
+    let mut hs = Handshake::new(registry());
+    hs.set_tls_mode(mode);
+    hs.take_output();
+    assert_eq!(hs.receive(&3u32.to_be_bytes()), Ok(4));
+    hs
+}
+
+#[test]
+fn required_tls_refuses_every_option_but_starttls_and_abort_with_tls_reqd() {
+    let mut hs = started_with_tls(TlsMode::Require);
+    for (option, data) in [
+        (OPT_LIST, Vec::new()),
+        (OPT_INFO, info_data("disk", &[])),
+        (OPT_GO, info_data("disk", &[])),
+        (OPT_STRUCTURED_REPLY, Vec::new()),
+        (OPT_SET_META_CONTEXT, meta_data("disk", &["base:allocation"])),
+        (99, vec![1, 2, 3]),
+    ] {
+        let r = send(&mut hs, &opt(option, &data));
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].0, r[0].1), (option, REP_ERR_TLS_REQD));
+    }
+    assert_eq!(hs.status(), Status::NeedInput);
+    assert!(hs.receive(&opt(OPT_EXPORT_NAME, b"disk")).is_err(), "EXPORT_NAME: hard disconnect");
+    assert_eq!(hs.status(), Status::Closed);
+}
+
+#[test]
+fn starttls_is_acknowledged_then_negotiation_starts_afresh_over_tls() {
+    let mut hs = started_with_tls(TlsMode::Require);
+    let mut input = opt(OPT_STARTTLS, &[]);
+    input.extend_from_slice(b"client hello bytes");
+    assert_eq!(hs.receive(&input), Ok(16), "stops at the end of STARTTLS");
+    assert_eq!(hs.status(), Status::StartTls);
+    let r = replies(&hs.take_output());
+    assert_eq!(r, vec![(OPT_STARTTLS, REP_ACK, Vec::new())]);
+    hs.tls_started();
+    assert!(hs.tls_active());
+    let r = send(&mut hs, &opt(OPT_STARTTLS, &[]));
+    assert_eq!((r[0].0, r[0].1), (OPT_STARTTLS, REP_ERR_INVALID), "a second STARTTLS");
+    let r = send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]));
+    assert_eq!(r[0].1, REP_ACK);
+    send(&mut hs, &opt(OPT_GO, &info_data("disk", &[])));
+    assert_eq!(hs.status(), Status::Finished);
+}
+
+#[test]
+fn starttls_forgets_structured_replies_and_meta_contexts_negotiated_before() {
+    let mut hs = started_with_tls(TlsMode::On);
+    assert_eq!(send(&mut hs, &opt(OPT_STRUCTURED_REPLY, &[]))[0].1, REP_ACK);
+    send(&mut hs, &opt(OPT_SET_META_CONTEXT, &meta_data("disk", &["base:allocation"])));
+    send(&mut hs, &opt(OPT_STARTTLS, &[]));
+    hs.tls_started();
+    send(&mut hs, &opt(OPT_GO, &info_data("disk", &[])));
+    let n = hs.into_negotiated().unwrap();
+    assert_eq!(n.mode, HeaderMode::Compact);
+    assert!(n.contexts.is_empty());
+}
+
+#[test]
+fn optional_tls_serves_clients_that_do_not_upgrade_and_off_refuses_starttls() {
+    let mut hs = started_with_tls(TlsMode::On);
+    let r = send(&mut hs, &opt(OPT_LIST, &[]));
+    assert_eq!(r.last().unwrap().1, REP_ACK);
+    let mut hs = started_with_tls(TlsMode::Off);
+    let r = send(&mut hs, &opt(OPT_STARTTLS, &[]));
+    assert_eq!(r[0].1, REP_ERR_POLICY);
+    assert_eq!(hs.status(), Status::NeedInput);
+}

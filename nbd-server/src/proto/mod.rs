@@ -15,7 +15,7 @@ pub mod validate;
 mod wire;
 
 pub use error::{NbdErrno, ProtocolError};
-pub use handshake::{transmission_flags, BlockSizes, Handshake, Negotiated, Status};
+pub use handshake::{transmission_flags, BlockSizes, Handshake, Negotiated, Status, TlsMode};
 pub use meta::MetaContext;
 pub use reply::ReplyTo;
 pub use request::{HeaderMode, RequestHeader};

@@ -21,14 +21,13 @@ use tracing::{debug, info, warn};
 use super::budget::Budget;
 use super::dispatch::execute;
 use super::stream::Stream;
-use super::Shared;
+use super::{tls, Shared};
 use crate::export::Export;
-use crate::limits::{
-    MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS, READ_BUFFER_BYTES, WRITE_TIMEOUT,
-};
+use crate::limits::{READ_BUFFER_BYTES, WRITE_TIMEOUT};
 use crate::proto::consts::{CMD_DISC, CMD_READ};
 use crate::proto::{
-    reply, validate, Command, Handshake, Negotiated, ReplyTo, RequestHeader, Session, Status,
+    reply, validate, Command, Handshake, NbdErrno, Negotiated, ReplyTo, RequestHeader, Session,
+    Status, TlsMode,
 };
 
 /// Largest READ or WRITE the reader serves itself (larger ones overlap better on workers).
@@ -47,11 +46,28 @@ struct Conn {
     export: Arc<dyn Export>,
     session: Session,
     writer: Mutex<Stream>,
-    budget: Budget,
+    budget: Arc<Budget>,
+    /// The whole server's budget of bytes in flight, shared by every connection.
+    server_budget: Arc<Budget>,
     broken: AtomicBool,
 }
 
 impl Conn {
+    /// Takes `cost` from this connection's budget, then from the server's (in that
+    /// order, everywhere, so no cycle of waiting can form); returns the charge.
+    fn acquire(&self, cost: u64) -> u64 {
+        let charged = self.budget.acquire(cost);
+        let server = self.server_budget.acquire(charged);
+        debug_assert_eq!(server, charged, "the server budget is the larger one");
+        charged
+    }
+
+    /// Returns what `acquire` took.
+    fn release(&self, charged: u64) {
+        self.server_budget.release(charged);
+        self.budget.release(charged);
+    }
+
     /// Sends one complete reply. A failure marks the connection broken and shuts the
     /// socket down so the reader stops too.
     fn send(&self, bytes: &[u8]) {
@@ -68,33 +84,68 @@ impl Conn {
 }
 
 /// Serves one accepted connection until it ends.
-pub(super) fn serve(stream: Stream, shared: &Shared) {
+pub(super) fn serve(stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &Shared) {
     let peer = stream.peer();
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    match handshake(&stream, shared) {
-        Ok(Some((negotiated, leftover))) => {
-            info!(%peer, export = %negotiated.export_name, mode = ?negotiated.mode, "client connected");
-            if let Err(e) = transmission(stream, negotiated, leftover, shared) {
-                debug!(%peer, error = %e, "connection setup failed");
+    let started = Instant::now();
+    match handshake(stream, tls, shared) {
+        Ok(Some((stream, negotiated, leftover))) => {
+            let identity = stream.tls_identity().unwrap_or("-").to_owned();
+            let tls = matches!(stream, Stream::Tls(_));
+            let export = negotiated.export_name.clone();
+            debug!(%peer, %identity, tls, %export, mode = ?negotiated.mode, "client connected");
+            match transmission(stream, negotiated, leftover, budget, shared) {
+                // The one line per connection: who, what, how much, how long.
+                Ok(t) => info!(
+                    %peer, %identity, tls, %export,
+                    read_bytes = t.read_bytes, written_bytes = t.written_bytes,
+                    nr_requests = t.nr_requests, duration_ms = started.elapsed().as_millis() as u64,
+                    "connection closed"
+                ),
+                Err(e) => debug!(%peer, error = %e, "connection setup failed"),
             }
         }
         Ok(None) => debug!(%peer, "handshake ended without an export"),
-        Err(e) => info!(%peer, error = %e, "handshake failed; disconnecting"),
+        Err(e) => {
+            if let Some(suppressed) = shared.refusals.admit() {
+                info!(%peer, error = %e, suppressed, "handshake failed; disconnecting");
+            }
+        }
     }
 }
 
-/// Drives the handshake state machine over the socket, within the handshake timeout.
-/// Returns the negotiated state and any bytes already read past the handshake.
-fn handshake(stream: &Stream, shared: &Shared) -> io::Result<Option<(Negotiated, Vec<u8>)>> {
+/// What a finished handshake hands to transmission: the stream (TLS after STARTTLS),
+/// the negotiated state and any bytes already read past the handshake.
+type Handshaken = (Stream, Negotiated, Vec<u8>);
+
+/// Drives the handshake state machine over the socket, within the handshake timeout,
+/// upgrading the stream to TLS on an acknowledged STARTTLS.
+fn handshake(mut stream: Stream, tls: TlsMode, shared: &Shared) -> io::Result<Option<Handshaken>> {
     let deadline = shared.config.handshake_timeout.map(|t| Instant::now() + t);
     let mut hs = Handshake::new(Arc::clone(&shared.registry));
+    hs.set_tls_mode(tls);
     let mut rd = stream.try_clone()?;
     let mut wr = stream.try_clone()?;
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let mut pending = 0; // bytes of `buf` read but not yet consumed by `hs`
     loop {
         let out = hs.take_output();
         if !out.is_empty() {
             wr.write_all(&out)?;
+        }
+        if hs.status() == Status::StartTls {
+            // The client must wait for our ACK before its TLS hello: bytes already
+            // here are not TLS (garbage after STARTTLS).
+            if pending > 0 {
+                let msg = "bytes after STARTTLS before its reply";
+                return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+            }
+            let config = shared.config.tls.as_ref().ok_or_else(|| io::Error::other("no TLS"))?;
+            stream = tls::accept(config, stream, deadline)?;
+            rd = stream.try_clone()?;
+            wr = stream.try_clone()?;
+            hs.tls_started();
+            continue;
         }
         if hs.status() != Status::NeedInput {
             return Ok(None);
@@ -113,11 +164,12 @@ fn handshake(stream: &Stream, shared: &Shared) -> io::Result<Option<(Negotiated,
         }
         let used =
             hs.receive(&buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        pending = n - used;
         if hs.status() == Status::Finished {
             let out = hs.take_output();
             wr.write_all(&out)?;
             let leftover = buf[used..n].to_vec();
-            return Ok(hs.into_negotiated().map(|n| (n, leftover)));
+            return Ok(hs.into_negotiated().map(|n| (stream, n, leftover)));
         }
     }
 }
@@ -126,29 +178,41 @@ fn transmission(
     stream: Stream,
     negotiated: Negotiated,
     leftover: Vec<u8>,
+    budget: Arc<Budget>,
     shared: &Shared,
-) -> io::Result<()> {
+) -> io::Result<Traffic> {
     stream.set_read_timeout(shared.config.idle_timeout)?;
     let conn = Conn {
         export: Arc::clone(&negotiated.export),
         session: Session::from_negotiated(&negotiated),
         writer: Mutex::new(stream.try_clone()?),
-        budget: Budget::new(MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS),
+        budget,
+        server_budget: Arc::clone(&shared.server_budget),
         broken: AtomicBool::new(false),
     };
     let reader = io::Cursor::new(leftover).chain(stream.try_clone()?);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Mutex::new(rx);
-    std::thread::scope(|s| {
+    let traffic = std::thread::scope(|s| {
         for _ in 0..shared.config.workers_per_connection.max(1) {
             s.spawn(|| worker(&conn, &rx));
         }
         let poll = shared.config.busy_poll.map(|budget| (&stream, budget));
-        read_requests(&mut reader, &conn, tx, poll);
+        read_requests(&mut reader, &conn, tx, poll, &shared.shutting_down)
     });
     let _ = stream.shutdown(Shutdown::Both);
-    Ok(())
+    Ok(traffic)
+}
+
+/// What a connection did, for its closing log line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    /// Bytes asked for by valid READs.
+    read_bytes: u64,
+    /// Bytes carried by valid WRITEs.
+    written_bytes: u64,
+    nr_requests: u64,
 }
 
 fn worker(conn: &Conn, rx: &Mutex<Receiver<Job>>) {
@@ -160,7 +224,7 @@ fn worker(conn: &Conn, rx: &Mutex<Receiver<Job>>) {
         execute(conn.export.as_ref(), &conn.session, job.to, job.command, &job.payload, &mut out);
         drop(job.payload);
         conn.send(&out);
-        conn.budget.release(job.charged);
+        conn.release(job.charged);
         if out.capacity() > READ_BUFFER_BYTES {
             out = Vec::new();
         }
@@ -186,8 +250,10 @@ fn read_requests<R: Read>(
     conn: &Conn,
     tx: Sender<Job>,
     poll: Option<(&Stream, Duration)>,
-) {
+    draining: &AtomicBool,
+) -> Traffic {
     let mode = conn.session.mode;
+    let mut traffic = Traffic::default();
     let mut poller = poll.map(|(stream, max)| Poller::new(stream, max));
     let end = loop {
         if conn.broken.load(Ordering::Relaxed) {
@@ -226,14 +292,29 @@ fn read_requests<R: Read>(
             Err(e) => break End::Error(e.to_string()),
         };
         let reply_len = if header.command == CMD_READ { header.length } else { 0 };
-        let charged = conn.budget.acquire((payload_len as u64).saturating_add(reply_len));
+        let charged = conn.acquire((payload_len as u64).saturating_add(reply_len));
         let mut payload = vec![0u8; payload_len];
         if let Err(e) = reader.read_exact(&mut payload) {
-            conn.budget.release(charged);
+            conn.release(charged);
             break End::Error(format!("truncated payload: {e}"));
         }
         let to = ReplyTo { mode, cookie: header.cookie, offset: header.offset };
-        match validate(&header, &conn.session) {
+        if draining.load(Ordering::Relaxed) {
+            // §9.4: new requests during a drain are answered ESHUTDOWN.
+            let mut out = Vec::new();
+            reply::error(&mut out, to, NbdErrno::Shutdown);
+            conn.send(&out);
+            conn.release(charged);
+            continue;
+        }
+        traffic.nr_requests += 1;
+        let validated = validate(&header, &conn.session);
+        match &validated {
+            Ok(Command::Read { len, .. }) => traffic.read_bytes += len,
+            Ok(Command::Write { len, .. }) => traffic.written_bytes += len,
+            _ => {}
+        }
+        match validated {
             Ok(command) if serve_inline(&command, conn, reader.buffer().is_empty()) => {
                 // The client waits for this reply (nothing else in flight, nothing more
                 // received): answer it here rather than hand it to a worker and back.
@@ -241,11 +322,11 @@ fn read_requests<R: Read>(
                 execute(conn.export.as_ref(), &conn.session, to, command, &payload, &mut out);
                 drop(payload);
                 conn.send(&out);
-                conn.budget.release(charged);
+                conn.release(charged);
             }
             Ok(command) => {
                 if let Err(mpsc::SendError(job)) = tx.send(Job { to, command, payload, charged }) {
-                    conn.budget.release(job.charged);
+                    conn.release(job.charged);
                     break End::Broken;
                 }
             }
@@ -254,7 +335,7 @@ fn read_requests<R: Read>(
                 let mut out = Vec::new();
                 reply::error(&mut out, to, errno);
                 conn.send(&out);
-                conn.budget.release(charged);
+                conn.release(charged);
             }
         }
     };
@@ -262,8 +343,10 @@ fn read_requests<R: Read>(
         End::Error(e) => {
             warn!(error = %e, "protocol error; disconnecting after in-flight requests")
         }
+        End::Idle => info!("idle timeout: nothing in flight and nothing received; closing"),
         other => debug!(end = ?other, "client finished"),
     }
+    traffic
 }
 
 /// Adaptive busy-polling of one connection's socket (as QEMU's event loop polls): the

@@ -5,6 +5,7 @@
 
 use crate::export::{zero_pieces, Export, Extent, ZeroFlags};
 use crate::limits::{MAX_BLOCK_STATUS_QUERY_BYTES, MAX_EXTENTS_PER_CHUNK};
+use crate::proto::consts::REPLY_TYPE_NONE;
 use crate::proto::reply::{self, ReplyTo};
 use crate::proto::{Command, HeaderMode, MetaContext, NbdErrno, Session};
 
@@ -55,7 +56,9 @@ fn read(export: &dyn Export, to: ReplyTo, offset: u64, len: u64, df: bool, out: 
     let n = len as usize; // validate() capped len at MAX_PAYLOAD_BYTES
     match to.mode {
         HeaderMode::Compact => reply::simple(out, to.cookie, 0),
-        _ if len == 0 => return reply::ok(out, to),
+        // Chunked modes answer READ with chunks only, even with no data (§6.4): a NONE
+        // chunk with DONE.
+        _ if len == 0 => return reply::chunk_header(out, to, true, REPLY_TYPE_NONE, 0),
         _ => reply::offset_data_header(out, to, true, offset, len),
     }
     let data_at = out.len();
@@ -389,6 +392,19 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].0, c[0].1), (REPLY_TYPE_ERROR, REPLY_FLAG_DONE));
         assert_eq!(&c[0].2[..4], &NbdErrno::Io.code().to_be_bytes());
+    }
+
+    #[test]
+    fn a_zero_length_read_in_structured_mode_is_one_none_chunk_not_a_simple_reply() {
+        let m = MemExport::new(1 << 20);
+        let out = structured_read(&m, 4096, 0, false);
+        assert_eq!(chunks(&out), vec![(REPLY_TYPE_NONE, REPLY_FLAG_DONE, Vec::new())]);
+        let to = ReplyTo { mode: HeaderMode::Extended, cookie: 1, offset: 0 };
+        let mut out = Vec::new();
+        let cmd = Command::Read { offset: 0, len: 0, df: false };
+        execute(&m, &session(HeaderMode::Extended), to, cmd, &[], &mut out);
+        assert_eq!(&out[..4], &EXTENDED_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(u16::from_be_bytes([out[6], out[7]]), REPLY_TYPE_NONE);
     }
 
     #[test]

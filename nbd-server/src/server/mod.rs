@@ -2,14 +2,18 @@
 //! few workers each (see `conn`), and graceful shutdown.
 //!
 //! Life cycle: `Server::new` → `listen_tcp` / `listen_unix` → `start` (spawns the
-//! accept loop) → `ServerHandle::shutdown`: stop accepting, stop reading new requests
-//! on every connection, let in-flight requests finish and their replies go out, join
-//! every thread, remove our Unix socket files, and return. The caller then commits.
+//! accept loop) → `ServerHandle::shutdown`, which drains (§9.4): stop accepting; answer
+//! new requests `ESHUTDOWN` (the client should then disconnect); close every connection
+//! as soon as it has nothing in flight, letting in-flight requests finish and their
+//! replies go out; at the drain time limit (`ServerConfig::drain_timeout`) hard-close
+//! what is left, so a client that keeps sending cannot hold the server; join every
+//! thread, remove our Unix socket files, and return. The caller then commits.
 
 mod budget;
 mod conn;
 pub mod dispatch;
 mod stream;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -27,11 +31,15 @@ use tracing::{info, warn};
 
 pub use self::budget::Budget;
 pub use self::stream::Stream;
+pub use self::tls::{Tls, TlsError, TlsSettings};
 use crate::export::ExportRegistry;
 use crate::limits::{
-    ACCEPT_POLL_INTERVAL_MS, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, MAX_CONNECTIONS,
+    ACCEPT_POLL_INTERVAL_MS, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DRAIN_POLL_INTERVAL, LOG_RATE_INTERVAL, MAX_CONNECTIONS,
+    MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS, MAX_SERVER_IN_FLIGHT_BYTES,
     WORKERS_PER_CONNECTION,
 };
+use crate::proto::TlsMode;
 
 /// Tunables of a server; `Default` gives the values in `limits`.
 #[derive(Debug, Clone)]
@@ -43,7 +51,8 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// Worker threads per connection.
     pub workers_per_connection: usize,
-    /// Connections served at once.
+    /// Connections served at once by each listener (counted per listener, so a flood on
+    /// TCP cannot lock out the unix socket's clients).
     pub max_connections: usize,
     /// Busy-poll: a connection's reader, finding nothing to read and nothing in flight,
     /// polls the socket up to this long before it sleeps. Saves the wake-up of a sleeping
@@ -52,6 +61,15 @@ pub struct ServerConfig {
     /// requests come later than the maximum, down to no polling, and grows back while
     /// they come within it. `None` (the default): never spin.
     pub busy_poll: Option<Duration>,
+    /// Certificates and keys for listeners whose TLS mode is not `Off`.
+    pub tls: Option<Arc<Tls>>,
+    /// How long shutdown waits for connections with requests in flight before it
+    /// closes them anyway.
+    pub drain_timeout: Duration,
+    /// Bytes of request payload and reply data in flight over all connections (at
+    /// least one connection's worth); a reader waits for room, so clients that do not
+    /// read their replies get back-pressure, not server memory.
+    pub max_server_in_flight_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +80,9 @@ impl Default for ServerConfig {
             workers_per_connection: WORKERS_PER_CONNECTION,
             max_connections: MAX_CONNECTIONS,
             busy_poll: None,
+            tls: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_server_in_flight_bytes: MAX_SERVER_IN_FLIGHT_BYTES,
         }
     }
 }
@@ -72,9 +93,51 @@ pub(crate) struct Shared {
     config: ServerConfig,
     shutting_down: AtomicBool,
     next_id: AtomicU64,
-    /// A second handle to each live connection, so shutdown can stop its reader.
-    live: Mutex<HashMap<u64, Stream>>,
+    /// A second handle to each live connection and its in-flight budget, so shutdown
+    /// can see which are idle and stop their readers.
+    live: Mutex<HashMap<u64, LiveConn>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Warnings about refused connections, at most one a second.
+    refusals: RateLimit,
+    /// Bytes in flight over all connections (see `ServerConfig::max_server_in_flight_bytes`).
+    server_budget: Arc<Budget>,
+}
+
+/// What shutdown and the connection caps need of a live connection.
+struct LiveConn {
+    stream: Stream,
+    budget: Arc<Budget>,
+    /// Index of the listener that accepted it.
+    listener: usize,
+}
+
+/// Lets a repeated warning through at most once per `LOG_RATE_INTERVAL`, counting the
+/// ones it held back, so a client reconnecting in a loop cannot flood the log.
+pub(crate) struct RateLimit {
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        Self { state: Mutex::new((None, 0)) }
+    }
+
+    /// `Some(n)`: log now, `n` similar events were suppressed since the last line.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match s.0 {
+            Some(last) if now.duration_since(last) < LOG_RATE_INTERVAL => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = s.1;
+                *s = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -84,8 +147,9 @@ impl Shared {
 }
 
 enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener, TlsMode),
+    /// The path is removed at shutdown (None: someone else owns it, e.g. systemd).
+    Unix(UnixListener, Option<PathBuf>, TlsMode),
 }
 
 /// A server being configured.
@@ -99,29 +163,76 @@ impl Server {
     pub fn new(registry: Arc<dyn ExportRegistry>, config: ServerConfig) -> Self {
         let shared = Shared {
             registry,
-            config,
+            config: config.clone(),
             shutting_down: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
+            refusals: RateLimit::new(),
+            server_budget: Arc::new(Budget::new(
+                config.max_server_in_flight_bytes.max(MAX_IN_FLIGHT_BYTES),
+                usize::MAX,
+            )),
         };
         Self { shared: Arc::new(shared), listeners: Vec::new() }
     }
 
-    /// Listens on a TCP address (port 0 picks one); returns the bound address.
+    /// Listens on a TCP address (port 0 picks one) without TLS; returns the bound address.
     pub fn listen_tcp(&mut self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+        self.listen_tcp_tls(addr, TlsMode::Off)
+    }
+
+    /// Listens on a TCP address with a TLS mode (not `Off` needs `ServerConfig::tls`).
+    pub fn listen_tcp_tls(
+        &mut self,
+        addr: impl ToSocketAddrs,
+        tls: TlsMode,
+    ) -> io::Result<SocketAddr> {
+        self.check_tls(tls)?;
         let l = TcpListener::bind(addr)?;
         l.set_nonblocking(true)?;
         let bound = l.local_addr()?;
-        self.listeners.push(Listener::Tcp(l));
+        self.listeners.push(Listener::Tcp(l, tls));
         Ok(bound)
     }
 
-    /// Listens on a Unix socket at `path` (which must not exist); removed at shutdown.
+    /// Listens on a Unix socket at `path` (which must not exist) without TLS; removed at
+    /// shutdown.
     pub fn listen_unix(&mut self, path: &Path) -> io::Result<()> {
+        self.listen_unix_tls(path, TlsMode::Off)
+    }
+
+    /// Listens on a Unix socket with a TLS mode (not `Off` needs `ServerConfig::tls`).
+    pub fn listen_unix_tls(&mut self, path: &Path, tls: TlsMode) -> io::Result<()> {
+        self.check_tls(tls)?;
         let l = UnixListener::bind(path)?;
         l.set_nonblocking(true)?;
-        self.listeners.push(Listener::Unix(l, path.to_owned()));
+        self.listeners.push(Listener::Unix(l, Some(path.to_owned()), tls));
+        Ok(())
+    }
+
+    /// Serves on a TCP listener made elsewhere (systemd socket activation).
+    pub fn add_tcp_listener(&mut self, l: TcpListener, tls: TlsMode) -> io::Result<SocketAddr> {
+        self.check_tls(tls)?;
+        l.set_nonblocking(true)?;
+        let bound = l.local_addr()?;
+        self.listeners.push(Listener::Tcp(l, tls));
+        Ok(bound)
+    }
+
+    /// Serves on a Unix listener made elsewhere; its file is left alone at shutdown.
+    pub fn add_unix_listener(&mut self, l: UnixListener, tls: TlsMode) -> io::Result<()> {
+        self.check_tls(tls)?;
+        l.set_nonblocking(true)?;
+        self.listeners.push(Listener::Unix(l, None, tls));
+        Ok(())
+    }
+
+    fn check_tls(&self, tls: TlsMode) -> io::Result<()> {
+        if tls != TlsMode::Off && self.shared.config.tls.is_none() {
+            let msg = "a TLS listener needs certificates or a PSK file";
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        }
         Ok(())
     }
 
@@ -135,8 +246,8 @@ impl Server {
         let paths = listeners
             .iter()
             .filter_map(|l| match l {
-                Listener::Unix(_, p) => Some(p.clone()),
-                Listener::Tcp(_) => None,
+                Listener::Unix(_, p, _) => p.clone(),
+                Listener::Tcp(..) => None,
             })
             .collect();
         let accept = std::thread::Builder::new()
@@ -159,22 +270,26 @@ impl ServerHandle {
         self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Graceful shutdown: stop accepting, let in-flight requests finish and be
-    /// answered, close every connection, and return once every thread has ended.
+    /// Starts draining without waiting: from now on new requests get `ESHUTDOWN` and
+    /// handshakes `ERR_SHUTDOWN`. `shutdown` finishes the job.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Graceful shutdown (see the module doc): drain within the time limit, close every
+    /// connection, and return once every thread has ended.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.begin_shutdown();
         if let Some(accept) = self.accept.take() {
             if accept.join().is_err() {
                 warn!("accept thread panicked");
             }
         }
-        for s in self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            let _ = s.shutdown(Shutdown::Read);
-        }
+        self.drain();
         let threads =
             std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
@@ -186,6 +301,36 @@ impl ServerHandle {
             let _ = std::fs::remove_file(p);
         }
         info!("server stopped");
+    }
+}
+
+impl ServerHandle {
+    /// Closes each connection once nothing is in flight on it; at the time limit,
+    /// closes the rest both ways (a blocked reply send then fails at once).
+    fn drain(&self) {
+        let deadline = std::time::Instant::now() + self.shared.config.drain_timeout;
+        loop {
+            let live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
+            if live.is_empty() {
+                return;
+            }
+            let late = std::time::Instant::now() >= deadline;
+            if late {
+                warn!(nr_connections = live.len(), "drain time limit reached; closing");
+            }
+            for LiveConn { stream, budget, .. } in live.values() {
+                if late {
+                    let _ = stream.shutdown(Shutdown::Both);
+                } else if budget.requests_in_flight() == 0 {
+                    let _ = stream.shutdown(Shutdown::Read);
+                }
+            }
+            drop(live);
+            if late {
+                return;
+            }
+            std::thread::sleep(DRAIN_POLL_INTERVAL);
+        }
     }
 }
 
@@ -202,8 +347,8 @@ fn accept_loop(shared: &Arc<Shared>, listeners: &[Listener]) {
         let mut fds: Vec<PollFd> = listeners
             .iter()
             .map(|l| match l {
-                Listener::Tcp(l) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
-                Listener::Unix(l, _) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
+                Listener::Tcp(l, _) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
+                Listener::Unix(l, _, _) => PollFd::new(l.as_fd(), PollFlags::POLLIN),
             })
             .collect();
         if let Err(e) = poll(&mut fds, PollTimeout::from(ACCEPT_POLL_INTERVAL_MS)) {
@@ -213,26 +358,27 @@ fn accept_loop(shared: &Arc<Shared>, listeners: &[Listener]) {
             }
             continue;
         }
-        for l in listeners {
-            while let Some(stream) = accept_one(l) {
-                spawn_connection(shared, stream);
+        for (i, l) in listeners.iter().enumerate() {
+            while let Some((stream, tls)) = accept_one(l) {
+                spawn_connection(shared, stream, tls, i);
             }
         }
         reap_finished(shared);
     }
 }
 
-/// Accepts one pending connection, if any, as a blocking stream.
-fn accept_one(l: &Listener) -> Option<Stream> {
+/// Accepts one pending connection, if any, as a blocking stream, with its listener's
+/// TLS mode.
+fn accept_one(l: &Listener) -> Option<(Stream, TlsMode)> {
     let accepted = match l {
-        Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
+        Listener::Tcp(l, tls) => l.accept().and_then(|(s, _)| {
             s.set_nodelay(true)?;
             s.set_nonblocking(false)?;
-            Ok(Stream::Tcp(s))
+            Ok((Stream::Tcp(s), *tls))
         }),
-        Listener::Unix(l, _) => l.accept().and_then(|(s, _)| {
+        Listener::Unix(l, _, tls) => l.accept().and_then(|(s, _)| {
             s.set_nonblocking(false)?;
-            Ok(Stream::Unix(s))
+            Ok((Stream::Unix(s), *tls))
         }),
     };
     match accepted {
@@ -245,21 +391,27 @@ fn accept_one(l: &Listener) -> Option<Stream> {
     }
 }
 
-fn spawn_connection(shared: &Arc<Shared>, stream: Stream) {
+fn spawn_connection(shared: &Arc<Shared>, stream: Stream, tls: TlsMode, listener: usize) {
     let mut live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
-    if live.len() >= shared.config.max_connections {
-        warn!(limit = shared.config.max_connections, "too many connections; refusing one");
+    let nr_here = live.values().filter(|c| c.listener == listener).count();
+    if nr_here >= shared.config.max_connections {
+        if let Some(suppressed) = shared.refusals.admit() {
+            let peer = stream.peer();
+            let limit = shared.config.max_connections;
+            warn!(%peer, limit, suppressed, "too many connections on this listener; refusing");
+        }
         return;
     }
     let Ok(handle) = stream.try_clone() else {
         return;
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    live.insert(id, handle);
+    let budget = Arc::new(Budget::new(MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS));
+    live.insert(id, LiveConn { stream: handle, budget: Arc::clone(&budget), listener });
     drop(live);
     let sh = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name(format!("nbd-conn-{id}")).spawn(move || {
-        conn::serve(stream, &sh);
+        conn::serve(stream, tls, budget, &sh);
         sh.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });
     match spawned {

@@ -3,6 +3,8 @@
 //! that speaks bytes directly (for hostile and edge-case tests).
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -139,9 +141,13 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 // ---- raw client --------------------------------------------------------------
 
+/// A byte stream a raw client speaks over: a Unix socket, or TLS on top of one.
+pub trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
 /// A client that speaks the protocol byte by byte.
 pub struct Raw {
-    pub s: UnixStream,
+    pub s: Box<dyn Io>,
 }
 
 impl Raw {
@@ -149,7 +155,7 @@ impl Raw {
         let s = UnixStream::connect(path).expect("connect");
         s.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
         s.set_write_timeout(Some(SOCKET_TIMEOUT)).unwrap();
-        Self { s }
+        Self { s: Box::new(s) }
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -169,8 +175,10 @@ impl Raw {
             match self.s.read(&mut buf) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+                // Reset, or (TLS) an end without close_notify.
+                Err(_) => return true,
             }
         }
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thinly_engine::pool::{Pool, PoolError};
@@ -20,6 +20,9 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 const MAX_REQUEST_BYTES: u64 = 64 << 10;
 /// A client that sends nothing for this long is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Control clients served at once (a thread each): the CLI uses one per command, so 16
+/// is plenty, and 1 000 idle connections can no longer mean 1 000 threads.
+const MAX_CONTROL_CLIENTS: usize = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -181,20 +184,22 @@ impl ControlServer {
             // lock, so nobody else is serving it.
             std::fs::remove_file(&path)?;
         }
-        let listener = UnixListener::bind(&path)?;
+        // Owner-only from the first moment (umask 077), whatever the caller's umask.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let bound = UnixListener::bind(&path);
+        nix::sys::stat::umask(old);
+        let listener = bound?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let nr_clients = Arc::new(AtomicUsize::new(0));
         let thread = {
             let stop = stop.clone();
             std::thread::Builder::new().name("thinly-control".into()).spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
-                        Ok((stream, _)) => {
-                            let pool = pool.clone();
-                            let _ = std::thread::Builder::new()
-                                .name("thinly-control-client".into())
-                                .spawn(move || serve_client(&pool, stream));
-                        }
+                        Ok((stream, _)) => admit(&pool, stream, &nr_clients),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(50))
                         }
@@ -215,6 +220,42 @@ impl ControlServer {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serves a control client on its own thread if it may manage the pool (same user as
+/// the server, or root: SO_PEERCRED) and fewer than `MAX_CONTROL_CLIENTS` are connected.
+fn admit(pool: &Pool, stream: UnixStream, nr_clients: &Arc<AtomicUsize>) {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let me = nix::unistd::geteuid().as_raw();
+    match getsockopt(&stream, PeerCredentials) {
+        Ok(c) if c.uid() == me || c.uid() == 0 => {}
+        Ok(c) => {
+            tracing::warn!(uid = c.uid(), pid = c.pid(), "control socket: refused another user");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("control socket: no peer credentials: {e}");
+            return;
+        }
+    }
+    if nr_clients.fetch_add(1, Ordering::SeqCst) >= MAX_CONTROL_CLIENTS {
+        nr_clients.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!(
+            limit = MAX_CONTROL_CLIENTS,
+            "control socket: too many clients; refused one"
+        );
+        return;
+    }
+    let pool = pool.clone();
+    let count = Arc::clone(nr_clients);
+    let spawned =
+        std::thread::Builder::new().name("thinly-control-client".into()).spawn(move || {
+            serve_client(&pool, stream);
+            count.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        nr_clients.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -110,6 +110,13 @@ impl Export for VolumeExport {
         self.vol.block_size_bytes().min(1 << 20) as u32
     }
 
+    /// Byte-granular, as qemu-nbd: the pool reads, writes, zeroes and discards any byte
+    /// range (partial blocks are read-modify-written or zeroed), so strict clients may
+    /// address any byte.
+    fn min_block_size(&self) -> u32 {
+        1
+    }
+
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         Ok(self.vol.read(offset, buf)?)
     }
@@ -194,14 +201,36 @@ fn nix_enotsup() -> i32 {
     95 // ENOTSUP on Linux
 }
 
-/// Every volume of a pool, by name.
+/// Every volume of a pool, by name (or only the named ones: `thinly serve --export`).
 pub struct PoolRegistry {
     pool: Pool,
+    only: Option<Vec<String>>,
 }
 
 impl PoolRegistry {
     pub fn new(pool: Pool) -> Self {
-        PoolRegistry { pool }
+        PoolRegistry { pool, only: None }
+    }
+
+    /// Serves only the volumes named in `names` (if not empty); others are neither
+    /// listed nor opened. The default export ("") is the first of them that exists.
+    pub fn with_only(mut self, names: &[String]) -> Self {
+        self.only = (!names.is_empty()).then(|| names.to_vec());
+        self
+    }
+
+    fn allowed(&self, name: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name))
+    }
+
+    fn open_default(&self) -> Option<Volume> {
+        if let Some(only) = &self.only {
+            return only.iter().find_map(|n| self.pool.volume(n).ok());
+        }
+        self.pool.volume(DEFAULT_EXPORT).ok().or_else(|| {
+            let first = self.pool.list().into_iter().next()?;
+            self.pool.volume(&first.0).ok()
+        })
     }
 }
 
@@ -210,6 +239,7 @@ impl ExportRegistry for PoolRegistry {
         self.pool
             .list()
             .into_iter()
+            .filter(|(name, _)| self.allowed(name))
             .map(|(name, v)| {
                 let kind = match &v.snapshot_of {
                     Some(o) => format!("snapshot of {o}"),
@@ -223,12 +253,11 @@ impl ExportRegistry for PoolRegistry {
 
     fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
         let vol = if name.is_empty() {
-            self.pool.volume(DEFAULT_EXPORT).ok().or_else(|| {
-                let first = self.pool.list().into_iter().next()?;
-                self.pool.volume(&first.0).ok()
-            })?
-        } else {
+            self.open_default()?
+        } else if self.allowed(name) {
             self.pool.volume(name).ok()?
+        } else {
+            return None;
         };
         Some(Arc::new(VolumeExport::new(self.pool.clone(), vol)))
     }

@@ -3,12 +3,15 @@
 //! that is being served (through its control socket) and on one that is not (opened here,
 //! exclusively, for the one operation); both run `control::execute`.
 
+pub mod config;
 pub mod control;
 pub mod diff;
 pub mod export;
 pub mod serve;
 pub mod show;
 pub mod size;
+pub mod systemd;
+pub mod tls;
 
 use anyhow::{bail, Context, Result};
 use control::{execute, Request, Response};

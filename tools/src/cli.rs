@@ -402,6 +402,10 @@ enum ThinlyCommand {
     },
     /// Print the dmsetup commands that activate the pool under the kernel's dm-thin.
     KernelScript(crate::kernel::KernelScriptArgs),
+    /// Attach a served volume as a local block device (prints the device's path).
+    Attach(crate::attach::AttachArgs),
+    /// Detach a volume (by name or device) that `attach` attached, flushing it first.
+    Detach(crate::attach::DetachArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -462,6 +466,8 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
         ThinlyCommand::Bench(a) => return bench::run(&a),
         ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
         ThinlyCommand::KernelScript(a) => return crate::kernel::run(&a),
+        ThinlyCommand::Attach(a) => return crate::attach::run_attach(&a),
+        ThinlyCommand::Detach(a) => return crate::attach::run_detach(&a),
         ThinlyCommand::Pool(PoolCommand::Status { json, pool }) => {
             let r = pool::run_request(&pool.dir(), &Request::Status)?;
             if json {
@@ -485,16 +491,23 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
             (pool.dir(), Request::Resize { name, size_bytes: size }, false)
         }
         ThinlyCommand::List { json, pool } => {
-            let r = pool::run_request(&pool.dir(), &Request::List)?;
-            return pool::print_response(r, json, pool::volumes_table);
+            let dir = pool.dir();
+            let mut r = pool::run_request(&dir, &Request::List)?;
+            crate::attach::annotate(&dir, &mut r.result);
+            return pool::print_response(r, json, |v| {
+                format!("{}{}", pool::volumes_table(v), crate::attach::table(&dir))
+            });
         }
         ThinlyCommand::Status { json, pool } => {
-            let r = pool::run_request(&pool.dir(), &Request::Status)?;
+            let dir = pool.dir();
+            let mut r = pool::run_request(&dir, &Request::Status)?;
+            crate::attach::annotate(&dir, &mut r.result["volumes"]);
             return pool::print_response(r, json, |v| {
                 format!(
-                    "{}\n{}",
+                    "{}\n{}{}",
                     v["kernel_status"].as_str().unwrap_or(""),
-                    pool::volumes_table(&v["volumes"])
+                    pool::volumes_table(&v["volumes"]),
+                    crate::attach::table(&dir)
                 )
             });
         }

@@ -5,8 +5,9 @@
 //! the top layer written its own way. Every layer and container is checked against a
 //! manifest (path, mode, size, sha256) computed from the test's own model of what the
 //! seed put there, and by `e2fsck -fn`; then a middle layer and a container are deleted,
-//! the survivors checked again along with the pool's space accounting, and the stopped
-//! pool's metadata passes the real `thin_check`. Replay a failure with `THINLY_SEED=N`.
+//! the survivors checked again along with the pool's space accounting (used blocks fall;
+//! exclusive and shared blocks by `thinly ls`, as the real `thin_ls` counts them), and the
+//! stopped pool's metadata passes the real `thin_check`. Replay a failure with `THINLY_SEED=N`.
 //! Needs root, FUSE, loop devices, nbdfuse and e2fsprogs: skips loudly without them,
 //! fails under `CI`.
 
@@ -250,6 +251,57 @@ fn used_data_blocks(lab: &Lab) -> u64 {
     s["pool"]["used_data_blocks"].as_u64().expect("used_data_blocks")
 }
 
+/// Volume name by thin device id.
+fn dev_ids(lab: &Lab) -> BTreeMap<u64, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&thinly(&["list", "--json", "--pool", lab.pool()])).expect("JSON");
+    let vols = v.as_array().expect("a list");
+    vols.iter()
+        .map(|v| {
+            let id = v["dev_id"].as_u64().expect("dev_id");
+            (id, v["name"].as_str().expect("name").to_string())
+        })
+        .collect()
+}
+
+/// (mapped, exclusive, shared) data blocks by device, from `prog ls` (thinly's or the
+/// real thin_ls).
+fn sharing(prog: &str, pre: &[&str], meta: &Path) -> BTreeMap<u64, (u64, u64, u64)> {
+    let fields = "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS";
+    let m = meta.to_str().expect("UTF-8");
+    let mut args = pre.to_vec();
+    args.extend(["-o", fields, "--no-headers", m]);
+    let out = ok(prog, &args, 120);
+    out.lines()
+        .map(|l| {
+            let n: Vec<u64> = l.split_whitespace().map(|w| w.parse().expect("a number")).collect();
+            assert_eq!(n.len(), 4, "{prog}: {l}");
+            (n[0], (n[1], n[2], n[3]))
+        })
+        .collect()
+}
+
+/// The space accounting of the stopped pool: every block of a volume is exclusive or
+/// shared; each container has blocks of its own and shares the image's; the top layer
+/// shares with the containers; the real thin_ls agrees.
+fn check_sharing(meta: &Path, ids: &BTreeMap<u64, String>) {
+    let ours = sharing(&attach_support::thinly_bin(), &["ls"], meta);
+    assert_eq!(ours.keys().collect::<Vec<_>>(), ids.keys().collect::<Vec<_>>());
+    for (id, (mapped, excl, shared)) in &ours {
+        let name = &ids[id];
+        assert_eq!(excl + shared, *mapped, "{name}: exclusive + shared = mapped");
+        if name.starts_with("container") {
+            assert!(*excl > 0 && *shared > 0, "{name}: own blocks and shared ones");
+        }
+        if name == "layer5" {
+            assert!(*shared > 0, "{name}: shares with the containers");
+        }
+    }
+    if let Some(tl) = thinly_test_support::require_tool("thin_ls") {
+        assert_eq!(sharing(tl.to_str().expect("UTF-8"), &[], meta), ours, "thin_ls agrees");
+    }
+}
+
 #[test]
 fn five_layers_and_three_containers_keep_their_files_through_snapshots_and_deletes() {
     if !host_can_attach() {
@@ -293,8 +345,10 @@ fn five_layers_and_three_containers_keep_their_files_through_snapshots_and_delet
         verify(&mut lab, vol, img);
     }
 
+    let ids = dev_ids(&lab);
     lab.stop_server();
     let meta = lab.dir.join("metadata");
+    check_sharing(&meta, &ids);
     thinly(&["check", meta.to_str().expect("UTF-8")]);
     if let Some(tc) = thinly_test_support::require_tool("thin_check") {
         ok(tc.to_str().expect("UTF-8"), &[meta.to_str().expect("UTF-8")], 120);

@@ -140,3 +140,31 @@ fn a_server_killed_while_attached_fails_io_and_keeps_what_was_flushed() {
     assert!(std::fs::read(&back).expect("read back") == pattern(3), "the flushed write survived");
     lab.detach("v");
 }
+
+#[test]
+fn via_kernel_nbd_attaches_through_dev_nbd_or_refuses_cleanly_without_it() {
+    if !host_can_attach() {
+        return;
+    }
+    let mut lab = Lab::new("1G");
+    thinly(&["create", "v", "--size", "64M", "--pool", lab.pool()]);
+    let args = ["attach", "v", "--via", "kernel-nbd", "--pool", lab.pool()];
+    if !std::path::Path::new("/sys/block/nbd0").exists() {
+        let out = bounded(&attach_support::thinly_bin(), &args, 60);
+        assert!(!out.status.success(), "no /dev/nbd*: attach --via kernel-nbd must fail");
+        assert!(attachments(&lab)[0]["attached"].is_null(), "and record nothing");
+        return;
+    }
+    let dev = thinly(&args).trim().to_string();
+    assert!(dev.starts_with("/dev/nbd"), "attach printed {dev}");
+    ok("mkfs.ext4", &["-q", &dev], 120);
+    let mnt = lab.mount(&dev, "m", "rw");
+    std::fs::write(mnt.join("f"), pattern(9)).expect("write");
+    lab.umount(&mnt);
+    lab.detach("v");
+    let dev = lab.attach("v");
+    let mnt = lab.mount(&dev, "m2", "ro");
+    assert!(std::fs::read(mnt.join("f")).expect("read") == pattern(9));
+    lab.umount(&mnt);
+    lab.detach("v");
+}

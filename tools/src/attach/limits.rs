@@ -16,3 +16,7 @@ pub const HELPER_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RECORDS_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Polling step of the waits above.
 pub const POLL_STEP: Duration = Duration::from_millis(20);
+/// The kernel NBD client's request timeout (NBD_SET_TIMEOUT): a request the server has
+/// not answered in this time fails with EIO, so a hung server cannot hang the host's I/O
+/// forever. Long enough for a commit of a large transaction on a slow disk.
+pub const NBD_IO_TIMEOUT: Duration = Duration::from_secs(60);

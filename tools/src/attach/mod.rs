@@ -13,18 +13,19 @@
 //!   server: nothing more can reach it);
 //! - `list` and `status` show the records (`annotate`).
 //!
-//! Paths: this build attaches through FUSE and a loop device (`fuse_loop`), which works on
-//! any host with FUSE, loop devices and libnbd's `nbdfuse`. The kernel NBD driver path is
-//! not implemented yet (see the README).
+//! Paths (`--via`, default `auto`): the kernel's NBD client when the `nbd` module is loaded
+//! or loadable (`kernel_nbd`), else FUSE and a loop device (`fuse_loop`), which works on any
+//! host with FUSE, loop devices and libnbd's `nbdfuse`.
 
 pub mod fuse_loop;
+pub mod kernel_nbd;
 pub mod limits;
 pub mod records;
 
 use crate::pool::control::{self, Request};
 use crate::pool::serve::NBD_SOCKET;
 use anyhow::{bail, Context, Result};
-use records::{Attachment, Records};
+use records::{AttachPath, Attachment, Records};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -36,6 +37,13 @@ pub struct AttachArgs {
     /// Attach read-only (the device refuses writes).
     #[arg(long)]
     pub read_only: bool,
+    /// How to attach: `kernel-nbd` (/dev/nbdN), `fuse-loop` (nbdfuse + a loop device), or
+    /// `auto` (the kernel's NBD client when the nbd module is there, else fuse-loop).
+    #[arg(long, value_parser = ["auto", "kernel-nbd", "fuse-loop"], default_value = "auto")]
+    pub via: String,
+    /// Internal: the supervising process of a kernel NBD attachment, for DEVICE.
+    #[arg(long, hide = true, value_name = "DEVICE")]
+    pub nbd_supervise: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub pool: crate::pool::PoolArgs,
 }
@@ -56,6 +64,9 @@ pub struct DetachArgs {
 pub fn run_attach(a: &AttachArgs) -> Result<()> {
     let dir = a.pool.dir();
     let dir = dir.canonicalize().with_context(|| format!("no pool in {}", dir.display()))?;
+    if let Some(device) = &a.nbd_supervise {
+        return kernel_nbd::supervise(&dir.join(NBD_SOCKET), &a.volume, device, a.read_only);
+    }
     let mut records = Records::lock(&dir)?;
     if let Some(old) = records.list.iter().find(|r| r.volume == a.volume) {
         bail!("{} is already attached as {}", a.volume, old.device.display());
@@ -70,10 +81,20 @@ pub fn run_attach(a: &AttachArgs) -> Result<()> {
         );
     }
     let pool_read_only = volume_read_only(&dir, &a.volume)?;
-    let attachment = fuse_loop::attach(&dir, &socket, &a.volume, a.read_only || pool_read_only)?;
+    let read_only = a.read_only || pool_read_only;
+    let kernel = match a.via.as_str() {
+        "kernel-nbd" => true,
+        "fuse-loop" => false,
+        _ => kernel_nbd::available(),
+    };
+    let attachment = if kernel {
+        kernel_nbd::attach(&dir, &a.volume, read_only)?
+    } else {
+        fuse_loop::attach(&dir, &socket, &a.volume, read_only)?
+    };
     records.list.push(attachment.clone());
     if let Err(e) = records.save() {
-        let _ = fuse_loop::teardown(&attachment);
+        let _ = teardown(&attachment);
         return Err(e.context("recording the attachment"));
     }
     println!("{}", attachment.device.display());
@@ -108,7 +129,7 @@ pub fn run_detach(a: &DetachArgs) -> Result<()> {
     };
     let att = records.list[i].clone();
     refuse_if_busy(&att)?;
-    if let Err(e) = fuse_loop::flush(&att) {
+    if let Err(e) = flush(&att) {
         if !a.force {
             return Err(e.context(format!(
                 "flushing {} to the server failed; nothing was detached (--force detaches \
@@ -118,16 +139,42 @@ pub fn run_detach(a: &DetachArgs) -> Result<()> {
         }
         eprintln!("thinly: warning: {e:#}; detaching anyway (--force)");
     }
-    fuse_loop::teardown(&att)?;
+    teardown(&att)?;
     records.list.remove(i);
     records.save()
+}
+
+fn flush(a: &Attachment) -> Result<()> {
+    match a.path {
+        AttachPath::FuseLoop => fuse_loop::flush(a),
+        AttachPath::KernelNbd => {
+            let f = std::fs::File::open(&a.device)
+                .with_context(|| format!("opening {}", a.device.display()))?;
+            f.sync_all().with_context(|| format!("flushing {}", a.device.display()))
+        }
+    }
+}
+
+fn teardown(a: &Attachment) -> Result<()> {
+    match a.path {
+        AttachPath::FuseLoop => fuse_loop::teardown(a),
+        AttachPath::KernelNbd => kernel_nbd::teardown(a),
+    }
+}
+
+/// True while the device is still set up for this attachment.
+fn still_attached(a: &Attachment) -> bool {
+    match a.path {
+        AttachPath::FuseLoop => fuse_loop::loop_backing_file(&a.device).as_ref() == Some(&a.file),
+        AttachPath::KernelNbd => kernel_nbd::device_pid(&a.device).is_some(),
+    }
 }
 
 /// Refuses to detach a device that someone holds: opening a block device with O_EXCL
 /// fails with EBUSY while it is mounted or otherwise claimed.
 fn refuse_if_busy(att: &Attachment) -> Result<()> {
-    if fuse_loop::loop_backing_file(&att.device).as_ref() != Some(&att.file) {
-        return Ok(()); // the loop device is already gone (an interrupted detach)
+    if !still_attached(att) {
+        return Ok(()); // the device is already gone (an interrupted detach)
     }
     match std::fs::File::options().read(true).custom_flags(nix::libc::O_EXCL).open(&att.device) {
         Ok(_) => Ok(()),
@@ -166,7 +213,10 @@ pub fn table(dir: &Path) -> String {
             "{:<24} {:<14} {:<10} {}\n",
             a.volume,
             a.device.display(),
-            "fuse-loop",
+            match a.path {
+                AttachPath::FuseLoop => "fuse-loop",
+                AttachPath::KernelNbd => "kernel-nbd",
+            },
             if a.read_only { "yes" } else { "no" }
         ));
     }

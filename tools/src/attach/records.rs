@@ -24,6 +24,8 @@ const LOCK_FILE: &str = "attachments.lock";
 pub enum AttachPath {
     /// nbdfuse exposes the export as a file in a FUSE mount; a loop device sits on it.
     FuseLoop,
+    /// The kernel's NBD client (`/dev/nbdN`), driven by a supervising thinly process.
+    KernelNbd,
 }
 
 /// One attached volume.
@@ -34,11 +36,11 @@ pub struct Attachment {
     pub device: PathBuf,
     pub path: AttachPath,
     pub read_only: bool,
-    /// The FUSE mount point (a directory under `<pool>/attach/`).
+    /// The FUSE mount point (a directory under `<pool>/attach/`; empty for kernel NBD).
     pub mountpoint: PathBuf,
     /// The file inside the FUSE mount that backs the loop device.
     pub file: PathBuf,
-    /// The helper process (nbdfuse) serving the FUSE mount.
+    /// The helper process: nbdfuse, or the thinly process supervising /dev/nbdN.
     pub helper_pid: i32,
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs thinly's whole test suite, first installing what the tests need when it is missing
 # (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio, qemu-utils, and
-# e2fsprogs and mount (losetup) for the attach tests.
+# e2fsprogs, xfsprogs and mount (losetup) for the attach tests.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,6 +15,7 @@ command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 # thinly attach (tools/tests/attach.rs, layers.rs): nbdfuse comes with libnbd-bin above.
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo=""

@@ -87,7 +87,7 @@ build() {
 # verify VOLUME: attach, e2fsck -fn, mount read-only, compare with the manifest.
 verify() {
   dev=$(t attach "$1")
-  e2fsck -fn "$dev" > /dev/null
+  e2fsck -fn "$dev" > "$work/e2fsck.log" 2>&1 || { cat "$work/e2fsck.log" >&2; exit 1; }
   mount -o ro,noload "$dev" "$mnt"
   diff <(manifest) "$work/manifests/$1"
   umount "$mnt"

@@ -4,7 +4,8 @@
 //! link, a large sparse file and permission changes; three containers, each a snapshot of
 //! the top layer written its own way. Every layer and container is checked against a
 //! manifest (path, mode, size, sha256) computed from the test's own model of what the
-//! seed put there, and by `e2fsck -fn`; then a middle layer and a container are deleted,
+//! seed put there, and by `e2fsck -fn` (on ext4; the same flow runs on xfs with
+//! `xfs_repair -n` when xfsprogs is installed); then a middle layer and a container are deleted,
 //! the survivors checked again along with the pool's space accounting (used blocks fall;
 //! exclusive and shared blocks by `thinly ls`, as the real `thin_ls` counts them), and the
 //! stopped pool's metadata passes the real `thin_check`. Replay a failure with `THINLY_SEED=N`.
@@ -215,12 +216,49 @@ fn actual(root: &Path) -> Manifest {
     m
 }
 
-/// Attaches `vol`, checks it with `e2fsck -fn`, mounts it read-only and compares it
-/// with `img`'s manifest (and its hard links with shared inodes); detaches.
-fn verify(lab: &mut Lab, vol: &str, img: &Image) {
+/// The filesystem the image lives on.
+#[derive(Clone, Copy, Debug)]
+enum Fs {
+    Ext4,
+    Xfs,
+}
+
+impl Fs {
+    fn mkfs(self, dev: &str) {
+        match self {
+            Fs::Ext4 => ok("mkfs.ext4", &["-q", "-F", dev], 300),
+            Fs::Xfs => ok("mkfs.xfs", &["-q", "-f", dev], 300),
+        };
+    }
+    /// Read-write mount options (ext4: no lazy inode-table zeroing behind the test's back).
+    fn rw(self) -> &'static str {
+        match self {
+            Fs::Ext4 => "rw,noinit_itable",
+            Fs::Xfs => "rw",
+        }
+    }
+    /// Read-only mount options that write nothing, not even a journal replay.
+    fn ro(self) -> &'static str {
+        match self {
+            Fs::Ext4 => "ro,noload",
+            Fs::Xfs => "ro,norecovery",
+        }
+    }
+    /// The filesystem's own read-only check of the unmounted device.
+    fn check(self, dev: &str) {
+        match self {
+            Fs::Ext4 => ok("e2fsck", &["-fn", dev], 300),
+            Fs::Xfs => ok("xfs_repair", &["-n", dev], 300),
+        };
+    }
+}
+
+/// Attaches `vol`, checks it (`e2fsck -fn` / `xfs_repair -n`), mounts it read-only and
+/// compares it with `img`'s manifest (and its hard links with shared inodes); detaches.
+fn verify(lab: &mut Lab, fs: Fs, vol: &str, img: &Image) {
     let dev = lab.attach(vol);
-    ok("e2fsck", &["-fn", &dev], 300);
-    let mnt = lab.mount(&dev, &format!("verify-{vol}"), "ro,noload");
+    fs.check(&dev);
+    let mnt = lab.mount(&dev, &format!("verify-{vol}"), fs.ro());
     let (got, want) = (actual(&mnt), expected(img));
     for (p, w) in &want {
         assert_eq!(got.get(p), Some(w), "{vol}: {p}");
@@ -236,10 +274,10 @@ fn verify(lab: &mut Lab, vol: &str, img: &Image) {
 }
 
 /// Snapshots `from` as `to`, attaches and mounts it, applies a layer, and takes it down.
-fn build(lab: &mut Lab, from: &str, to: &str, img: &mut Image, seed: u64) {
+fn build(lab: &mut Lab, fs: Fs, from: &str, to: &str, img: &mut Image, seed: u64) {
     thinly(&["snapshot", from, to, "--pool", lab.pool()]);
     let dev = lab.attach(to);
-    let mnt = lab.mount(&dev, &format!("build-{to}"), "rw,noinit_itable");
+    let mnt = lab.mount(&dev, &format!("build-{to}"), fs.rw());
     apply_layer(&mnt, img, &mut Rng(seed), to);
     lab.umount(&mnt);
     lab.detach(to);
@@ -304,16 +342,26 @@ fn check_sharing(meta: &Path, ids: &BTreeMap<u64, String>) {
 
 #[test]
 fn five_layers_and_three_containers_keep_their_files_through_snapshots_and_deletes() {
-    if !host_can_attach() {
-        return;
+    if host_can_attach() {
+        layer_flow(Fs::Ext4);
     }
+}
+
+#[test]
+fn the_same_layer_flow_on_xfs_keeps_every_file() {
+    if host_can_attach() && thinly_test_support::require_tools(&["mkfs.xfs", "xfs_repair"]) {
+        layer_flow(Fs::Xfs);
+    }
+}
+
+fn layer_flow(fs: Fs) {
     let seed: u64 = std::env::var("THINLY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(17);
-    eprintln!("layers: THINLY_SEED={seed}");
+    eprintln!("layers on {fs:?}: THINLY_SEED={seed}");
     let mut lab = Lab::new("4G");
     thinly(&["create", "base", "--size", "10G", "--pool", lab.pool()]);
     let dev = lab.attach("base");
-    ok("mkfs.ext4", &["-q", "-F", &dev], 300);
-    let mnt = lab.mount(&dev, "base", "rw,noinit_itable");
+    fs.mkfs(&dev);
+    let mnt = lab.mount(&dev, "base", fs.rw());
     lab.umount(&mnt);
     lab.detach("base");
 
@@ -321,18 +369,18 @@ fn five_layers_and_three_containers_keep_their_files_through_snapshots_and_delet
     for i in 1..=5u64 {
         let (from, mut img) = images.last().cloned().expect("a lower layer");
         let name = format!("layer{i}");
-        build(&mut lab, &from, &name, &mut img, seed.wrapping_mul(1000).wrapping_add(i));
+        build(&mut lab, fs, &from, &name, &mut img, seed.wrapping_mul(1000).wrapping_add(i));
         images.push((name, img));
     }
     let top = images.last().cloned().expect("the top layer");
     for j in 1..=3u64 {
         let mut img = top.1.clone();
         let name = format!("container{j}");
-        build(&mut lab, &top.0, &name, &mut img, seed.wrapping_mul(1000).wrapping_add(100 + j));
+        build(&mut lab, fs, &top.0, &name, &mut img, seed.wrapping_mul(1000).wrapping_add(100 + j));
         images.push((name, img));
     }
     for (vol, img) in &images {
-        verify(&mut lab, vol, img);
+        verify(&mut lab, fs, vol, img);
     }
 
     let before = used_data_blocks(&lab);
@@ -342,7 +390,7 @@ fn five_layers_and_three_containers_keep_their_files_through_snapshots_and_delet
     assert!(after < before, "deleting container2 frees its own blocks ({before} -> {after})");
     images.retain(|(v, _)| v != "layer3" && v != "container2");
     for (vol, img) in &images {
-        verify(&mut lab, vol, img);
+        verify(&mut lab, fs, vol, img);
     }
 
     let ids = dev_ids(&lab);

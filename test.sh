@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs thinly's whole test suite, first installing what the tests need when it is missing
 # (Debian): the real thin-provisioning-tools, libnbd's clients, nbdkit, fio, qemu-utils, time,
-# openssl, libssl-dev (the TLS tests and the openssl crate)
-# and python3 (examples/incremental-backup.sh reads nbdinfo's JSON with it),
-# and the kernel lab beside this checkout. As a user it uses sudo where root is needed; what
+# openssl, libssl-dev (the TLS tests and the openssl crate), python3
+# (examples/incremental-backup.sh reads nbdinfo's JSON with it), e2fsprogs, xfsprogs and
+# mount (losetup; the attach tests), and the kernel lab beside this checkout.
+# As a user it uses sudo where root is needed; what
 # it cannot prepare it skips loudly (the tests that need it then skip loudly too), unless CI
 # is set, where that is an error. Arguments go to `cargo test --workspace`.
 set -euo pipefail
@@ -45,6 +46,10 @@ command -v python3 >/dev/null 2>&1 || need+=(python3-minimal)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# thinly attach (tools/tests/attach.rs, layers.rs): nbdfuse comes with libnbd-bin above.
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   if ! { as_root apt-get update -qq &&

@@ -423,6 +423,10 @@ enum ThinlyCommand {
     KernelScript(crate::kernel::KernelScriptArgs),
     /// Make the thin_* names (thin_check, thin_dump, …) links to this binary.
     InstallLinks(crate::install_links::InstallLinksArgs),
+    /// Attach a served volume as a local block device (prints the device's path).
+    Attach(crate::attach::AttachArgs),
+    /// Detach a volume (by name or device) that `attach` attached, flushing it first.
+    Detach(crate::attach::DetachArgs),
 }
 
 /// How `status` and `pool status` print.
@@ -495,6 +499,8 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
         ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
         ThinlyCommand::KernelScript(a) => return crate::kernel::run(&a),
         ThinlyCommand::InstallLinks(a) => return crate::install_links::run(&a),
+        ThinlyCommand::Attach(a) => return crate::attach::run_attach(&a),
+        ThinlyCommand::Detach(a) => return crate::attach::run_detach(&a),
         ThinlyCommand::Pool(PoolCommand::Status { format, pool }) => {
             return print_status(&pool.dir(), format, false)
         }
@@ -528,8 +534,12 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
             })
         }
         ThinlyCommand::List { json, pool } => {
-            let r = pool::run_request(&pool.dir(), &Request::List)?;
-            return pool::print_response(r, json, show::volumes_table);
+            let dir = pool.dir();
+            let mut r = pool::run_request(&dir, &Request::List)?;
+            crate::attach::annotate(&dir, &mut r.result);
+            return pool::print_response(r, json, |v| {
+                format!("{}{}", show::volumes_table(v), crate::attach::table(&dir))
+            });
         }
         ThinlyCommand::Diff { a, b, json, stat, pool } => {
             return pool::diff::run(&pool.dir(), &a, &b, json, stat);
@@ -543,7 +553,10 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
 
 /// `status` (with the volumes) and `pool status` (without): labelled, `--json` or `--raw`.
 fn print_status(dir: &std::path::Path, f: StatusFormat, volumes: bool) -> anyhow::Result<()> {
-    let r = pool::run_request(dir, &pool::control::Request::Status)?;
+    let mut r = pool::run_request(dir, &pool::control::Request::Status)?;
+    if volumes {
+        crate::attach::annotate(dir, &mut r.result["volumes"]);
+    }
     if f.raw {
         return pool::print_response(r, false, |v| {
             v["kernel_status"].as_str().unwrap_or("").to_string()
@@ -551,9 +564,10 @@ fn print_status(dir: &std::path::Path, f: StatusFormat, volumes: bool) -> anyhow
     }
     pool::print_response(r, f.json, |v| match volumes {
         true => format!(
-            "{}\n\n{}",
+            "{}\n\n{}{}",
             pool::show::status_text(v),
-            pool::show::volumes_table(&v["volumes"])
+            pool::show::volumes_table(&v["volumes"]),
+            crate::attach::table(dir)
         ),
         false => pool::show::status_text(v),
     })

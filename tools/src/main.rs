@@ -3,6 +3,7 @@
 //! argument (`thinly check …`). Each tool's arguments and its call into the engine's
 //! `fsck` library live in `commands/`; exit codes and error reporting in `exit.rs`.
 
+mod attach;
 mod cli;
 mod commands;
 mod exit;

@@ -1,7 +1,10 @@
 //! `pool.json`: what dm-thin keeps outside its metadata (LVM or a dm table holds it for the
-//! kernel): volume names → device ids and virtual sizes, and the pool's settings. It names
-//! the metadata transaction id it matches and is replaced atomically (write a temporary
-//! file, fsync, rename, fsync the directory).
+//! kernel): volume names → device ids and virtual sizes, and the pool's settings. It is
+//! replaced atomically (write a temporary file, fsync, rename, fsync the directory); changes
+//! between checkpoints go to an append-only journal numbered by its own sequence
+//! (`journal_seq`), independent of the metadata transaction id, which belongs to the user
+//! (`set_transaction_id`) exactly as in dm-thin. Open reconciles names with the metadata's
+//! device ids (`open::reconcile`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -113,7 +116,8 @@ pub struct VolumeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolConfig {
     pub format: u32,
-    /// The metadata transaction id this file matches.
+    /// The metadata transaction id when this was written: informational only (the metadata
+    /// holds the real one; format 1 files moved it on every operation).
     pub transaction_id: u64,
     pub settings: PoolSettings,
     pub volumes: BTreeMap<String, VolumeConfig>,
@@ -131,7 +135,8 @@ pub enum ConfigChange {
     Settings { settings: PoolSettings },
 }
 
-/// A journal line: the changes of one operation and the transaction id after it.
+/// A journal line: the changes of one operation, numbered by the journal's own sequence,
+/// with the metadata transaction id of the time (informational).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct JournalEntry {
     seq: u64,
@@ -157,7 +162,8 @@ impl PoolConfig {
     }
 }
 
-pub const CONFIG_FORMAT: u32 = 1;
+/// 2: the metadata transaction id is the user's; reconciling uses device ids alone.
+pub const CONFIG_FORMAT: u32 = 2;
 pub const CONFIG_FILE: &str = "pool.json";
 /// The journal of changes since `pool.json` was written.
 pub const JOURNAL_FILE: &str = "pool.log";

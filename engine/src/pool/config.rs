@@ -130,9 +130,20 @@ pub struct PoolConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ConfigChange {
-    PutVolume { name: String, volume: VolumeConfig },
-    RemoveVolume { name: String },
-    Settings { settings: PoolSettings },
+    PutVolume {
+        name: String,
+        volume: VolumeConfig,
+    },
+    /// Removes the name if it still names device `dev_id` (any device when absent): a
+    /// delete's line is journalled after its commit, by when the name may be reused.
+    RemoveVolume {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dev_id: Option<u64>,
+    },
+    Settings {
+        settings: PoolSettings,
+    },
 }
 
 /// A journal line: the changes of one operation, numbered by the journal's own sequence,
@@ -152,8 +163,11 @@ impl PoolConfig {
                 ConfigChange::PutVolume { name, volume } => {
                     self.volumes.insert(name.clone(), volume.clone());
                 }
-                ConfigChange::RemoveVolume { name } => {
-                    self.volumes.remove(name);
+                ConfigChange::RemoveVolume { name, dev_id } => {
+                    let named = self.volumes.get(name).map(|v| v.dev_id);
+                    if dev_id.is_none() || named == *dev_id {
+                        self.volumes.remove(name);
+                    }
                 }
                 ConfigChange::Settings { settings } => self.settings = settings.clone(),
             }
@@ -335,6 +349,32 @@ mod tests {
     }
 
     #[test]
+    fn a_late_remove_line_spares_a_name_reused_for_another_device() {
+        let v =
+            |dev_id| VolumeConfig { dev_id, size_bytes: 512, read_only: false, snapshot_of: None };
+        let mut c = PoolConfig {
+            format: CONFIG_FORMAT,
+            transaction_id: 0,
+            settings: PoolSettings::default(),
+            volumes: BTreeMap::new(),
+            journal_seq: 0,
+        };
+        // Delete x (device 1) committed; create x (device 2) journalled before the delete's
+        // line: the late line must not remove the new x.
+        c.apply(0, &[ConfigChange::PutVolume { name: "x".into(), volume: v(2) }]);
+        c.apply(0, &[ConfigChange::RemoveVolume { name: "x".into(), dev_id: Some(1) }]);
+        assert_eq!(c.volumes["x"].dev_id, 2);
+        c.apply(0, &[ConfigChange::RemoveVolume { name: "x".into(), dev_id: Some(2) }]);
+        assert!(c.volumes.is_empty());
+        // A line from before dev_id was recorded removes the name whatever it names.
+        c.apply(0, &[ConfigChange::PutVolume { name: "y".into(), volume: v(3) }]);
+        let old: ConfigChange =
+            serde_json::from_str(r#"{"op": "remove_volume", "name": "y"}"#).unwrap();
+        c.apply(0, &[old]);
+        assert!(c.volumes.is_empty());
+    }
+
+    #[test]
     fn config_round_trips_through_a_directory() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirConfigStore::new(dir.path());
@@ -363,7 +403,7 @@ mod tests {
         let put = ConfigChange::PutVolume { name: "snap".into(), volume: v };
         c.apply(4, std::slice::from_ref(&put));
         store.append(&[put], &mut c).unwrap();
-        let rm = ConfigChange::RemoveVolume { name: "vol0".into() };
+        let rm = ConfigChange::RemoveVolume { name: "vol0".into(), dev_id: Some(1) };
         c.apply(5, std::slice::from_ref(&rm));
         store.append(&[rm], &mut c).unwrap();
         let journal = dir.path().join(JOURNAL_FILE);

@@ -80,7 +80,7 @@ impl Pool {
         meta.config.volumes.remove(name);
         state.deleted.store(true, Ordering::SeqCst);
         self.inner.volumes.write().unwrap_or_else(|e| e.into_inner()).remove(name);
-        let change = ConfigChange::RemoveVolume { name: name.to_string() };
+        let change = ConfigChange::RemoveVolume { name: name.to_string(), dev_id: Some(state.dev) };
         self.persist(meta, vec![change], Order::CommitFirst)
     }
 

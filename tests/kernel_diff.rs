@@ -230,6 +230,34 @@ fn thinly_and_the_kernel_agree_on_five_scripts() {
     assert_identical(&reports);
 }
 
+/// Docker's devicemapper message sequence: only set_transaction_id moves the id, and a
+/// stale OLD is refused, in the kernel as in thinly (`dmsetup status` and the metadata).
+#[test]
+fn thinly_and_the_kernel_agree_on_dockers_transaction_ids() {
+    if !harness::lab_ready() {
+        return;
+    }
+    let work = Work::new("kernel-diff-txid");
+    let script = load(&scripts_dir().join("docker-transactions.ops"));
+    let reports = run_differential(vec![script], &work);
+    assert_identical(&reports);
+}
+
+/// Without the lab: thinly ends Docker's sequence at the id the kernel would report, having
+/// refused exactly the two stale set_transaction_id lines.
+#[test]
+fn dockers_transaction_ids_on_thinly_are_the_kernels() {
+    let script = load(&scripts_dir().join("docker-transactions.ops"));
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_thinly(&dir.path().join("pool"), &script).unwrap();
+    let fails: Vec<usize> = run.outcomes.iter().filter(|o| !o.ok).map(|o| o.line).collect();
+    assert_eq!(fails, vec![13, 24]);
+    assert_eq!(run.status.transaction_id, 7);
+    let meta = MetaView::read(&dir.path().join("pool/metadata")).unwrap();
+    assert_eq!(meta.transaction_id, 7);
+    assert_eq!(meta.devices.keys().copied().collect::<Vec<_>>(), vec![0, 3, 4]);
+}
+
 /// An opt-in runner, not part of the suite: `THINLY_KERNEL_DIFF_SCRIPT=a.ops:b.ops cargo test
 /// --test kernel_diff -- --ignored` runs those scripts the same way.
 #[test]

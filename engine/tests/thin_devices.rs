@@ -18,6 +18,22 @@ fn fresh(blocks: u64) -> (tempfile::TempDir, std::path::PathBuf, Arc<FileDevice>
 }
 
 #[test]
+fn a_wrong_old_transaction_id_is_refused_without_opening_a_transaction() {
+    let (_d, _p, _dev, mut md) = fresh(1024);
+    md.set_transaction_id(0, 18).unwrap();
+    md.commit().unwrap();
+    assert!(matches!(
+        md.set_transaction_id(17, 19),
+        Err(Error::TransactionId { expected: 17, actual: 18 })
+    ));
+    assert!(!md.has_changes(), "a refused set_transaction_id opened a transaction");
+    assert_eq!(md.transaction_id(), 18);
+    md.set_transaction_id(18, 19).unwrap();
+    assert!(md.has_changes());
+    assert_eq!(md.transaction_id(), 19);
+}
+
+#[test]
 fn bad_ids_duplicates_and_unknown_origins_are_typed_errors_that_change_nothing() {
     let (_d, _p, _dev, mut md) = fresh(1024);
     md.create_thin(DevId(1)).unwrap();

@@ -349,7 +349,7 @@ enum ThinlyCommand {
     /// Create a thin volume.
     Create {
         name: String,
-        /// Virtual size (K/M/G/T).
+        /// Virtual size (bytes, or with a unit: 128s sectors, 64K, 10G, 1T).
         #[arg(long, value_parser = pool::size_arg)]
         size: u64,
         #[command(flatten)]
@@ -454,7 +454,7 @@ enum PoolCommand {
     },
     /// Grow the data file.
     Extend {
-        /// The new data size (K/M/G/T).
+        /// The new data size (bytes, or with a unit: 128s sectors, 64K, 10G, 1T).
         #[arg(long, value_parser = pool::size_arg)]
         size: u64,
         #[command(flatten)]

@@ -1,7 +1,10 @@
 //! `pool.json`: what dm-thin keeps outside its metadata (LVM or a dm table holds it for the
-//! kernel): volume names → device ids and virtual sizes, and the pool's settings. It names
-//! the metadata transaction id it matches and is replaced atomically (write a temporary
-//! file, fsync, rename, fsync the directory).
+//! kernel): volume names → device ids and virtual sizes, and the pool's settings. It is
+//! replaced atomically (write a temporary file, fsync, rename, fsync the directory); changes
+//! between checkpoints go to an append-only journal numbered by its own sequence
+//! (`journal_seq`), independent of the metadata transaction id, which belongs to the user
+//! (`set_transaction_id`) exactly as in dm-thin. Open reconciles names with the metadata's
+//! device ids (`open::reconcile`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -113,7 +116,8 @@ pub struct VolumeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolConfig {
     pub format: u32,
-    /// The metadata transaction id this file matches.
+    /// The metadata transaction id when this was written: informational only (the metadata
+    /// holds the real one; format 1 files moved it on every operation).
     pub transaction_id: u64,
     pub settings: PoolSettings,
     pub volumes: BTreeMap<String, VolumeConfig>,
@@ -126,12 +130,24 @@ pub struct PoolConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ConfigChange {
-    PutVolume { name: String, volume: VolumeConfig },
-    RemoveVolume { name: String },
-    Settings { settings: PoolSettings },
+    PutVolume {
+        name: String,
+        volume: VolumeConfig,
+    },
+    /// Removes the name if it still names device `dev_id` (any device when absent): a
+    /// delete's line is journalled after its commit, by when the name may be reused.
+    RemoveVolume {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dev_id: Option<u64>,
+    },
+    Settings {
+        settings: PoolSettings,
+    },
 }
 
-/// A journal line: the changes of one operation and the transaction id after it.
+/// A journal line: the changes of one operation, numbered by the journal's own sequence,
+/// with the metadata transaction id of the time (informational).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct JournalEntry {
     seq: u64,
@@ -147,8 +163,11 @@ impl PoolConfig {
                 ConfigChange::PutVolume { name, volume } => {
                     self.volumes.insert(name.clone(), volume.clone());
                 }
-                ConfigChange::RemoveVolume { name } => {
-                    self.volumes.remove(name);
+                ConfigChange::RemoveVolume { name, dev_id } => {
+                    let named = self.volumes.get(name).map(|v| v.dev_id);
+                    if dev_id.is_none() || named == *dev_id {
+                        self.volumes.remove(name);
+                    }
                 }
                 ConfigChange::Settings { settings } => self.settings = settings.clone(),
             }
@@ -157,7 +176,8 @@ impl PoolConfig {
     }
 }
 
-pub const CONFIG_FORMAT: u32 = 1;
+/// 2: the metadata transaction id is the user's; reconciling uses device ids alone.
+pub const CONFIG_FORMAT: u32 = 2;
 pub const CONFIG_FILE: &str = "pool.json";
 /// A second copy of the checkpoint, written after it: a lost or damaged `pool.json` is
 /// rebuilt from it (with the journal) instead of guessed from the metadata.
@@ -401,6 +421,32 @@ mod tests {
     }
 
     #[test]
+    fn a_late_remove_line_spares_a_name_reused_for_another_device() {
+        let v =
+            |dev_id| VolumeConfig { dev_id, size_bytes: 512, read_only: false, snapshot_of: None };
+        let mut c = PoolConfig {
+            format: CONFIG_FORMAT,
+            transaction_id: 0,
+            settings: PoolSettings::default(),
+            volumes: BTreeMap::new(),
+            journal_seq: 0,
+        };
+        // Delete x (device 1) committed; create x (device 2) journalled before the delete's
+        // line: the late line must not remove the new x.
+        c.apply(0, &[ConfigChange::PutVolume { name: "x".into(), volume: v(2) }]);
+        c.apply(0, &[ConfigChange::RemoveVolume { name: "x".into(), dev_id: Some(1) }]);
+        assert_eq!(c.volumes["x"].dev_id, 2);
+        c.apply(0, &[ConfigChange::RemoveVolume { name: "x".into(), dev_id: Some(2) }]);
+        assert!(c.volumes.is_empty());
+        // A line from before dev_id was recorded removes the name whatever it names.
+        c.apply(0, &[ConfigChange::PutVolume { name: "y".into(), volume: v(3) }]);
+        let old: ConfigChange =
+            serde_json::from_str(r#"{"op": "remove_volume", "name": "y"}"#).unwrap();
+        c.apply(0, &[old]);
+        assert!(c.volumes.is_empty());
+    }
+
+    #[test]
     fn config_round_trips_through_a_directory() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirConfigStore::new(dir.path());
@@ -429,7 +475,7 @@ mod tests {
         let put = ConfigChange::PutVolume { name: "snap".into(), volume: v };
         c.apply(4, std::slice::from_ref(&put));
         store.append(&[put], &mut c).unwrap();
-        let rm = ConfigChange::RemoveVolume { name: "vol0".into() };
+        let rm = ConfigChange::RemoveVolume { name: "vol0".into(), dev_id: Some(1) };
         c.apply(5, std::slice::from_ref(&rm));
         store.append(&[rm], &mut c).unwrap();
         let journal = dir.path().join(JOURNAL_FILE);

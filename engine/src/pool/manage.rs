@@ -1,5 +1,10 @@
 //! Volume management: create, snapshot, delete, resize, list; extending the data device;
-//! settings. Every change is persisted with `persist` (pool.json first, then the commit).
+//! settings. Every change is persisted with `persist`, in the order that lets open tell
+//! what happened from the metadata's device ids alone (the metadata transaction id is the
+//! user's, as in dm-thin): a name is journalled before its device is committed
+//! (create, snapshot) and forgotten only after its device's removal or shrink is committed
+//! (delete, resize). A crash between the two leaves a name whose device does not exist,
+//! which open drops; never a device whose name was lost.
 
 use super::config::{validate_volume_name, ConfigChange, PoolSettings, VolumeConfig};
 use super::status::VolumeInfo;
@@ -75,7 +80,8 @@ impl Pool {
         meta.config.volumes.remove(name);
         state.deleted.store(true, Ordering::SeqCst);
         self.inner.volumes.write().unwrap_or_else(|e| e.into_inner()).remove(name);
-        self.persist(meta, vec![ConfigChange::RemoveVolume { name: name.to_string() }])
+        let change = ConfigChange::RemoveVolume { name: name.to_string(), dev_id: Some(state.dev) };
+        self.persist(meta, vec![change], Order::CommitFirst)
     }
 
     /// Grows or shrinks a volume; shrinking discards everything past the new end.
@@ -103,7 +109,9 @@ impl Pool {
             changes.push(ConfigChange::PutVolume { name: name.to_string(), volume: v.clone() });
         }
         state.size_bytes.store(size_bytes, Ordering::SeqCst);
-        self.persist(meta, changes)
+        // Commit first: a crash before the journal line leaves the old (larger) size over
+        // mappings already removed, which read as zeros, never old data past a shrink.
+        self.persist(meta, changes, Order::CommitFirst)
     }
 
     /// The pool's settings.
@@ -135,23 +143,29 @@ impl Pool {
     }
 
     /// Records a management operation's config `changes` (already applied to
-    /// `meta.config`) with the next transaction id, then commits the metadata with that id:
-    /// after a crash, reconcile can tell an uncommitted change (the config one transaction
-    /// ahead) from a committed one. One journal line each: O(1) whatever the volume count.
-    pub(super) fn persist(
-        &self,
-        mut meta: std::sync::MutexGuard<'_, Meta>,
+    /// `meta.config`) as one journal line (O(1) whatever the volume count) and commits the
+    /// metadata, in `order` (see the module doc). The metadata transaction id is left alone.
+    /// A failure of either write fails the pool: what is on disk is then one of the two
+    /// states open reconciles.
+    pub(super) fn persist<'a>(
+        &'a self,
+        mut meta: std::sync::MutexGuard<'a, Meta>,
         changes: Vec<ConfigChange>,
+        order: Order,
     ) -> Result<()> {
-        let t = meta.md.transaction_id();
-        if let Err(e) = meta.md.set_transaction_id(t, t + 1) {
-            return Err(self.inner.metadata_failed(&mut meta, e));
+        if order == Order::CommitFirst {
+            let (m, r) = self.inner.commit_locked(meta);
+            r?;
+            meta = m;
         }
-        meta.config.transaction_id = t + 1;
+        meta.config.transaction_id = meta.md.transaction_id();
         let m = &mut *meta;
         if let Err(e) = self.inner.config_store.append(&changes, &mut m.config) {
             self.inner.fail(&mut meta, &format!("writing pool.json failed: {e}"));
             return Err(e.into());
+        }
+        if order == Order::CommitFirst {
+            return Ok(());
         }
         let (_m, r) = self.inner.commit_locked(meta);
         r
@@ -167,7 +181,7 @@ impl Pool {
     ) -> Result<Volume> {
         meta.config.volumes.insert(name.to_string(), v.clone());
         let change = ConfigChange::PutVolume { name: name.to_string(), volume: v.clone() };
-        self.persist(meta, vec![change])?;
+        self.persist(meta, vec![change], Order::JournalFirst)?;
         Ok(self.register(name, &v))
     }
 
@@ -185,6 +199,15 @@ impl Pool {
     pub fn metadata_device(&self) -> Arc<dyn BlockDevice> {
         self.inner.metadata_dev.clone()
     }
+}
+
+/// Which of a management operation's two writes goes first (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// The journal line, then the commit: for changes that add a device.
+    JournalFirst,
+    /// The commit, then the journal line: for changes that remove or shrink one.
+    CommitFirst,
 }
 
 pub(super) fn volume_state(name: &str, v: &VolumeConfig) -> VolumeState {

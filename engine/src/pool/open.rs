@@ -340,11 +340,14 @@ fn lock_file(meta_path: &Path, dir: &Path) -> Result<PoolLock> {
         .map_err(|_| PoolError::Busy(dir.display().to_string()))
 }
 
-/// Makes pool.json agree with the metadata after open (see `persist` for the order of
-/// writes): volumes whose device does not exist are dropped (an uncommitted create),
-/// devices no volume names get one (`thin<ID>`, or — when pool.json is one transaction
-/// ahead — are deleted: an uncommitted delete; not when `writable` is false: then nothing
-/// is changed and such a device is named like the others).
+/// Makes pool.json agree with the metadata after open. The metadata's device ids are the
+/// truth; `persist` journals a name before its device is committed and forgets it only after
+/// the device's removal is committed, so a crash between the two leaves a volume whose
+/// device does not exist (an uncommitted create, or a committed delete): it is dropped.
+/// Devices no volume names (made by another tool) get one, `thin<ID>`. The metadata
+/// transaction id is the user's and plays no part — except in a pool.json of format 1,
+/// whose operations moved it: one transaction ahead there meant an uncommitted delete (not
+/// acted on when `writable` is false: then nothing is changed and such a device is named).
 fn reconcile(
     md: &mut ThinMetadata,
     stored: Option<PoolConfig>,
@@ -352,6 +355,10 @@ fn reconcile(
     writable: bool,
 ) -> Result<PoolConfig> {
     let t = md.transaction_id();
+    let legacy_ahead = stored
+        .as_ref()
+        .is_some_and(|c| c.format < CONFIG_FORMAT && c.transaction_id == t.wrapping_add(1))
+        && writable;
     let mut config = stored.unwrap_or_else(|| PoolConfig {
         format: CONFIG_FORMAT,
         transaction_id: t,
@@ -366,13 +373,7 @@ fn reconcile(
         );
         config.settings.data_block_size_bytes = bs;
     }
-    let ahead = writable && config.transaction_id == t + 1;
-    if config.transaction_id != t && !ahead {
-        tracing::warn!(
-            "pool.json matches transaction {}, the metadata is at {t}: reconciling",
-            config.transaction_id
-        );
-    }
+    config.format = CONFIG_FORMAT;
     let ids = md.device_ids();
     config.volumes.retain(|name, v| {
         let keep = ids.contains(&DevId(v.dev_id));
@@ -387,7 +388,7 @@ fn reconcile(
     let named: Vec<u64> = config.volumes.values().map(|v| v.dev_id).collect();
     let mut changed = false;
     for id in ids.into_iter().filter(|d| !named.contains(&d.0)) {
-        if ahead {
+        if legacy_ahead {
             tracing::warn!("device {id}: no volume names it (an uncommitted delete); deleting it");
             md.delete(id)?;
             changed = true;

@@ -189,12 +189,13 @@ impl Pool {
                 let (old, new) = (num(1)?, num(2)?);
                 let mut meta = self.inner.meta();
                 self.inner.check_writable(&meta)?;
+                // A wrong OLD is refused with nothing changed; the id lives in the metadata
+                // only (pool.json's copy is informational), committed now as the kernel does.
                 meta.md.set_transaction_id(old, new)?;
+                let (mut meta, r) = self.inner.commit_locked(meta);
+                r?;
                 meta.config.transaction_id = new;
-                let m = &mut *meta;
-                self.inner.config_store.append(&[], &mut m.config)?;
-                let (_m, r) = self.inner.commit_locked(meta);
-                r.map(|()| String::new())
+                Ok(String::new())
             }
             Some("reserve_metadata_snap") => {
                 argc(0)?;

@@ -106,6 +106,8 @@ impl ThinMetadata {
     }
 
     /// Sets the userspace transaction id to `new` if it is `old` now.
+    /// A wrong `old` is refused before anything changes (the kernel's
+    /// `set_transaction_id` message). Nothing else in thinly changes the id.
     pub fn set_transaction_id(&mut self, old: u64, new: u64) -> Result<()> {
         self.check_writable()?;
         if self.sb.trans_id != old {

@@ -188,6 +188,8 @@ pub fn compare(title: &str, t: &Side, k: &Side) -> Report {
     r.push("ops", "outcomes", summary(t.outcomes, &ft), summary(k.outcomes, &fk), detail);
     // Devices: one summary row per field; a row per device only where the device differs.
     r.push("pool", "devices", id_list(t), id_list(k), String::new());
+    let tid = |s: &Side| s.meta.transaction_id.to_string();
+    r.push("pool", "transaction id", tid(t), tid(k), String::new());
     let all: std::collections::BTreeSet<u64> =
         t.meta.devices.keys().chain(k.meta.devices.keys()).copied().collect();
     let mut per_dev = Report { title: String::new(), rows: Vec::new() };
@@ -331,6 +333,13 @@ pub fn status_rows(
         String::new(),
     );
     report.push("status", "mode", thinly.mode.clone(), field(7), String::new());
+    report.push(
+        "status",
+        "transaction id",
+        thinly.transaction_id.to_string(),
+        field(3),
+        String::new(),
+    );
     report.info(
         "status",
         "used/total metadata blocks",

@@ -81,6 +81,9 @@ pub fn guest_plan(script: &Script, n: &GuestNames) -> GuestPlan {
             }
             Op::Delete { dev } => s.push_str(&format!("run {l} delete {dev}\n")),
             Op::Commit => s.push_str(&format!("run {l} commit\n")),
+            Op::SetTransactionId { old, new } => {
+                s.push_str(&format!("run {l} set_transaction_id {old} {new}\n"))
+            }
         }
     }
     let g = &script.geometry;
@@ -131,6 +134,7 @@ wr() {{ dd if=$D/$2 of=/dev/mapper/{p}-t$1 bs=$3 seek=$4 count=$5 oflag=direct c
 discard() {{ blkdiscard -o $2 -l $3 /dev/mapper/{p}-t$1; }}
 delete() {{ dmsetup remove {p}-t$1 && dmsetup message $POOL 0 "delete $1"; }}
 commit() {{ dmsetup message $POOL 0 reserve_metadata_snap && dmsetup message $POOL 0 release_metadata_snap; }}
+set_transaction_id() {{ dmsetup message $POOL 0 "set_transaction_id $1 $2"; }}
 "#
     ));
     s

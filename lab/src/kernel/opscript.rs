@@ -10,6 +10,7 @@
 //! discard DEV OFFSET LEN
 //! delete DEV
 //! commit
+//! set_transaction_id OLD NEW
 //! ```
 //!
 //! Sizes and offsets are bytes, with an optional suffix: `s` (512-byte sectors), `k`, `m`,
@@ -115,12 +116,33 @@ fn splitmix64(mut z: u64) -> u64 {
 /// One operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    CreateThin { id: u64 },
-    CreateSnap { id: u64, origin: u64 },
-    Write { dev: u64, offset: u64, len: u64, pattern: Pattern },
-    Discard { dev: u64, offset: u64, len: u64 },
-    Delete { dev: u64 },
+    CreateThin {
+        id: u64,
+    },
+    CreateSnap {
+        id: u64,
+        origin: u64,
+    },
+    Write {
+        dev: u64,
+        offset: u64,
+        len: u64,
+        pattern: Pattern,
+    },
+    Discard {
+        dev: u64,
+        offset: u64,
+        len: u64,
+    },
+    Delete {
+        dev: u64,
+    },
     Commit,
+    /// The pool message; refused (a failed operation) when OLD is not the current id.
+    SetTransactionId {
+        old: u64,
+        new: u64,
+    },
 }
 
 impl fmt::Display for Op {
@@ -134,6 +156,7 @@ impl fmt::Display for Op {
             Op::Discard { dev, offset, len } => write!(f, "discard {dev} {offset} {len}"),
             Op::Delete { dev } => write!(f, "delete {dev}"),
             Op::Commit => write!(f, "commit"),
+            Op::SetTransactionId { old, new } => write!(f, "set_transaction_id {old} {new}"),
         }
     }
 }
@@ -227,7 +250,7 @@ fn check_devices(op: &Op, live: &mut BTreeSet<u64>) -> Result<(), String> {
             need(dev, live)?;
             live.remove(dev);
         }
-        Op::Commit => {}
+        Op::Commit | Op::SetTransactionId { .. } => {}
     }
     Ok(())
 }
@@ -343,6 +366,10 @@ fn parse_op(words: &[&str], g: &Geometry) -> Result<Op, String> {
             argc(0)?;
             Op::Commit
         }
+        "set_transaction_id" => {
+            argc(2)?;
+            Op::SetTransactionId { old: n(1)?, new: n(2)? }
+        }
         other => return Err(format!("unknown operation {other:?}")),
     })
 }
@@ -375,6 +402,15 @@ mod tests {
         assert!(Script::parse("t", "create_thin 0\nwrite 0 16m 512 a").is_err());
         assert!(Script::parse("t", "create_thin 0\ncreate_thin 0").is_err());
         assert!(Script::parse("t", "create_thin 0\ndelete 0\ndiscard 0 0 1b").is_err());
+    }
+
+    #[test]
+    fn set_transaction_id_parses_and_prints_as_the_pool_message() {
+        let s = Script::parse("t", "create_thin 0\nset_transaction_id 0 7\n").unwrap();
+        assert_eq!(s.steps[1].op, Op::SetTransactionId { old: 0, new: 7 });
+        assert_eq!(s.steps[1].op.to_string(), "set_transaction_id 0 7");
+        assert!(Script::parse("t", "set_transaction_id 0").is_err());
+        assert!(Script::parse("t", "set_transaction_id x 1").is_err());
     }
 
     #[test]

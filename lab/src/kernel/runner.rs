@@ -108,6 +108,9 @@ fn apply(
             names.remove(dev);
         }
         Op::Commit => pool.commit()?,
+        Op::SetTransactionId { old, new } => {
+            pool.message(&format!("set_transaction_id {old} {new}"))?;
+        }
     }
     Ok(())
 }

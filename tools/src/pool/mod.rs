@@ -24,6 +24,7 @@ pub const DEFAULT_POOL_DIR: &str = "./thinly-pool";
 /// The data size of a pool that `thinly serve` creates on its own.
 pub const DEFAULT_DATA_BYTES: u64 = 16 << 30;
 
+/// The value parser of every size flag (see `size`).
 pub fn size_arg(s: &str) -> Result<u64, String> {
     size::parse_size(s)
 }
@@ -97,7 +98,7 @@ pub fn run_request(dir: &Path, req: &Request) -> Result<Response> {
 pub struct PoolCreateArgs {
     #[command(flatten)]
     pub pool: PoolArgs,
-    /// Data size (K/M/G/T).
+    /// Data size (bytes, or with a unit: 128s sectors, 64K, 10G, 1T).
     #[arg(long, value_parser = size_arg, default_value = "16G")]
     pub size: u64,
     /// Data block size (64K … 1G, a multiple of 64K).

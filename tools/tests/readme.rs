@@ -270,7 +270,9 @@ fn every_command_block_of_the_readme_runs_as_written_in_order() {
     }
     assert!(server.is_none(), "the README leaves its server running");
     let skipped = blocks.iter().filter(|b| matches!(b.directive, Directive::Skip(_))).count();
-    assert!(ran >= 6 && skipped <= 2, "ran {ran} blocks, skipped {skipped}: {blocks:#?}");
+    // Skipped: the suite itself twice, and two blocks that need a remote host or root mounts
+    // (their own tests run them on loopback); a fifth skip needs a look.
+    assert!(ran >= 7 && skipped <= 4, "ran {ran} blocks, skipped {skipped}: {blocks:#?}");
     // What the README says of a clean shutdown and of the links.
     let pool = sandbox.clone.join("thinly-pool");
     let journal = std::fs::read_to_string(pool.join("pool.log")).expect("pool.log");

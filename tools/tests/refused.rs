@@ -162,6 +162,8 @@ fn make_pool(dir: &Path) -> Pool {
     let a = pool.create_volume("a", 4 << 20).expect("create a");
     a.write(BS, &vec![0xa5; BS as usize], false).expect("write a");
     pool.snapshot("a", "b", false).expect("snapshot b");
+    // The transaction id is the user's (only set_transaction_id moves it), as in dm-thin.
+    pool.message("set_transaction_id 0 2").expect("set the transaction id");
     assert_eq!(pool.status().transaction_id, 2, "the table's transaction id");
     pool
 }

@@ -828,7 +828,7 @@ fn socket_activation_serves_the_passed_sockets_and_notifies_ready_and_stopping()
     let child = Command::new(activate)
         .args(["-l", &tcp, "-l", sock.to_str().unwrap(), "-E", "NOTIFY_SOCKET"])
         .arg(common::thinly())
-        .args(["serve", "--pool", pool.to_str().unwrap()])
+        .args(["serve", "--pool", pool.to_str().unwrap(), "--create"])
         .env("NOTIFY_SOCKET", &notify)
         .stderr(Stdio::piped())
         .spawn()
@@ -888,7 +888,7 @@ fn the_control_socket_is_owner_only_under_any_umask_capped_and_checks_its_peer()
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pool");
     let cmd = format!(
-        "umask 000; exec {} serve --pool {} --listen none",
+        "umask 000; exec {} serve --pool {} --listen none --create",
         common::thinly().display(),
         dir.display()
     );

@@ -39,7 +39,7 @@ fn thinly(args: &[&str]) -> String {
 
 /// The transaction id `thinly pool status` reports (its first field, as dmsetup's).
 fn tid(pool: &str) -> u64 {
-    let status = thinly(&["pool", "status", "--pool", pool]);
+    let status = thinly(&["pool", "status", "--raw", "--pool", pool]);
     let first = status.split_whitespace().next().expect("a status line");
     first.parse().unwrap_or_else(|_| panic!("status {status:?}"))
 }
@@ -154,7 +154,7 @@ fn assert_checks_clean(dir: &Path) {
 fn dockers_message_sequence_offline_sees_the_kernels_transaction_ids() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = new_pool(tmp.path());
-    let status = thinly(&["pool", "status", "--pool", dir.to_str().expect("utf-8")]);
+    let status = thinly(&["pool", "status", "--raw", "--pool", dir.to_str().expect("utf-8")]);
     let total = status.split_whitespace().nth(2).expect("data blocks field");
     assert_eq!(total, "0/16384", "2097152s in 128s blocks: {status}");
     docker_sequence(&dir, &mut || {});

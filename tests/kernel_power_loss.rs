@@ -14,6 +14,7 @@
 //! (one vCPU each). THINLY_SEED=N replays a round's choices (its seed is printed).
 
 use thinly_lab::kernel::harness;
+use thinly_test_support::Rng;
 
 use harness::Work;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,21 +31,6 @@ const NR_BLOCKS: u64 = 4096;
 /// How long a guest may take to boot and start writing.
 const START_TIMEOUT: Duration = Duration::from_secs(240);
 const GUESTS_AT_ONCE: usize = 2;
-
-/// A small deterministic generator for a round's choices (splitmix64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
 
 /// What the guest said it did, in order.
 #[derive(Debug, Clone)]

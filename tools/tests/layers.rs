@@ -20,30 +20,12 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use thinly_test_support::Rng;
 
 /// The large sparse file each layer writes: its length and the pieces written into it.
 const SPARSE_BYTES: u64 = 64 << 20;
 const SPARSE_PIECE_BYTES: usize = 4096;
 const MODES: [u32; 5] = [0o600, 0o640, 0o755, 0o444, 0o4755];
-
-/// splitmix64: a small seeded generator, so a seed replays the same layers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// What the seed says one regular file holds.
 #[derive(Clone, Debug)]

@@ -8,22 +8,7 @@ use common::image::Image;
 use common::*;
 use thinly_engine::format::checksum::{identify, BlockKind};
 use thinly_engine::fsck::gen::GenConfig;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use thinly_test_support::Rng;
 
 /// Damages a few in-use blocks of `img`; some edits are resealed so that they pass the
 /// checksum and reach the structural checks.
@@ -45,13 +30,13 @@ fn damage(img: &mut Image, rng: &mut Rng) {
                 let off = rng.below(4000) as usize;
                 let len = 1 + rng.below(64) as usize;
                 for x in &mut img.block_mut(b)[off..(off + len).min(4096)] {
-                    *x = rng.next() as u8;
+                    *x = rng.next_u64() as u8;
                 }
             }
             _ => {
                 // Resealed nonsense in the header, keys or values.
                 let off = 16 + rng.below(4080) as usize;
-                let v = rng.next().to_le_bytes();
+                let v = rng.next_u64().to_le_bytes();
                 let end = (off + 8).min(4096);
                 img.block_mut(b)[off..end].copy_from_slice(&v[..end - off]);
                 img.reseal(b, kind.unwrap_or(BlockKind::Node));

@@ -183,8 +183,8 @@ fn serve(args: &ServeArgs) -> Result<()> {
         None => listen(&mut server, args, &plan, &dir)?,
     };
     let handle = server.start().context("starting the NBD server")?;
-    let control =
-        ControlServer::start(pool.clone(), &dir).context("starting the control socket")?;
+    let control = ControlServer::start(pool.clone(), &dir, Some(handle.export_closer()))
+        .context("starting the control socket")?;
     eprintln!("thinly: control socket {}", dir.join(super::control::CONTROL_SOCKET).display());
     let watcher = spawn_event_watcher(events, dir.clone(), args.on_low_water.clone());
     systemd::notify_ready();

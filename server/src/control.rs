@@ -5,7 +5,7 @@
 //! control socket (`<pool>/control.sock`) and prints the JSON line that comes back. Both
 //! paths run `execute`, so online and offline behave the same.
 
-use super::guard;
+use crate::guard;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -8,7 +8,7 @@
 //! The dm-thin messages (`thinly message`) do not come here: they keep the kernel's
 //! semantics exactly, because scripts written against dm-thin rely on them.
 
-use super::size::format_size;
+use crate::size::format_size;
 use serde_json::Value;
 use std::time::Duration;
 use thinly_engine::pool::{Pool, PoolError, Provisioning};

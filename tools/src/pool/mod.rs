@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod diff;
 pub mod export;
+pub mod policy;
 pub mod serve;
 pub mod show;
 pub mod size;

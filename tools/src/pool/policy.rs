@@ -303,6 +303,23 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses_and_means_what_it_says() {
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .filter_map(|b| b.split("```").next())
+            .find(|b| b.contains("[[access]]"))
+            .expect("the README shows an [[access]] example");
+        let r = rules(block);
+        let dn = Some(TlsIdentity::Certificate("O=Example,CN=backup".into()));
+        assert_eq!(r.access(&tcp("192.0.2.1:9", dn), "vm-1"), Access::Read);
+        assert_eq!(r.access(&tcp("10.20.3.4:9", None), "vm-1"), Access::Write);
+        assert_eq!(r.access(&tcp("10.21.3.4:9", None), "vm-1"), Access::None);
+        assert_eq!(r.access(&unix(5, 27), "vol0"), Access::Read);
+        assert_eq!(r.access(&unix(5, 27), "vault"), Access::None);
+    }
+
+    #[test]
     fn a_replaced_rule_set_decides_from_then_on() {
         let p = Policy::new(rules("[[access]]\nuid = [1]\naccess = \"write\"\n"));
         assert_eq!(p.access(&unix(1, 1), "v"), Access::Write);

@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn the_readme_example_parses_and_means_what_it_says() {
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../README.md");
         let block = readme
             .split("```toml\n")
             .filter_map(|b| b.split("```").next())

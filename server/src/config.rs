@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use super::serve::ServeArgs;
+use crate::serve::ServeArgs;
 
 /// `serve`'s arguments alone, with later flags overriding earlier ones.
 #[derive(Debug, Parser)]
@@ -33,7 +33,7 @@ pub fn config_flags(path: &Path) -> Result<Vec<OsString>> {
         .with_context(|| format!("parsing the config file {}", path.display()))?;
     let mut flags = Vec::new();
     for (key, value) in &table {
-        if key == super::policy::ACCESS_KEY {
+        if key == crate::policy::ACCESS_KEY {
             continue;
         }
         let flag = format!("--{}", key.replace('_', "-"));

@@ -80,6 +80,7 @@ impl Pool {
         meta.config.volumes.remove(name);
         state.deleted.store(true, Ordering::SeqCst);
         self.inner.volumes.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.inner.stats.retire(&state.counters);
         let change = ConfigChange::RemoveVolume { name: name.to_string(), dev_id: Some(state.dev) };
         self.persist(meta, vec![change], Order::CommitFirst)
     }
@@ -219,6 +220,7 @@ pub(super) fn volume_state(name: &str, v: &VolumeConfig) -> VolumeState {
         gate: RwLock::new(()),
         deleted: AtomicBool::new(false),
         handles: AtomicUsize::new(0),
+        counters: Default::default(),
     }
 }
 

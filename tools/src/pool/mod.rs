@@ -7,9 +7,11 @@ pub mod config;
 pub mod control;
 pub mod diff;
 pub mod export;
+pub mod metrics;
 pub mod serve;
 pub mod show;
 pub mod size;
+pub mod stats;
 pub mod systemd;
 pub mod tls;
 

@@ -5,6 +5,7 @@
 
 use super::control::ControlServer;
 use super::export::PoolRegistry;
+use super::metrics::MetricsServer;
 use super::systemd;
 use super::tls::{TlsArgs, TlsPlan};
 use super::{default_pool_options, open_or_create, PoolArgs};
@@ -92,6 +93,11 @@ pub struct ServeArgs {
     /// comes from RUST_LOG [default: warn, and info for connections].
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve the pool's statistics as Prometheus text on http://ADDR/metrics [without
+    /// ADDR: 127.0.0.1:9109]. Loopback unless another address is given here.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = super::metrics::DEFAULT_METRICS_ADDR)]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -186,6 +192,16 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let control =
         ControlServer::start(pool.clone(), &dir).context("starting the control socket")?;
     eprintln!("thinly: control socket {}", dir.join(super::control::CONTROL_SOCKET).display());
+    let metrics = match &args.metrics {
+        Some(addr) => {
+            let label = dir.display().to_string();
+            let m = MetricsServer::start(pool.clone(), addr, label)
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            eprintln!("thinly: metrics on http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
     let watcher = spawn_event_watcher(events, dir.clone(), args.on_low_water.clone());
     systemd::notify_ready();
 
@@ -194,6 +210,9 @@ fn serve(args: &ServeArgs) -> Result<()> {
     eprintln!("thinly: {sig:?}: finishing in-flight requests and committing");
     handle.shutdown();
     control.stop();
+    if let Some(m) = metrics {
+        m.stop();
+    }
     if let Some(socket) = socket {
         let _ = std::fs::remove_file(&socket);
     }

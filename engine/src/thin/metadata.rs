@@ -40,6 +40,9 @@ pub(crate) struct DeviceState {
     pub root: MetaBlock,
     /// Changed since the last commit: written into the details tree at commit.
     pub dirty: bool,
+    /// `ThinMetadata::edit_clock` at the device's last mapping change (or creation): what
+    /// `usage` keys a device's cached exclusive count by.
+    pub last_edit: u64,
 }
 
 /// The kernel's thin-pool status figures (plus what thin_ls shows per device).
@@ -66,6 +69,10 @@ pub struct ThinMetadata {
     pub(crate) changed: bool,
     /// Mapping lookups by the depth they reached (statistics; see `lookup_depths`).
     pub(crate) lookup_depths: [u64; crate::limits::MAX_BTREE_DEPTH + 1],
+    /// Ticks once per device creation or mapping edit (see `DeviceState::last_edit`).
+    pub(crate) edit_clock: u64,
+    /// Exclusive-block counts by device, with the epoch each was computed at (`usage`).
+    pub(crate) usage: super::usage::UsageCache,
 }
 
 fn check_data_block_size(sectors: u32) -> Result<()> {
@@ -129,6 +136,8 @@ impl ThinMetadata {
             read_only: false,
             changed: true,
             lookup_depths: Default::default(),
+            edit_clock: 0,
+            usage: Default::default(),
         };
         md.commit()?;
         Ok(md)
@@ -151,6 +160,8 @@ impl ThinMetadata {
             read_only: opts.read_only,
             changed: false,
             lookup_depths: Default::default(),
+            edit_clock: 0,
+            usage: Default::default(),
         };
         md.devices = md.load_devices()?;
         Ok(md)
@@ -176,7 +187,10 @@ impl ThinMetadata {
             nr_top += 1;
             let root = MetaBlock(crate::format::le_u64(v, 0));
             if let Some(d) = details.get(&DevId(k)) {
-                devices.insert(DevId(k), DeviceState { details: *d, root, dirty: false });
+                devices.insert(
+                    DevId(k),
+                    DeviceState { details: *d, root, dirty: false, last_edit: 0 },
+                );
             }
             Ok(())
         })?;

@@ -56,6 +56,9 @@ pub struct BlockManager {
     cache: BlockMap<Entry>,
     capacity_blocks: usize,
     tick: u64,
+    /// Metadata blocks written since this manager was made (evictions, commits and the
+    /// superblock alike): the pool's statistics take differences of it.
+    nr_written: u64,
 }
 
 impl BlockManager {
@@ -65,7 +68,13 @@ impl BlockManager {
             cache: BlockMap::default(),
             capacity_blocks: (cache_bytes / META_BLOCK_SIZE).max(64),
             tick: 0,
+            nr_written: 0,
         }
+    }
+
+    /// Metadata blocks written so far (a running total; never reset).
+    pub fn nr_blocks_written(&self) -> u64 {
+        self.nr_written
     }
 
     /// The cache's byte budget.
@@ -200,10 +209,11 @@ impl BlockManager {
         self.write_out(&dirty)
     }
 
-    fn write_out(&self, blocks: &[(u64, Box<Block>)]) -> Result<()> {
+    fn write_out(&mut self, blocks: &[(u64, Box<Block>)]) -> Result<()> {
         if blocks.is_empty() {
             return Ok(());
         }
+        self.nr_written += blocks.len() as u64;
         let writes: Vec<(u64, &Block)> = blocks.iter().map(|(b, d)| (*b, &**d)).collect();
         self.dev.write_many(&writes).map_err(|e| Error::io("writing metadata blocks", e))
     }
@@ -227,6 +237,7 @@ impl BlockManager {
     pub fn write_superblock(&mut self, sb: &Block) -> Result<()> {
         let mut data = Box::new(*sb);
         checksum::seal(&mut data[..], MetaBlock(0), BlockKind::Superblock);
+        self.nr_written += 1;
         self.dev.write_block(0, &data).map_err(|e| Error::io("writing the superblock", e))?;
         self.dev.flush().map_err(|e| Error::io("flushing the superblock", e))?;
         self.cache.remove(&0);

@@ -15,6 +15,10 @@
 //! `thinly-lab` (`lab/`), and what every test shares (finding real tools, the golden samples
 //! in `tests/data/samples`) is `thinly-test-support` (`test-support/`).
 
+/// Whether the pool keeps its statistics (counters, latency histograms): off only with
+/// the `no-stats` cargo feature, which exists to measure what they cost (benches/stats.rs).
+pub const STATS: bool = !cfg!(feature = "no-stats");
+
 pub mod block_manager;
 pub mod btree;
 pub mod error;

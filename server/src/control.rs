@@ -67,6 +67,14 @@ pub enum Request {
         offset_bytes: u64,
         max_ranges: usize,
     },
+    /// The pool's statistics (`StatsSnapshot`); `volume` must exist if given; `reset`
+    /// zeroes them, answering with the figures just before.
+    Stats {
+        #[serde(default)]
+        volume: Option<String>,
+        #[serde(default)]
+        reset: bool,
+    },
 }
 
 /// Changed ranges one `Diff` request returns at most: one answer line stays ~2 MiB.
@@ -149,6 +157,13 @@ pub fn execute_served(pool: &Pool, req: &Request, closer: Option<&ExportCloser>)
             Request::Message { text } => serde_json::Value::String(pool.message(text)?),
             Request::Diff { base, target, offset_bytes, max_ranges } => {
                 diff_json(pool, base, target, *offset_bytes, *max_ranges)?
+            }
+            Request::Stats { volume, reset } => {
+                if let Some(name) = volume {
+                    pool.volume_status(name)?;
+                }
+                let snap = if *reset { pool.reset_stats() } else { pool.stats() };
+                serde_json::to_value(snap).unwrap_or_default()
             }
         })
     })();

@@ -3,7 +3,7 @@
 //! trait), takes management requests as JSON lines on the control socket (`control`), and
 //! owns what a running server needs around that: TLS plans (`tls`), the config file
 //! (`config`), the access policy (`policy`), systemd readiness and socket activation
-//! (`systemd`).
+//! (`systemd`), and the Prometheus endpoint of the pool's statistics (`metrics`).
 //!
 //! Layering: the NBD protocol crate knows nothing of the engine and the engine nothing of
 //! sockets; this crate is the one place where they meet. The `thinly` command (thinly-tools)
@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod export;
 pub mod guard;
+pub mod metrics;
 pub mod policy;
 pub mod pool_dir;
 pub mod serve;

@@ -6,6 +6,7 @@
 
 use crate::control::ControlServer;
 use crate::export::PoolRegistry;
+use crate::metrics::MetricsServer;
 use crate::policy::{Policy, Rules};
 use crate::pool_dir::{default_pool_options, open_or_create, PoolArgs};
 use crate::systemd;
@@ -94,6 +95,11 @@ pub struct ServeArgs {
     /// comes from RUST_LOG [default: warn, and info for connections].
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve the pool's statistics as Prometheus text on http://ADDR/metrics [without
+    /// ADDR: 127.0.0.1:9109]. Loopback unless another address is given here.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = crate::metrics::DEFAULT_METRICS_ADDR)]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -193,6 +199,16 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let control = ControlServer::start(pool.clone(), &dir, Some(handle.export_closer()))
         .context("starting the control socket")?;
     eprintln!("thinly: control socket {}", dir.join(crate::control::CONTROL_SOCKET).display());
+    let metrics = match &args.metrics {
+        Some(addr) => {
+            let label = dir.display().to_string();
+            let m = MetricsServer::start(pool.clone(), addr, label)
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            eprintln!("thinly: metrics on http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
     let watcher = spawn_event_watcher(events, dir.clone(), args.on_low_water.clone());
     systemd::notify_ready();
 
@@ -201,6 +217,9 @@ fn serve(args: &ServeArgs) -> Result<()> {
     eprintln!("thinly: {sig:?}: finishing in-flight requests and committing");
     handle.shutdown();
     control.stop();
+    if let Some(m) = metrics {
+        m.stop();
+    }
     if let Some(socket) = socket {
         let _ = std::fs::remove_file(&socket);
     }

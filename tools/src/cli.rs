@@ -427,6 +427,9 @@ enum ThinlyCommand {
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
+    /// Live statistics of a served pool: requests, data-file bytes by cause, copy-on-write,
+    /// commits, latency percentiles, write amplification.
+    Stats(pool::stats::StatsArgs),
     /// Send a dm-thin pool message: "create_thin ID", "create_snap ID ORIGIN", "delete ID",
     /// "set_transaction_id OLD NEW", "reserve_metadata_snap", "release_metadata_snap".
     Message {
@@ -530,6 +533,7 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
         // serve sets up its own logging (--log-format).
         ThinlyCommand::Serve(a) => return pool::serve::run(&a),
         ThinlyCommand::Bench(a) => return bench::run(&a),
+        ThinlyCommand::Stats(a) => return pool::stats::run(&a),
         ThinlyCommand::Pool(PoolCommand::Create(a)) => return pool::pool_create(&a),
         ThinlyCommand::KernelScript(a) => return crate::kernel::run(&a),
         ThinlyCommand::InstallLinks(a) => return crate::install_links::run(&a),

@@ -26,7 +26,7 @@ pub use delete::delete_tree;
 pub use diff::{diff, DiffItem, DiffVisitor, Shared};
 pub use insert::{insert, shadow_path};
 pub use remove::remove;
-pub use walk::{for_each, lookup, lookup_u64, walk, walk_nodes, NodeVisit, Visitor};
+pub use walk::{for_each, lookup, lookup_depth, lookup_u64, walk, walk_nodes, NodeVisit, Visitor};
 
 use crate::error::{Error, Result};
 use crate::format::node;

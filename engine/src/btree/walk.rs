@@ -20,19 +20,31 @@ pub fn lookup<R: ReadBlocks + ?Sized>(
     key: u64,
     out: &mut [u8],
 ) -> Result<bool> {
+    lookup_depth(tm, root, kind, key, out).map(|(found, _)| found)
+}
+
+/// `lookup` that also says how many nodes it read (the depth it reached: 1 for a tree that
+/// is one leaf), for the pool's statistics.
+pub fn lookup_depth<R: ReadBlocks + ?Sized>(
+    tm: &mut R,
+    root: MetaBlock,
+    kind: ValueKind,
+    key: u64,
+    out: &mut [u8],
+) -> Result<(bool, usize)> {
     let mut b = root;
-    for _ in 0..MAX_BTREE_DEPTH {
+    for depth in 1..=MAX_BTREE_DEPTH {
         let data = read_node(tm, b, kind)?;
         let blk = &data[..];
         let Some(i) = node::lower_bound(blk, key) else {
-            return Ok(false);
+            return Ok((false, depth));
         };
         if node::is_leaf(blk) {
             if node::key(blk, i) != key {
-                return Ok(false);
+                return Ok((false, depth));
             }
             out.copy_from_slice(node::value(blk, i));
-            return Ok(true);
+            return Ok((true, depth));
         }
         b = MetaBlock(node::value_u64(blk, i));
     }

@@ -1,6 +1,7 @@
 //! Commits, data-block allocation (out-of-space policies, the low water mark), failure, and
 //! the commit timer.
 
+use super::stats::{Clock, CommitCause, PoolCounter};
 use super::{Inner, Meta, Mode, OutOfSpacePolicy, PoolError, PoolEvent, Result};
 use crate::units::{DataBlock, DevId, VirtBlock};
 use std::sync::atomic::Ordering;
@@ -21,7 +22,12 @@ impl Inner {
     /// 3. wait for provisioning again (it parks), then commit the metadata with the parked
     ///    blocks counted free, hole-punch what the transaction freed, and insert the parked
     ///    mappings into the next transaction.
-    pub(super) fn commit_locked<'a>(&'a self, mut meta: Guard<'a>) -> (Guard<'a>, Result<()>) {
+    pub(super) fn commit_locked_by<'a>(
+        &'a self,
+        mut meta: Guard<'a>,
+        cause: CommitCause,
+    ) -> (Guard<'a>, Result<()>) {
+        let clock = Clock::start();
         while meta.committing {
             meta = self.provisioned.wait(meta).unwrap_or_else(|e| e.into_inner());
         }
@@ -46,7 +52,12 @@ impl Inner {
             }
         };
         if needed && r.is_ok() {
+            let written = meta.md.nr_metadata_blocks_written();
             r = self.commit_metadata(&mut meta, writes);
+            if r.is_ok() {
+                let blocks = meta.md.nr_metadata_blocks_written() - written;
+                self.stats.committed(cause, blocks, clock);
+            }
         }
         meta.committing = false;
         meta.commit_waiting = false;
@@ -59,6 +70,11 @@ impl Inner {
             Err(e) => self.fail(&mut meta, &format!("commit failed: {e}")),
         }
         (meta, r)
+    }
+
+    /// `commit_locked_by` for a management operation.
+    pub(super) fn commit_locked<'a>(&'a self, meta: Guard<'a>) -> (Guard<'a>, Result<()>) {
+        self.commit_locked_by(meta, CommitCause::Management)
     }
 
     /// Stops new allocations and waits until no provisioning is in flight.
@@ -87,6 +103,7 @@ impl Inner {
                 let mut kept: Vec<DataBlock> = parked.iter().map(|p| p.block).collect();
                 kept.sort_unstable();
                 freed.retain(|b| kept.binary_search(b).is_err());
+                self.stats.add(PoolCounter::BlocksFreed, freed.len() as u64);
                 if !freed.is_empty() {
                     self.space_appeared(meta);
                 }
@@ -137,7 +154,11 @@ impl Inner {
     fn punch_run(&self, meta: &mut Meta, start: u64, n: u64) {
         let bs = self.block_size;
         match self.data.punch_hole(start * bs, n * bs) {
-            Ok(()) => meta.holes.insert(start, n),
+            Ok(()) => {
+                self.stats.add(PoolCounter::HolePunches, 1);
+                self.stats.add(PoolCounter::HolePunchBytes, n * bs);
+                meta.holes.insert(start, n)
+            }
             Err(e) => {
                 tracing::warn!(pool = %self.label, start, n, "hole-punching freed blocks failed: {e}")
             }
@@ -218,7 +239,7 @@ impl Inner {
             }
             if meta.md.nr_free_data_blocks() > 0 {
                 // Blocks freed in this transaction become usable once it commits.
-                let (m, r) = self.commit_locked(meta);
+                let (m, r) = self.commit_locked_by(meta, CommitCause::Other);
                 meta = m;
                 if let Err(e) = r {
                     return (meta, Err(e));
@@ -403,7 +424,7 @@ pub(super) fn spawn_timer(
             return;
         }
         let meta = inner.meta();
-        let (_meta, r) = inner.commit_locked(meta);
+        let (_meta, r) = inner.commit_locked_by(meta, CommitCause::Timer);
         if let Err(e) = r {
             tracing::debug!(pool = %inner.label, "timed commit: {e}");
         }

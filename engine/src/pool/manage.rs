@@ -97,6 +97,7 @@ impl Pool {
                 changes.push(ConfigChange::PutVolume { name: snap.clone(), volume: v.clone() });
             }
         }
+        self.inner.stats.retire(&state.counters);
         self.persist(meta, changes, Order::CommitFirst)
     }
 
@@ -235,6 +236,7 @@ pub(super) fn volume_state(name: &str, v: &VolumeConfig) -> VolumeState {
         gate: RwLock::new(()),
         deleted: AtomicBool::new(false),
         handles: AtomicUsize::new(0),
+        counters: Default::default(),
     }
 }
 

@@ -41,8 +41,10 @@ pub mod config;
 mod guard;
 mod holes;
 mod manage;
+pub mod metrics;
 mod open;
 mod prison;
+pub mod stats;
 mod status;
 mod volume;
 
@@ -54,6 +56,7 @@ pub use config::{
 };
 pub use guard::Provisioning;
 pub use open::PoolOptions;
+pub use stats::{StatsSnapshot, VolumeCounter};
 pub use status::{PoolStatus, VolumeInfo, VolumeStatus};
 pub use volume::{Extent, Volume};
 
@@ -202,6 +205,8 @@ pub(crate) struct VolumeState {
     deleted: AtomicBool,
     /// Open `Volume` handles on this volume.
     handles: AtomicUsize,
+    /// This volume's statistics (`stats`).
+    counters: stats::VolumeCounters,
 }
 
 struct Inner {
@@ -215,6 +220,8 @@ struct Inner {
     metadata_dev: Arc<dyn BlockDevice>,
     config_store: Box<dyn ConfigStore>,
     block_size: u64,
+    /// Counters and histograms (`stats`); the prison shares them for its waits.
+    stats: Arc<stats::Stats>,
     prison: Prison,
     volumes: RwLock<BTreeMap<String, Arc<VolumeState>>>,
     /// Completed data writes (a commit covers those counted before its data sync).
@@ -242,8 +249,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// Takes the metadata lock; a wait for it is counted (`stats`).
     fn meta(&self) -> MutexGuard<'_, Meta> {
-        lock(&self.meta)
+        match self.meta.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let t = stats::Clock::start();
+                let guard = lock(&self.meta);
+                use stats::PoolCounter as P;
+                self.stats.waited(P::MetadataLockWaits, P::MetadataLockWaitNanos, t);
+                guard
+            }
+        }
     }
 
     fn emit(&self, event: PoolEvent) {
@@ -256,7 +274,7 @@ impl Drop for Inner {
     /// The last handle is gone: commit what is left (a clean close already did).
     fn drop(&mut self) {
         let meta = self.meta();
-        let (_meta, r) = self.commit_locked(meta);
+        let (_meta, r) = self.commit_locked_by(meta, stats::CommitCause::Other);
         if let Err(e) = r {
             tracing::warn!(pool = %self.label, "final commit failed: {e}");
         }

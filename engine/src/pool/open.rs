@@ -13,6 +13,8 @@ use super::config::{
 };
 use super::holes::Holes;
 use super::manage::volume_state;
+use super::prison::Prison;
+use super::stats::CommitCause;
 use super::{Inner, Meta, Mode, Pool, PoolError, Result};
 use crate::io::{BlockDevice, DataDevice, FileData, FileDevice, IoMode};
 use crate::thin::{check, CheckOptions, OpenOptions, ThinMetadata};
@@ -233,6 +235,7 @@ impl Pool {
             .collect();
         let free = md.nr_free_data_blocks();
         let lwm_armed = free > config.settings.low_water_mark_blocks;
+        let stats = Arc::new(super::stats::Stats::default());
         let inner = Arc::new(Inner {
             label: label.to_string(),
             meta: Mutex::new(Meta {
@@ -255,7 +258,8 @@ impl Pool {
             metadata_dev: dev,
             config_store: store,
             block_size,
-            prison: Default::default(),
+            stats: stats.clone(),
+            prison: Prison::with_stats(stats),
             volumes: RwLock::new(volumes),
             data_writes: AtomicU64::new(0),
             open_handles: Default::default(),
@@ -280,7 +284,7 @@ impl Pool {
         if let Some(t) = super::lock(&self.inner.timer).take() {
             t.unpark();
         }
-        self.inner.flush()?;
+        self.inner.flush(CommitCause::Other)?;
         let meta = self.inner.meta();
         if matches!(meta.mode, Mode::ReadOnly(_)) {
             return Ok(());
@@ -292,7 +296,7 @@ impl Pool {
 
     /// Commits everything written so far.
     pub fn commit(&self) -> Result<()> {
-        self.inner.flush()
+        self.inner.flush(CommitCause::Management)
     }
 }
 

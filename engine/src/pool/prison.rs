@@ -5,8 +5,9 @@
 //!
 //! Callers that hold several cells take them in ascending (device, block) order.
 
+use super::stats::{Clock, PoolCounter, Stats};
 use crate::block_manager::BlockMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Shards of the lock table: enough that independent blocks rarely meet on one mutex.
 const SHARDS: usize = 64;
@@ -34,6 +35,8 @@ fn cell_key(dev: u64, block: u64) -> u64 {
 
 pub struct Prison {
     shards: Vec<Shard>,
+    /// Where waits for a cell are counted (the pool's statistics).
+    stats: Arc<Stats>,
 }
 
 /// A held cell; released on drop.
@@ -45,11 +48,16 @@ pub struct CellGuard<'a> {
 
 impl Default for Prison {
     fn default() -> Self {
-        Prison { shards: (0..SHARDS).map(|_| Shard::default()).collect() }
+        Prison::with_stats(Arc::default())
     }
 }
 
 impl Prison {
+    /// A prison that counts its waits in `stats`.
+    pub fn with_stats(stats: Arc<Stats>) -> Prison {
+        Prison { shards: (0..SHARDS).map(|_| Shard::default()).collect(), stats }
+    }
+
     fn shard(&self, key: u64) -> &Shard {
         let h = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         &self.shards[(h >> 58) as usize % SHARDS]
@@ -65,6 +73,7 @@ impl Prison {
         let shard = self.shard(key);
         let mut cells = Self::cells(shard);
         let mut waited = false;
+        let mut clock = None;
         loop {
             let cell = cells.entry(key).or_default();
             if waited {
@@ -77,10 +86,15 @@ impl Prison {
                 } else {
                     cell.readers += 1;
                 }
+                drop(cells);
+                if let Some(t) = clock {
+                    self.stats.waited(PoolCounter::CellWaits, PoolCounter::CellWaitNanos, t);
+                }
                 return CellGuard { prison: self, key, exclusive };
             }
             cell.waiters += 1;
             waited = true;
+            clock.get_or_insert_with(Clock::start);
             cells = shard.released.wait(cells).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -192,5 +206,28 @@ mod tests {
         t.join().unwrap();
         assert!(done.load(Ordering::SeqCst));
         assert_eq!(p.nr_held(), 0);
+    }
+
+    #[test]
+    #[cfg(not(feature = "no-stats"))]
+    fn a_wait_for_a_held_cell_is_counted_and_a_free_cell_is_not() {
+        let stats = Arc::new(Stats::default());
+        let p = Arc::new(Prison::with_stats(stats.clone()));
+        drop(p.lock(1, 1, true));
+        let held = p.lock(1, 2, true).into_held();
+        let t = {
+            let p = p.clone();
+            std::thread::spawn(move || drop(p.lock(1, 2, false)))
+        };
+        while super::Prison::cells(p.shard(cell_key(1, 2))).get(&cell_key(1, 2)).unwrap().waiters
+            == 0
+        {
+            std::thread::yield_now();
+        }
+        p.release(held);
+        t.join().unwrap();
+        let s = stats.snapshot(1, std::iter::empty(), &[]);
+        assert_eq!(s.pool_counter(PoolCounter::CellWaits.name()), 1);
+        assert!(s.pool_counter(PoolCounter::CellWaitNanos.name()) > 0);
     }
 }

@@ -1,6 +1,7 @@
 //! The data path of one volume: read, write (+FUA), write_zeroes, discard, flush and
 //! block_status over byte ranges of any alignment.
 
+use super::stats::{Clock, CommitCause, OpKind, PoolCounter, VolumeCounter as C};
 use super::{Inner, Parked, PoolError, Result, SnapshotCache, VolumeState};
 use crate::thin::RunDetail;
 use crate::units::{DataBlock, DevId, VirtBlock};
@@ -144,7 +145,15 @@ impl Volume {
     /// Reads `buf.len()` bytes at `offset`. Unmapped blocks read as zeros without touching
     /// the data file; mapped ones are read together (one io_uring submission).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.read_blocks(offset, buf.len() as u64, ReadInto::Whole(buf)).map(drop)
+        let (t, len) = (Clock::start(), buf.len() as u64);
+        self.read_blocks(offset, len, ReadInto::Whole(buf))?;
+        self.done(OpKind::Read, len, false, t);
+        Ok(())
+    }
+
+    /// Counts a completed request in the statistics.
+    fn done(&self, kind: OpKind, bytes: u64, fua: bool, t: Clock) {
+        self.inner.stats.op_done(&self.state.counters, kind, bytes, fua, t);
     }
 
     /// Reads `len` bytes at `offset` like `read`, but appends to `out` only the mapped
@@ -152,7 +161,10 @@ impl Volume {
     /// as `block_status` with `RunDetail::Mapped` would give it (so `shared` is false),
     /// found by the same lookups that found the data. On error `out` may have grown.
     pub fn read_sparse(&self, offset: u64, len: u64, out: &mut Vec<u8>) -> Result<Vec<Extent>> {
-        self.read_blocks(offset, len, ReadInto::Mapped(out))
+        let t = Clock::start();
+        let layout = self.read_blocks(offset, len, ReadInto::Mapped(out))?;
+        self.done(OpKind::Read, len, false, t);
+        Ok(layout)
     }
 
     /// The read path: the blocks' cells are held across the data I/O (so no data block can
@@ -208,6 +220,7 @@ impl Volume {
 
     /// Writes `data` at `offset`; with `fua`, the write is durable when this returns.
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        let t = Clock::start();
         let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_write(offset, data.len() as u64)?;
         let mut done = 0usize;
@@ -216,12 +229,15 @@ impl Volume {
             done += p.len as usize;
             self.inner.retry_when_full(|| self.write_piece(&p, Payload::Bytes(bytes)))?;
         }
-        self.finish_write(fua)
+        self.finish_write(fua)?;
+        self.done(OpKind::Write, data.len() as u64, fua, t);
+        Ok(())
     }
 
     /// Writes zeros: whole blocks are unmapped when `may_trim` (they read as zeros), else
     /// provisioned as zeros; partial blocks are zero-filled where mapped.
     pub fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fua: bool) -> Result<()> {
+        let t = Clock::start();
         let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_write(offset, len)?;
         let bs = self.inner.block_size;
@@ -232,12 +248,15 @@ impl Volume {
                 self.inner.retry_when_full(|| self.write_piece(&p, Payload::Zeros))?;
             }
         }
-        self.finish_write(fua)
+        self.finish_write(fua)?;
+        self.done(OpKind::WriteZeroes, len, fua, t);
+        Ok(())
     }
 
     /// Discards (unmaps) every whole block in the range; partial blocks are left as they are
     /// (a discard is advisory). Freed data blocks are hole-punched after the next commit.
     pub fn discard(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        let t = Clock::start();
         let _gate = self.state.gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_write(offset, len)?;
         let bs = self.inner.block_size;
@@ -248,12 +267,17 @@ impl Volume {
                 self.unmap_block(vblock)?;
             }
         }
-        self.finish_write(fua)
+        self.finish_write(fua)?;
+        self.done(OpKind::Trim, len, fua, t);
+        Ok(())
     }
 
     /// Makes every completed write durable (a commit).
     pub fn flush(&self) -> Result<()> {
-        self.inner.flush()
+        let t = Clock::start();
+        self.inner.flush(CommitCause::Flush)?;
+        self.done(OpKind::Flush, 0, false, t);
+        Ok(())
     }
 
     /// The range as runs of mapped and unmapped bytes; with `RunDetail::Sharing` mapped
@@ -285,7 +309,7 @@ impl Volume {
 
     fn finish_write(&self, fua: bool) -> Result<()> {
         if fua {
-            self.inner.flush()?;
+            self.inner.flush(CommitCause::Fua)?;
         }
         Ok(())
     }
@@ -318,7 +342,9 @@ impl Volume {
         let mut meta = inner.meta();
         inner.check_writable(&meta)?;
         let r = meta.md.remove_mapping(DevId(self.state.dev), VirtBlock(vblock));
-        r.map_err(|e| inner.metadata_failed(&mut meta, e))?;
+        if r.map_err(|e| inner.metadata_failed(&mut meta, e))? {
+            self.state.counters.add(C::BlocksUnmapped, 1);
+        }
         Ok(())
     }
 
@@ -340,6 +366,7 @@ impl Volume {
                     drop(meta);
                     self.write_bytes(m.data_block.0 * bs + p.offset, p.len, payload)?;
                     inner.data_writes.fetch_add(1, Ordering::SeqCst);
+                    self.count_block_write(p.len, 0, 0);
                     return Ok(());
                 }
                 _ => {
@@ -394,7 +421,11 @@ impl Volume {
                 // A new block not known to be a hole (see the pool's Zeroing paragraph):
                 // the metadata has just allocated it to this write, so punching it can
                 // destroy nothing the write would not overwrite anyway.
-                None if !whole && prepare => inner.data.punch_hole(target.0 * bs, bs)?,
+                None if !whole && prepare => {
+                    inner.data.punch_hole(target.0 * bs, bs)?;
+                    inner.stats.add(PoolCounter::HolePunches, 1);
+                    inner.stats.add(PoolCounter::HolePunchBytes, bs);
+                }
                 _ => {}
             }
             // Before the write, whose new pages may then reuse that memory.
@@ -425,7 +456,28 @@ impl Volume {
             r.map_err(|e| inner.metadata_failed(&mut meta, e))?;
         }
         inner.data_writes.fetch_add(1, Ordering::SeqCst);
+        // The data file's bytes by cause: the write's own, what the copy-on-write copied,
+        // what the preparation of a new block zeroed (see `stats`).
+        let rest = bs - p.len;
+        match copy_from {
+            Some(_) => self.count_block_write(p.len, rest, 0),
+            None if !whole && prepare => self.count_block_write(p.len, 0, rest),
+            None => self.count_block_write(p.len, 0, 0),
+        }
+        self.state.counters.add(C::BlocksProvisioned, 1);
+        if copy_from.is_some() {
+            self.state.counters.add(C::CowBreaks, 1);
+        }
         Ok(())
+    }
+
+    /// Counts one block written, with the data-file bytes it cost by cause.
+    fn count_block_write(&self, client: u64, cow: u64, zeroing: u64) {
+        let c = &self.state.counters;
+        c.add(C::BlockWrites, 1);
+        c.add(C::DataClientBytes, client);
+        c.add(C::DataCowBytes, cow);
+        c.add(C::DataZeroingBytes, zeroing);
     }
 
     /// Zeros block `vblock` from `from` to its end if it is mapped (the caller holds the
@@ -442,7 +494,9 @@ impl Volume {
         match payload {
             Payload::Bytes(b) => self.inner.data.write_at(at, b)?,
             Payload::Zeros if len == self.inner.block_size => {
-                self.inner.data.punch_hole(at, len)?
+                self.inner.data.punch_hole(at, len)?;
+                self.inner.stats.add(PoolCounter::HolePunches, 1);
+                self.inner.stats.add(PoolCounter::HolePunchBytes, len);
             }
             Payload::Zeros => self.inner.data.write_at(at, &vec![0u8; len as usize])?,
         }
@@ -458,9 +512,9 @@ const WHOLE_BLOCK_COPY_MAX: u64 = 1 << 20;
 const _: () = assert!(crate::limits::MAX_DATA_BLOCK_SECTORS as u64 * 512 <= 1 << 30);
 
 impl Inner {
-    pub(super) fn flush(&self) -> Result<()> {
+    pub(super) fn flush(&self, cause: CommitCause) -> Result<()> {
         let meta = self.meta();
-        let (_meta, r) = self.commit_locked(meta);
+        let (_meta, r) = self.commit_locked_by(meta, cause);
         r
     }
 }

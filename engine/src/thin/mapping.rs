@@ -50,8 +50,13 @@ impl ThinMetadata {
     pub fn lookup(&mut self, dev: DevId, vblock: VirtBlock) -> Result<Option<Mapping>> {
         let stime = self.device(dev)?.details.snapshotted_time;
         let root = self.device_root(dev)?;
-        Ok(btree::lookup_u64(&mut self.tm, root, BOTTOM, vblock.0)?.map(|v| {
-            let bt = BlockTime::unpack(v);
+        let mut out = [0u8; 8];
+        let (found, depth) = btree::lookup_depth(&mut self.tm, root, BOTTOM, vblock.0, &mut out)?;
+        if crate::STATS {
+            self.lookup_depths[depth] += 1;
+        }
+        Ok(found.then(|| {
+            let bt = BlockTime::unpack(u64::from_le_bytes(out));
             Mapping {
                 data_block: DataBlock(bt.block),
                 time: bt.time,

@@ -67,6 +67,8 @@ pub struct ThinMetadata {
     pub(crate) read_only: bool,
     /// Something changed since the last commit.
     pub(crate) changed: bool,
+    /// Mapping lookups by the depth they reached (statistics; see `lookup_depths`).
+    pub(crate) lookup_depths: [u64; crate::limits::MAX_BTREE_DEPTH + 1],
     /// Ticks once per device creation or mapping edit (see `DeviceState::last_edit`).
     pub(crate) edit_clock: u64,
     /// Exclusive-block counts by device, with the epoch each was computed at (`usage`).
@@ -133,6 +135,7 @@ impl ThinMetadata {
             devices: BTreeMap::new(),
             read_only: false,
             changed: true,
+            lookup_depths: Default::default(),
             edit_clock: 0,
             usage: Default::default(),
         };
@@ -156,6 +159,7 @@ impl ThinMetadata {
             devices: BTreeMap::new(),
             read_only: opts.read_only,
             changed: false,
+            lookup_depths: Default::default(),
             edit_clock: 0,
             usage: Default::default(),
         };
@@ -295,6 +299,22 @@ impl ThinMetadata {
             read_only: self.read_only,
             data_block_size_sectors: self.sb.data_block_size_sectors,
         }
+    }
+
+    /// Mapping lookups (`lookup`) so far, by the b-tree depth each reached: entry d counts
+    /// the lookups that read d nodes of the device's mapping tree (statistics).
+    pub fn lookup_depths(&self) -> &[u64] {
+        &self.lookup_depths
+    }
+
+    /// Forgets the lookup counts (`thinly stats --reset`).
+    pub fn reset_lookup_depths(&mut self) {
+        self.lookup_depths = Default::default();
+    }
+
+    /// Metadata blocks written since this metadata was opened (superblocks included).
+    pub fn nr_metadata_blocks_written(&self) -> u64 {
+        self.tm.bm.nr_blocks_written()
     }
 
     /// Sets the needs_check flag and writes it at once (as the kernel does after a metadata

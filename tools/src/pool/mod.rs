@@ -8,6 +8,7 @@
 pub mod diff;
 pub mod report;
 pub mod show;
+pub mod stats;
 
 pub use thinly_server::pool_dir::{size_arg, PoolArgs};
 pub use thinly_server::{control, serve, size};

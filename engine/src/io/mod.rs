@@ -1,12 +1,14 @@
 //! Block I/O: the one seam between the engine and storage.
 //!
 //! `BlockDevice` reads and writes whole 4 KiB metadata blocks. Implementations: a plain
-//! file (`FileDevice`), memory (`MemDevice`) and a fault-injecting device (`FaultyDevice`)
+//! file or a block device node (`FileDevice`; `blockdev` holds what is particular to
+//! device nodes), memory (`MemDevice`) and a fault-injecting device (`FaultyDevice`)
 //! that tests use to simulate power cuts and I/O errors (`FaultyDevice` and `FaultyData`
 //! exist only with the `testing` cargo feature or in the engine's own unit tests). Devices
 //! are shared between threads (`&self` everywhere); ordering between concurrent writers is
 //! the caller's business.
 
+pub mod blockdev;
 mod data;
 #[cfg(any(test, feature = "testing"))]
 mod fault;

@@ -54,6 +54,7 @@ impl Inner {
         match &r {
             Ok(()) => {
                 self.check_low_water_mark(&mut meta);
+                self.check_metadata_low_water_mark(&mut meta);
                 self.space.notify_all();
             }
             Err(e) => self.fail(&mut meta, &format!("commit failed: {e}")),
@@ -133,11 +134,13 @@ impl Inner {
     }
 
     /// Punches `n` blocks from `start` that the commit just made has freed, and records
-    /// them as holes; a failure only leaves them unknown (prepared when reused).
+    /// them as holes where the punch zeroes (a file; a device's discard does not); a
+    /// failure only leaves them unknown (prepared when reused).
     fn punch_run(&self, meta: &mut Meta, start: u64, n: u64) {
         let bs = self.block_size;
         match self.data.punch_hole(start * bs, n * bs) {
-            Ok(()) => meta.holes.insert(start, n),
+            Ok(()) if self.data.discard_zeroes() => meta.holes.insert(start, n),
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(pool = %self.label, start, n, "hole-punching freed blocks failed: {e}")
             }
@@ -350,8 +353,10 @@ impl Inner {
                 e => self.metadata_failed(meta, e),
             });
         }
-        // A file grows by a hole.
-        meta.holes.insert(old, nr_blocks - old);
+        // A file grows by a hole; a grown device holds whatever it held.
+        if self.data.discard_zeroes() {
+            meta.holes.insert(old, nr_blocks - old);
+        }
         self.emit(PoolEvent::Extended { total_blocks: nr_blocks });
         let free = meta.md.nr_free_data_blocks();
         if free > meta.config.settings.low_water_mark_blocks {

@@ -38,6 +38,7 @@
 mod changes;
 mod commit;
 pub mod config;
+mod devices;
 mod holes;
 mod manage;
 mod open;
@@ -50,6 +51,7 @@ pub use changes::ChangedRanges;
 pub use config::{
     AutoExtend, OutOfSpacePolicy, PoolConfig, PoolSettings, SnapshotCache, VolumeConfig,
 };
+pub use devices::DevicePaths;
 pub use open::PoolOptions;
 pub use status::{PoolStatus, VolumeInfo, VolumeStatus};
 pub use volume::{Extent, Volume};

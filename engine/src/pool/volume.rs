@@ -392,9 +392,9 @@ impl Volume {
                     }
                 }
                 // A new block not known to be a hole (see the pool's Zeroing paragraph):
-                // the metadata has just allocated it to this write, so punching it can
+                // the metadata has just allocated it to this write, so zeroing it can
                 // destroy nothing the write would not overwrite anyway.
-                None if !whole && prepare => inner.data.punch_hole(target.0 * bs, bs)?,
+                None if !whole && prepare => inner.data.zero_range(target.0 * bs, bs)?,
                 _ => {}
             }
             // Before the write, whose new pages may then reuse that memory.
@@ -442,7 +442,7 @@ impl Volume {
         match payload {
             Payload::Bytes(b) => self.inner.data.write_at(at, b)?,
             Payload::Zeros if len == self.inner.block_size => {
-                self.inner.data.punch_hole(at, len)?
+                self.inner.data.zero_range(at, len)?
             }
             Payload::Zeros => self.inner.data.write_at(at, &vec![0u8; len as usize])?,
         }

@@ -141,6 +141,7 @@ pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
         zeroing: !a.no_zeroing,
         commit_interval_ms: a.commit_interval_ms,
         auto_extend: None,
+        metadata_auto_extend: None,
         snapshot_cache: if a.snapshot_cache == "keep" {
             SnapshotCache::Keep
         } else {

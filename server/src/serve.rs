@@ -62,6 +62,14 @@ pub struct ServeArgs {
     /// … up to this size (K/M/G/T).
     #[arg(long, value_name = "SIZE", value_parser = crate::pool_dir::size_arg)]
     pub auto_extend_max: Option<u64>,
+    /// When free metadata falls to the metadata low water mark (the kernel's: a quarter of
+    /// the metadata or 4 MiB, whichever is less), grow the metadata by this percentage …
+    /// (off unless given; stored in pool.json).
+    #[arg(long, value_name = "PERCENT", requires = "metadata_auto_extend_max")]
+    pub metadata_auto_extend_percent: Option<u32>,
+    /// … up to this size (K/M/G/T).
+    #[arg(long, value_name = "SIZE", value_parser = crate::pool_dir::size_arg)]
+    pub metadata_auto_extend_max: Option<u64>,
     /// Seconds a client may take from connecting to the end of the handshake (0: no
     /// limit, for clients that connect long before they speak, like a VM's serial port).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -161,7 +169,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let plan = args.tls.plan(tls_deciding_address(&tcp_addrs)?)?;
 
     let dir = args.pool.dir();
-    if args.pool.explicit() && !args.create && !dir.join("metadata").exists() {
+    if args.pool.explicit() && !args.create && !Pool::exists(&dir) {
         anyhow::bail!(
             "no pool in {} (create one with `thinly pool create --pool {0}` or serve with \
              --create)",
@@ -300,7 +308,10 @@ fn wait_for_stop(signals: &SigSet, plan: &TlsPlan) -> Result<Signal> {
 }
 
 fn apply_settings(pool: &Pool, args: &ServeArgs) -> Result<()> {
-    if args.low_water_mark.is_none() && args.auto_extend_percent.is_none() {
+    if args.low_water_mark.is_none()
+        && args.auto_extend_percent.is_none()
+        && args.metadata_auto_extend_percent.is_none()
+    {
         return Ok(());
     }
     let mut s = pool.settings();
@@ -309,6 +320,11 @@ fn apply_settings(pool: &Pool, args: &ServeArgs) -> Result<()> {
     }
     if let (Some(percent), Some(max_bytes)) = (args.auto_extend_percent, args.auto_extend_max) {
         s.auto_extend = Some(AutoExtend { percent, max_bytes });
+    }
+    if let (Some(percent), Some(max_bytes)) =
+        (args.metadata_auto_extend_percent, args.metadata_auto_extend_max)
+    {
+        s.metadata_auto_extend = Some(AutoExtend { percent, max_bytes });
     }
     pool.set_settings(s).context("storing the pool's settings")?;
     Ok(())

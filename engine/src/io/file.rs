@@ -141,6 +141,18 @@ impl BlockDevice for FileDevice {
         self.file.sync_data()
     }
 
+    fn capacity_blocks(&self) -> u64 {
+        match is_block_device(&self.file).and_then(|dev| {
+            Ok(if dev { device_size_bytes(&self.file)? / META_BLOCK_SIZE as u64 } else { 0 })
+        }) {
+            Ok(n) => n.max(self.nr_blocks()),
+            Err(e) => {
+                tracing::warn!("the size of the metadata device: {e}");
+                self.nr_blocks()
+            }
+        }
+    }
+
     fn resize(&self, nr_blocks: u64) -> io::Result<()> {
         let old = self.nr_blocks() * META_BLOCK_SIZE as u64;
         let new = nr_blocks * META_BLOCK_SIZE as u64;

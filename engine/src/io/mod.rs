@@ -60,6 +60,12 @@ pub trait BlockDevice: Send + Sync {
 
     /// Changes the size; new blocks read as zeros.
     fn resize(&self, nr_blocks: u64) -> io::Result<()>;
+
+    /// Blocks the storage underneath could hold now: more than `nr_blocks` once a block
+    /// device has grown (an LV extend, `losetup -c`) and before `resize` takes it in.
+    fn capacity_blocks(&self) -> u64 {
+        self.nr_blocks()
+    }
 }
 
 pub(crate) fn out_of_range(block: u64, nr_blocks: u64) -> io::Error {

@@ -80,7 +80,49 @@ impl Pool {
 
     /// Bytes the metadata device holds now (see `data_device_bytes`).
     pub fn metadata_device_bytes(&self) -> u64 {
-        self.inner.metadata_dev.nr_blocks() * META_BLOCK_SIZE as u64
+        self.inner.metadata_dev.capacity_blocks() * META_BLOCK_SIZE as u64
+    }
+
+    /// `thinly pool extend`: grows the metadata to `metadata_bytes`, then the data to
+    /// `data_bytes`, each committed. With neither given, takes in what the devices have
+    /// grown to (a device pool after an LV extend or `losetup -c`); nothing grown is then
+    /// refused. The data size is checked before anything changes.
+    pub fn extend_devices(
+        &self,
+        data_bytes: Option<u64>,
+        metadata_bytes: Option<u64>,
+    ) -> Result<()> {
+        let s = self.status();
+        let bs = self.inner.block_size;
+        let (data_bytes, metadata_bytes) = match (data_bytes, metadata_bytes) {
+            (None, None) => {
+                let data = self.data_device_bytes();
+                let meta = self.metadata_device_bytes();
+                let grown_data = data / bs > s.total_data_blocks;
+                let grown_meta = meta / META_BLOCK_SIZE as u64 > s.total_metadata_blocks;
+                if !grown_data && !grown_meta {
+                    return Err(PoolError::Invalid(
+                        "nothing to extend: the devices have not grown (give a data size or a \
+                         metadata size)"
+                            .into(),
+                    ));
+                }
+                (grown_data.then_some(data), grown_meta.then_some(meta))
+            }
+            sizes => sizes,
+        };
+        if let Some(d) = data_bytes {
+            if d / bs < s.total_data_blocks {
+                return Err(PoolError::Invalid("the data device cannot shrink".into()));
+            }
+        }
+        if let Some(m) = metadata_bytes {
+            self.resize_metadata(m)?;
+        }
+        if let Some(d) = data_bytes {
+            self.extend(d)?;
+        }
+        Ok(())
     }
 
     /// Grows the metadata to `size_bytes` (rounded down to 4 KiB blocks) while volumes are

@@ -57,3 +57,14 @@ pub const TOOLS_CACHE_BYTES: usize = 8 << 20;
 pub fn metadata_reserve_blocks(nr_metadata_blocks: u64) -> u64 {
     (nr_metadata_blocks / 10).min(4096)
 }
+
+/// Bytes zeroed per BLKZEROOUT when a pool is created on a block device: small enough that
+/// the progress bar moves (and an interrupt lands) within a second on a slow device.
+pub const ZEROING_CHUNK_BYTES: u64 = 64 << 20;
+
+/// Free metadata blocks at or below which the metadata low water mark fires (the automatic
+/// metadata extend, when configured): the kernel's threshold, a quarter of the metadata or
+/// 4 MiB (1024 blocks), whichever is less.
+pub fn metadata_low_water_mark_blocks(nr_metadata_blocks: u64) -> u64 {
+    (nr_metadata_blocks / 4).min(1024)
+}

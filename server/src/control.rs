@@ -54,8 +54,13 @@ pub enum Request {
     },
     List,
     Status,
+    /// Grows the data to `size_bytes` and/or the metadata to `metadata_size_bytes`; with
+    /// neither, takes in what grown devices now hold (`Pool::extend_devices`).
     Extend {
-        size_bytes: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size_bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata_size_bytes: Option<u64>,
     },
     Message {
         text: String,
@@ -150,8 +155,8 @@ pub fn execute_served(pool: &Pool, req: &Request, closer: Option<&ExportCloser>)
                 serde_json::to_value(vols).unwrap_or_default()
             }
             Request::Status => status_json(pool)?,
-            Request::Extend { size_bytes } => {
-                pool.extend(*size_bytes)?;
+            Request::Extend { size_bytes, metadata_size_bytes } => {
+                pool.extend_devices(*size_bytes, *metadata_size_bytes)?;
                 status_json(pool)?
             }
             Request::Message { text } => serde_json::Value::String(pool.message(text)?),

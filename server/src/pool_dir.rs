@@ -45,7 +45,7 @@ pub fn open_or_create(
     opts: &PoolOptions,
     first_volume: Option<(&str, u64)>,
 ) -> Result<Pool> {
-    if dir.join("metadata").exists() {
+    if Pool::exists(dir) {
         return Pool::open(dir, IoMode::Auto)
             .with_context(|| format!("opening the pool in {}", dir.display()));
     }

@@ -65,6 +65,14 @@ pub struct ServeArgs {
     /// … up to this size (K/M/G/T).
     #[arg(long, value_name = "SIZE", value_parser = crate::pool_dir::size_arg)]
     pub auto_extend_max: Option<u64>,
+    /// When free metadata falls to the metadata low water mark (the kernel's: a quarter of
+    /// the metadata or 4 MiB, whichever is less), grow the metadata by this percentage …
+    /// (off unless given; stored in pool.json).
+    #[arg(long, value_name = "PERCENT", requires = "metadata_auto_extend_max")]
+    pub metadata_auto_extend_percent: Option<u32>,
+    /// … up to this size (K/M/G/T).
+    #[arg(long, value_name = "SIZE", value_parser = crate::pool_dir::size_arg)]
+    pub metadata_auto_extend_max: Option<u64>,
     /// Seconds a client may take from connecting to the end of the handshake (0: no
     /// limit, for clients that connect long before they speak, like a VM's serial port).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -174,7 +182,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
     };
 
     let dir = args.pool.dir();
-    if args.pool.explicit() && !args.create && !dir.join("metadata").exists() {
+    if args.pool.explicit() && !args.create && !Pool::exists(&dir) {
         anyhow::bail!(
             "no pool in {} (create one with `thinly pool create --pool {0}` or serve with \
              --create)",
@@ -345,7 +353,10 @@ fn reload(args: &ServeArgs, plan: &TlsPlan, policy: Option<&Policy>, handle: &Se
 }
 
 fn apply_settings(pool: &Pool, args: &ServeArgs) -> Result<()> {
-    if args.low_water_mark.is_none() && args.auto_extend_percent.is_none() {
+    if args.low_water_mark.is_none()
+        && args.auto_extend_percent.is_none()
+        && args.metadata_auto_extend_percent.is_none()
+    {
         return Ok(());
     }
     let mut s = pool.settings();
@@ -354,6 +365,11 @@ fn apply_settings(pool: &Pool, args: &ServeArgs) -> Result<()> {
     }
     if let (Some(percent), Some(max_bytes)) = (args.auto_extend_percent, args.auto_extend_max) {
         s.auto_extend = Some(AutoExtend { percent, max_bytes });
+    }
+    if let (Some(percent), Some(max_bytes)) =
+        (args.metadata_auto_extend_percent, args.metadata_auto_extend_max)
+    {
+        s.metadata_auto_extend = Some(AutoExtend { percent, max_bytes });
     }
     pool.set_settings(s).context("storing the pool's settings")?;
     Ok(())

@@ -10,8 +10,14 @@
 //!   [`samples_dir`] names it (`THINLY_SAMPLES` overrides), [`sample`] one file in it,
 //!   [`gunzip_sample`] its bytes, [`sample_images`] every metadata image unpacked.
 //!
+//! - [`LoopDevice`]: a real loop device (root and `losetup`, same skip rule), detached
+//!   on drop.
+//!
 //! This crate depends on no thinly crate, so any crate of the workspace can take it as a
 //! dev-dependency without a dependency cycle. It is never a dependency of product code.
+
+mod loopdev;
+pub use loopdev::LoopDevice;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -489,11 +489,16 @@ enum PoolCommand {
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
-    /// Grow the data file.
+    /// Grow the data and/or the metadata, while volumes are served; with neither size,
+    /// take in what the pool's block devices have grown to (after an LV extend or
+    /// `losetup -c`).
     Extend {
         /// The new data size (bytes, or with a unit: 128s sectors, 64K, 10G, 1T).
         #[arg(long, value_parser = pool::size_arg)]
-        size: u64,
+        size: Option<u64>,
+        /// The new metadata size (same units; at most the format's 16 GiB − 1 bitmap).
+        #[arg(long, value_parser = pool::size_arg)]
+        metadata_size: Option<u64>,
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
@@ -545,13 +550,19 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
         ThinlyCommand::Status { format, table, pool } => {
             return print_status(&pool.dir(), format, Some(&table))
         }
-        ThinlyCommand::Pool(PoolCommand::Extend { size, pool }) => {
-            (pool.dir(), Request::Extend { size_bytes: size }, |v| {
+        ThinlyCommand::Pool(PoolCommand::Extend { size, metadata_size, pool }) => {
+            let req = Request::Extend { size_bytes: size, metadata_size_bytes: metadata_size };
+            (pool.dir(), req, |v| {
                 let p = &v["pool"];
                 let blocks = p["total_data_blocks"].as_u64().unwrap_or(0);
                 let bs = p["data_block_size_bytes"].as_u64().unwrap_or(0);
                 let size = pool::size::format_size(blocks.saturating_mul(bs));
-                format!("extended the pool's data to {size} ({blocks} blocks)")
+                let meta = p["total_metadata_blocks"].as_u64().unwrap_or(0);
+                let meta_size = pool::size::format_size(meta.saturating_mul(4096));
+                format!(
+                    "the pool now has {size} of data ({blocks} blocks) and {meta_size} of \
+                     metadata ({meta} blocks)"
+                )
             })
         }
         ThinlyCommand::Create { name, size, pool } => {

@@ -129,6 +129,25 @@ impl Progress {
         }
     }
 
+    /// No bar at all.
+    pub fn hidden() -> Self {
+        Progress(None)
+    }
+
+    /// A bar of `total_bytes` that the caller moves with [`Progress::set_bytes`] (pool create
+    /// zeroing a data device).
+    pub fn bytes(message: &str, total_bytes: u64) -> Self {
+        Progress::bar(message, total_bytes, "bytes")
+    }
+
+    /// Moves a `bytes` bar to `done` of `total` bytes.
+    pub fn set_bytes(&self, done: u64, total: u64) {
+        if let Some(pb) = &self.0 {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+    }
+
     /// A bar over the bytes of `input` (of `total_bytes`), read through the returned reader.
     pub fn reading<R: Read + 'static>(
         message: &str,

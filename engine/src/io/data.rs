@@ -2,6 +2,10 @@
 //! N × data_block_size. Holes read as zeros, which is what makes a freshly allocated or a
 //! hole-punched block read as zeros without a zeroing write.
 //!
+//! A block device as data device has no holes: its size is the device's (`set_len` only
+//! checks that the device is large enough), discards are `BLKDISCARD` and zeroing is
+//! `BLKZEROOUT` (`blockdev`).
+//!
 //! `FileData` does its I/O with pread/pwrite, or with io_uring when the kernel offers it:
 //! one submission carries every block of a multi-block request (the blocks of a 1 MiB
 //! request are usually scattered over the data file), and each thread has its own ring so
@@ -55,8 +59,22 @@ pub trait DataDevice: Send + Sync {
     /// memory they held serves the next writes. Contents never change.
     fn drop_cached(&self, _offset: u64, _len: u64) {}
 
-    /// Deallocates a range: it reads as zeros afterwards.
+    /// Deallocates a range (a hole punch in a file, `BLKDISCARD` on a device). It reads as
+    /// zeros afterwards only where [`DataDevice::discard_zeroes`] says so: a device may
+    /// keep the old bytes.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Makes a range read as zeros: a hole punch where that zeroes, else `BLKZEROOUT` or
+    /// written zeros.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.punch_hole(offset, len)
+    }
+
+    /// True when a punched range and a grown tail read as zeros (a sparse file); false for
+    /// a block device, whose discards and growth promise nothing about the bytes.
+    fn discard_zeroes(&self) -> bool {
+        true
+    }
 
     /// Makes every completed write durable.
     fn sync(&self) -> io::Result<()>;
@@ -95,8 +113,9 @@ pub struct FileData {
 nix::ioctl_write_ptr_bad!(blkdiscard, 0x1277, [u64; 2]);
 
 impl FileData {
+    /// Opens a data file, or a block device (exclusively: `blockdev::open_exclusive`).
     pub fn open(path: &Path, mode: IoMode) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let file = super::blockdev::open_exclusive(path, false)?;
         Self::from_file(file, mode)
     }
 
@@ -319,11 +338,29 @@ mod uring {
 
 impl DataDevice for FileData {
     fn len_bytes(&self) -> u64 {
-        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+        let len = if self.block_device {
+            super::blockdev::device_size_bytes(&self.file)
+        } else {
+            self.file.metadata().map(|m| m.len())
+        };
+        len.unwrap_or_else(|e| {
+            tracing::warn!("the size of the data device: {e}");
+            0
+        })
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
+        if !self.block_device {
+            return self.file.set_len(len);
+        }
+        let have = super::blockdev::device_size_bytes(&self.file)?;
+        if len > have {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the data device holds {have} bytes, fewer than {len}: grow it first"),
+            ));
+        }
+        Ok(())
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -418,6 +455,17 @@ impl DataDevice for FileData {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.block_device {
+            return super::blockdev::zero_out(&self.file, offset, len);
+        }
+        self.punch_hole(offset, len)
+    }
+
+    fn discard_zeroes(&self) -> bool {
+        !self.block_device
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -2,8 +2,11 @@
 //!
 //! A regular file is preallocated (fallocate) whenever it is created or grown, so that
 //! writing metadata never needs new space from the filesystem: a commit must not fail
-//! because the data file filled the filesystem they share.
+//! because the data file filled the filesystem they share. A block device is opened
+//! exclusively for writing (`blockdev::open_exclusive`); its size is the device's, and
+//! "growing" it only takes in what the device already holds (the LV was extended first).
 
+use super::blockdev::{device_size_bytes, is_block_device};
 use super::{out_of_range, Block, BlockDevice};
 use crate::limits::META_BLOCK_SIZE;
 use std::fs::{File, OpenOptions};
@@ -21,7 +24,7 @@ pub struct FileDevice {
 impl FileDevice {
     /// Opens an existing file; its length rounded down to 4 KiB is the device size.
     pub fn open(path: &Path, read_only: bool) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let file = super::blockdev::open_exclusive(path, read_only)?;
         Self::from_file(file, read_only)
     }
 
@@ -35,8 +38,11 @@ impl FileDevice {
     }
 
     pub fn from_file(file: File, read_only: bool) -> io::Result<Self> {
-        let len = file.metadata()?.len();
-        let len = if len == 0 { block_device_len(&file)? } else { len };
+        let len = if is_block_device(&file)? {
+            device_size_bytes(&file)?
+        } else {
+            file.metadata()?.len()
+        };
         Ok(FileDevice { file, nr_blocks: AtomicU64::new(len / META_BLOCK_SIZE as u64), read_only })
     }
 
@@ -75,15 +81,6 @@ pub fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// A block device node reports length 0 in its metadata; seek to the end instead.
-fn block_device_len(file: &File) -> io::Result<u64> {
-    use std::io::Seek;
-    let mut f = file;
-    let end = f.seek(io::SeekFrom::End(0))?;
-    f.seek(io::SeekFrom::Start(0))?;
-    Ok(end)
 }
 
 impl BlockDevice for FileDevice {
@@ -144,9 +141,34 @@ impl BlockDevice for FileDevice {
         self.file.sync_data()
     }
 
+    fn capacity_blocks(&self) -> u64 {
+        match is_block_device(&self.file).and_then(|dev| {
+            Ok(if dev { device_size_bytes(&self.file)? / META_BLOCK_SIZE as u64 } else { 0 })
+        }) {
+            Ok(n) => n.max(self.nr_blocks()),
+            Err(e) => {
+                tracing::warn!("the size of the metadata device: {e}");
+                self.nr_blocks()
+            }
+        }
+    }
+
     fn resize(&self, nr_blocks: u64) -> io::Result<()> {
         let old = self.nr_blocks() * META_BLOCK_SIZE as u64;
         let new = nr_blocks * META_BLOCK_SIZE as u64;
+        if is_block_device(&self.file)? {
+            let have = device_size_bytes(&self.file)?;
+            if new > have {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the metadata device holds {have} bytes, fewer than {new}: grow it first"
+                    ),
+                ));
+            }
+            self.nr_blocks.store(nr_blocks, Ordering::Release);
+            return Ok(());
+        }
         if new > old {
             // Space first: a grown file the filesystem cannot back is refused unchanged.
             preallocate(&self.file, old, new - old)?;

@@ -1,12 +1,14 @@
 //! Block I/O: the one seam between the engine and storage.
 //!
 //! `BlockDevice` reads and writes whole 4 KiB metadata blocks. Implementations: a plain
-//! file (`FileDevice`), memory (`MemDevice`) and a fault-injecting device (`FaultyDevice`)
+//! file or a block device node (`FileDevice`; `blockdev` holds what is particular to
+//! device nodes), memory (`MemDevice`) and a fault-injecting device (`FaultyDevice`)
 //! that tests use to simulate power cuts and I/O errors (`FaultyDevice` and `FaultyData`
 //! exist only with the `testing` cargo feature or in the engine's own unit tests). Devices
 //! are shared between threads (`&self` everywhere); ordering between concurrent writers is
 //! the caller's business.
 
+pub mod blockdev;
 mod data;
 #[cfg(any(test, feature = "testing"))]
 mod fault;
@@ -58,6 +60,12 @@ pub trait BlockDevice: Send + Sync {
 
     /// Changes the size; new blocks read as zeros.
     fn resize(&self, nr_blocks: u64) -> io::Result<()>;
+
+    /// Blocks the storage underneath could hold now: more than `nr_blocks` once a block
+    /// device has grown (an LV extend, `losetup -c`) and before `resize` takes it in.
+    fn capacity_blocks(&self) -> u64 {
+        self.nr_blocks()
+    }
 }
 
 pub(crate) fn out_of_range(block: u64, nr_blocks: u64) -> io::Error {

@@ -65,6 +65,7 @@ impl Inner {
         match &r {
             Ok(()) => {
                 self.check_low_water_mark(&mut meta);
+                self.check_metadata_low_water_mark(&mut meta);
                 self.space.notify_all();
             }
             Err(e) => self.fail(&mut meta, &format!("commit failed: {e}")),
@@ -150,14 +151,18 @@ impl Inner {
     }
 
     /// Punches `n` blocks from `start` that the commit just made has freed, and records
-    /// them as holes; a failure only leaves them unknown (prepared when reused).
+    /// them as holes where the punch zeroes (a file; a device's discard does not); a
+    /// failure only leaves them unknown (prepared when reused).
     fn punch_run(&self, meta: &mut Meta, start: u64, n: u64) {
         let bs = self.block_size;
         match self.data.punch_hole(start * bs, n * bs) {
             Ok(()) => {
                 self.stats.add(PoolCounter::HolePunches, 1);
                 self.stats.add(PoolCounter::HolePunchBytes, n * bs);
-                meta.holes.insert(start, n)
+                // A device's discard promises no zeros: only a file's punch makes a hole.
+                if self.data.discard_zeroes() {
+                    meta.holes.insert(start, n)
+                }
             }
             Err(e) => {
                 tracing::warn!(pool = %self.label, start, n, "hole-punching freed blocks failed: {e}")
@@ -371,8 +376,10 @@ impl Inner {
                 e => self.metadata_failed(meta, e),
             });
         }
-        // A file grows by a hole.
-        meta.holes.insert(old, nr_blocks - old);
+        // A file grows by a hole; a grown device holds whatever it held.
+        if self.data.discard_zeroes() {
+            meta.holes.insert(old, nr_blocks - old);
+        }
         self.emit(PoolEvent::Extended { total_blocks: nr_blocks });
         let free = meta.md.nr_free_data_blocks();
         if free > meta.config.settings.low_water_mark_blocks {

@@ -38,7 +38,7 @@ impl OutOfSpacePolicy {
     }
 }
 
-/// Grow the data file when the low water mark is reached.
+/// Grow a device when its low water mark is reached (the data's, or the metadata's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AutoExtend {
     /// Grow by this percentage of the current data size.
@@ -87,6 +87,10 @@ pub struct PoolSettings {
     pub commit_interval_ms: u64,
     #[serde(default)]
     pub auto_extend: Option<AutoExtend>,
+    /// Grow the metadata when its free blocks fall to the metadata low water mark
+    /// (`limits::metadata_low_water_mark_blocks`); off by default, as in dm-thin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_auto_extend: Option<AutoExtend>,
     #[serde(default)]
     pub snapshot_cache: SnapshotCache,
     /// pool.json's `"overprovision": "warn" | "error"` (absent: warn).
@@ -103,6 +107,7 @@ impl Default for PoolSettings {
             zeroing: true,
             commit_interval_ms: 1000,
             auto_extend: None,
+            metadata_auto_extend: None,
             snapshot_cache: SnapshotCache::Auto,
             overprovision: Overprovision::Warn,
         }
@@ -144,6 +149,12 @@ pub struct PoolConfig {
     /// The last journal entry folded into this checkpoint.
     #[serde(default)]
     pub journal_seq: u64,
+    /// The data device when it is not `<pool>/data`: a block device, or a file elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_path: Option<PathBuf>,
+    /// The metadata device when it is not `<pool>/metadata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_path: Option<PathBuf>,
 }
 
 /// One change to the config, as the journal records it.
@@ -455,6 +466,8 @@ mod tests {
             settings: PoolSettings::default(),
             volumes: BTreeMap::new(),
             journal_seq: 0,
+            data_path: None,
+            metadata_path: None,
         };
         // Delete x (device 1) committed; create x (device 2) journalled before the delete's
         // line: the late line must not remove the new x.
@@ -493,6 +506,8 @@ mod tests {
             settings: PoolSettings::default(),
             volumes,
             journal_seq: 0,
+            data_path: None,
+            metadata_path: None,
         };
         store.store(&c).unwrap();
         assert_eq!(store.load().unwrap(), Some(c.clone()));

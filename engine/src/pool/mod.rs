@@ -39,6 +39,7 @@ mod changes;
 mod commit;
 pub mod config;
 mod guard;
+mod devices;
 mod holes;
 mod manage;
 pub mod metrics;
@@ -55,6 +56,7 @@ pub use config::{
     VolumeConfig,
 };
 pub use guard::Provisioning;
+pub use devices::DevicePaths;
 pub use open::PoolOptions;
 pub use stats::{StatsSnapshot, VolumeCounter};
 pub use status::{PoolStatus, VolumeInfo, VolumeStatus};

@@ -11,16 +11,17 @@ use super::config::{
     ConfigStore, DirConfigStore, PoolConfig, PoolSettings, VolumeConfig, CONFIG_COPY_FILE,
     CONFIG_FILE, CONFIG_FORMAT, JOURNAL_FILE,
 };
+use super::devices::{self, DevicePaths};
 use super::holes::Holes;
 use super::manage::volume_state;
 use super::prison::Prison;
 use super::stats::CommitCause;
 use super::{Inner, Meta, Mode, Pool, PoolError, Result};
-use crate::io::{BlockDevice, DataDevice, FileData, FileDevice, IoMode};
+use crate::io::{BlockDevice, DataDevice, IoMode};
 use crate::thin::{check, CheckOptions, OpenOptions, ThinMetadata};
 use crate::units::DevId;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
@@ -41,6 +42,15 @@ pub struct PoolOptions {
     pub settings: PoolSettings,
     pub io_mode: IoMode,
     pub cache_bytes: usize,
+    /// The data device, when not `<pool>/data`: a block device (`data_size_bytes` must be
+    /// its size), or a new or empty file.
+    pub data_path: Option<PathBuf>,
+    /// The metadata device, when not `<pool>/metadata` (as `data_path`; a device's size is
+    /// the metadata size).
+    pub metadata_path: Option<PathBuf>,
+    /// Every byte of the data device reads as zeros now (a new sparse file; a device just
+    /// zeroed), so every block starts as a known hole. `format_on` trusts it.
+    pub data_zeroed: bool,
 }
 
 impl Default for PoolOptions {
@@ -51,6 +61,9 @@ impl Default for PoolOptions {
             settings: PoolSettings::default(),
             io_mode: IoMode::Auto,
             cache_bytes: crate::limits::DEFAULT_CACHE_BYTES,
+            data_path: None,
+            metadata_path: None,
+            data_zeroed: true,
         }
     }
 }
@@ -66,8 +79,18 @@ impl PoolOptions {
 }
 
 impl Pool {
-    /// Creates a pool directory: metadata (formatted), a sparse data file, pool.json.
+    /// Creates a pool directory: metadata (formatted), a sparse data file, pool.json (or
+    /// the devices `opts` names; see `devices`).
     pub fn create(dir: &Path, opts: &PoolOptions) -> Result<Pool> {
+        Self::create_with_progress(dir, opts, &mut |_, _| {})
+    }
+
+    /// `create`, calling `progress(done, total)` in bytes while it zeroes a data device.
+    pub fn create_with_progress(
+        dir: &Path,
+        opts: &PoolOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Pool> {
         let bs = opts.settings.data_block_size_bytes;
         if !bs.is_multiple_of(512)
             || !(64 << 10..=1 << 30).contains(&bs)
@@ -82,7 +105,7 @@ impl Pool {
         }
         let made_dir = !dir.exists();
         std::fs::create_dir_all(dir)?;
-        if dir.join(METADATA_FILE).exists() {
+        if Pool::exists(dir) || dir.join(CONFIG_FILE).exists() {
             return Err(PoolError::Invalid(format!("{} already holds a pool", dir.display())));
         }
         // A failed create leaves nothing behind: the files it made go (never one it found).
@@ -93,9 +116,11 @@ impl Pool {
             .copied()
             .chain(tmps.iter().map(String::as_str))
             .map(|n| dir.join(n))
+            .chain(opts.data_path.iter().cloned())
+            .chain(opts.metadata_path.iter().cloned())
             .filter(|p| !p.exists())
             .collect();
-        let r = Self::create_files(dir, opts);
+        let r = Self::create_files(dir, opts, progress);
         if r.is_err() {
             for path in new {
                 let _ = std::fs::remove_file(path);
@@ -107,27 +132,50 @@ impl Pool {
         r
     }
 
-    fn create_files(dir: &Path, opts: &PoolOptions) -> Result<Pool> {
+    fn create_files(
+        dir: &Path,
+        opts: &PoolOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Pool> {
         let bs = opts.settings.data_block_size_bytes;
-        let meta_path = dir.join(METADATA_FILE);
-        let nr_meta_blocks = opts.metadata_bytes().div_ceil(4096);
-        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::create(&meta_path, nr_meta_blocks)?);
-        let lock = lock_file(&meta_path, dir)?;
-        let nr_blocks = opts.data_size_bytes / bs;
-        let data: Arc<dyn DataDevice> =
-            Arc::new(FileData::create(&dir.join(DATA_FILE), nr_blocks * bs, opts.io_mode)?);
+        let paths = DevicePaths {
+            metadata: absolute(opts.metadata_path.as_deref(), dir.join(METADATA_FILE))?,
+            data: absolute(opts.data_path.as_deref(), dir.join(DATA_FILE))?,
+        };
+        let default_meta = PoolOptions { metadata_size_bytes: None, ..opts.clone() };
+        let dev = devices::create_metadata(
+            &paths.metadata,
+            opts.metadata_size_bytes,
+            default_meta.metadata_bytes(),
+        )?;
+        let dev: Arc<dyn BlockDevice> = Arc::new(dev);
+        let lock = lock_file(&paths.metadata, dir)?;
+        let (data, is_device) =
+            devices::create_data(&paths.data, opts.data_size_bytes, bs, opts.io_mode)?;
+        let data: Arc<dyn DataDevice> = Arc::new(data);
+        let mut opts = opts.clone();
+        if is_device {
+            opts.data_zeroed = opts.settings.zeroing;
+            if opts.settings.zeroing {
+                devices::zero_device(data.as_ref(), progress)?;
+            }
+        }
+        opts.metadata_path = opts.metadata_path.is_some().then(|| paths.metadata.clone());
+        opts.data_path = opts.data_path.is_some().then(|| paths.data.clone());
         Self::format_on(
             dev,
             data,
             Box::new(DirConfigStore::new(dir)),
-            opts,
+            &opts,
             Some(lock),
             &dir.display().to_string(),
         )
     }
 
     /// Formats a pool on the given devices (tests use memory and fault-injecting ones).
-    /// `data` must read as zeros, as a new sparse file does: its blocks are known holes.
+    /// With `opts.data_zeroed`, `data` must read as zeros, as a new sparse file does: its
+    /// blocks are known holes; without, every new block is zeroed before a partial write
+    /// (when zeroing is on). `opts`'s device paths are recorded in pool.json.
     pub fn format_on(
         dev: Arc<dyn BlockDevice>,
         data: Arc<dyn DataDevice>,
@@ -145,32 +193,38 @@ impl Pool {
             settings: opts.settings.clone(),
             volumes: BTreeMap::new(),
             journal_seq: 0,
+            data_path: opts.data_path.clone(),
+            metadata_path: opts.metadata_path.clone(),
         };
         store.store(&config)?;
         let mut holes = Holes::default();
-        holes.insert(0, nr_blocks);
+        if opts.data_zeroed {
+            holes.insert(0, nr_blocks);
+        }
         let state = Opened { md, config, mode: Mode::Write, holes };
         Self::start(state, dev, data, store, lock, label)
     }
 
-    /// Opens the pool in `dir` (exclusively).
+    /// Opens the pool in `dir` (exclusively), on the devices its pool.json names.
     pub fn open(dir: &Path, io_mode: IoMode) -> Result<Pool> {
-        let meta_path = dir.join(METADATA_FILE);
+        let paths = DevicePaths::of_pool(dir)?;
+        let meta_path = paths.metadata;
         if !meta_path.exists() {
             return Err(PoolError::Invalid(format!(
-                "{} holds no pool (no {METADATA_FILE} file)",
-                dir.display()
+                "{} holds no pool (no {})",
+                dir.display(),
+                meta_path.display()
             )));
         }
         let lock = lock_file(&meta_path, dir)?;
-        let meta_file = FileDevice::open(&meta_path, false)?;
+        let meta_file = devices::open_metadata(&meta_path)?;
         // Pools made before metadata was preallocated: allocate it now if there is room.
         let len = meta_file.file().metadata()?.len();
         if let Err(e) = crate::io::preallocate(meta_file.file(), 0, len) {
             tracing::warn!("{}: preallocating the metadata file: {e}", dir.display());
         }
         let dev: Arc<dyn BlockDevice> = Arc::new(meta_file);
-        let data: Arc<dyn DataDevice> = Arc::new(FileData::open(&dir.join(DATA_FILE), io_mode)?);
+        let data: Arc<dyn DataDevice> = Arc::new(devices::open_data(&paths.data, io_mode)?);
         Self::open_on(
             dev,
             data,
@@ -369,6 +423,8 @@ fn reconcile(
         settings: PoolSettings { data_block_size_bytes: bs, ..PoolSettings::default() },
         volumes: BTreeMap::new(),
         journal_seq: 0,
+        data_path: None,
+        metadata_path: None,
     });
     if config.settings.data_block_size_bytes != bs {
         tracing::warn!(
@@ -422,4 +478,12 @@ fn reconcile(
     }
     config.transaction_id = md.transaction_id();
     Ok(config)
+}
+
+/// `path` (or `default`) made absolute, so pool.json names it from anywhere.
+fn absolute(path: Option<&Path>, default: PathBuf) -> Result<PathBuf> {
+    match path {
+        None => Ok(default),
+        Some(p) => Ok(std::path::absolute(p)?),
+    }
 }

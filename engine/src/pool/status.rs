@@ -111,7 +111,9 @@ impl Pool {
             out_of_space_policy: meta.config.settings.out_of_space.kernel_name().to_string(),
             needs_check: s.needs_check,
             // dm-thin's calc_metadata_threshold: min(1024, metadata blocks / 4).
-            metadata_low_watermark: (s.total_metadata_blocks / 4).min(1024),
+            metadata_low_watermark: crate::limits::metadata_low_water_mark_blocks(
+                s.total_metadata_blocks,
+            ),
             data_block_size_bytes: self.inner.block_size,
             low_water_mark_blocks: meta.config.settings.low_water_mark_blocks,
             data_io: self.inner.data.io_path().to_string(),

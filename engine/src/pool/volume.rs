@@ -419,12 +419,14 @@ impl Volume {
                     }
                 }
                 // A new block not known to be a hole (see the pool's Zeroing paragraph):
-                // the metadata has just allocated it to this write, so punching it can
+                // the metadata has just allocated it to this write, so zeroing it can
                 // destroy nothing the write would not overwrite anyway.
                 None if !whole && prepare => {
-                    inner.data.punch_hole(target.0 * bs, bs)?;
-                    inner.stats.add(PoolCounter::HolePunches, 1);
-                    inner.stats.add(PoolCounter::HolePunchBytes, bs);
+                    inner.data.zero_range(target.0 * bs, bs)?;
+                    if inner.data.discard_zeroes() {
+                        inner.stats.add(PoolCounter::HolePunches, 1);
+                        inner.stats.add(PoolCounter::HolePunchBytes, bs);
+                    }
                 }
                 _ => {}
             }
@@ -494,9 +496,11 @@ impl Volume {
         match payload {
             Payload::Bytes(b) => self.inner.data.write_at(at, b)?,
             Payload::Zeros if len == self.inner.block_size => {
-                self.inner.data.punch_hole(at, len)?;
-                self.inner.stats.add(PoolCounter::HolePunches, 1);
-                self.inner.stats.add(PoolCounter::HolePunchBytes, len);
+                self.inner.data.zero_range(at, len)?;
+                if self.inner.data.discard_zeroes() {
+                    self.inner.stats.add(PoolCounter::HolePunches, 1);
+                    self.inner.stats.add(PoolCounter::HolePunchBytes, len);
+                }
             }
             Payload::Zeros => self.inner.data.write_at(at, &vec![0u8; len as usize])?,
         }

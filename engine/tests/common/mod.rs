@@ -413,6 +413,12 @@ impl thinly_engine::io::DataDevice for Holding {
     fn punch_hole(&self, o: u64, l: u64) -> std::io::Result<()> {
         self.inner.punch_hole(o, l)
     }
+    fn zero_range(&self, o: u64, l: u64) -> std::io::Result<()> {
+        self.inner.zero_range(o, l)
+    }
+    fn discard_zeroes(&self) -> bool {
+        self.inner.discard_zeroes()
+    }
     fn sync(&self) -> std::io::Result<()> {
         self.inner.sync()?;
         self.hold_if_armed(Hold::Sync);

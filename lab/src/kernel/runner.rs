@@ -32,6 +32,7 @@ pub fn pool_options(g: &Geometry) -> PoolOptions {
             zeroing: true,
             commit_interval_ms: 0,
             auto_extend: None,
+            metadata_auto_extend: None,
             snapshot_cache: Default::default(),
             overprovision: Default::default(),
         },

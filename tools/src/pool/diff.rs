@@ -38,7 +38,7 @@ pub fn run(dir: &Path, a: &str, b: &str, json: bool, stat: bool) -> Result<()> {
             })?
         }
         None => {
-            if !dir.join("metadata").exists() {
+            if !Pool::exists(dir) {
                 bail!("no pool in {}", dir.display());
             }
             let pool = Pool::open(dir, IoMode::Auto)

@@ -10,12 +10,13 @@ pub mod report;
 pub mod show;
 pub mod stats;
 
-pub use thinly_server::pool_dir::{size_arg, PoolArgs};
+pub use thinly_server::pool_dir::{size_arg, PoolArgs, DEFAULT_DATA_BYTES};
 pub use thinly_server::{control, serve, size};
 
 use anyhow::{bail, Context, Result};
 use control::{execute, Request, Response};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use thinly_engine::io::blockdev::block_device_size;
 use thinly_engine::io::IoMode;
 use thinly_engine::pool::{
     OutOfSpacePolicy, Overprovision, Pool, PoolOptions, PoolSettings, SnapshotCache,
@@ -55,7 +56,7 @@ pub fn run_request(dir: &Path, req: &Request) -> Result<Response> {
     if let Some(r) = control::send(dir, req) {
         return r.with_context(|| format!("talking to the server of {}", dir.display()));
     }
-    if !dir.join("metadata").exists() {
+    if !Pool::exists(dir) {
         bail!(
             "no pool in {} (create one with `thinly pool create` or `thinly serve`)",
             dir.display()
@@ -72,13 +73,23 @@ pub fn run_request(dir: &Path, req: &Request) -> Result<Response> {
 pub struct PoolCreateArgs {
     #[command(flatten)]
     pub pool: PoolArgs,
-    /// Data size (bytes, or with a unit: 128s sectors, 64K, 10G, 1T).
-    #[arg(long, value_parser = size_arg, default_value = "16G")]
-    pub size: u64,
+    /// The data device: a block device (a loop device, an LV, …) or a new or empty file
+    /// [default: DIR/data, a sparse file]. pool.json records it.
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// The metadata device: a block device or a new or empty file [default:
+    /// DIR/metadata]. pool.json records it.
+    #[arg(long, value_name = "PATH")]
+    pub metadata: Option<PathBuf>,
+    /// Data size (bytes, or with a unit: 128s sectors, 64K, 10G, 1T) [default: 16G, or the
+    /// size of a --data block device, which it must match if given].
+    #[arg(long, value_parser = size_arg)]
+    pub size: Option<u64>,
     /// Data block size (64K … 1G, a multiple of 64K).
     #[arg(long, value_parser = size_arg, default_value = "64K")]
     pub block_size: u64,
-    /// Metadata size [default: thin_metadata_size's estimate for the data size].
+    /// Metadata size [default: thin_metadata_size's estimate for the data size, or the
+    /// size of a --metadata block device, which it must match if given].
     #[arg(long, value_parser = size_arg)]
     pub metadata_size: Option<u64>,
     /// Low water mark, in data blocks.
@@ -90,7 +101,8 @@ pub struct PoolCreateArgs {
     /// How long `queue` holds a write before failing it with ENOSPC.
     #[arg(long, default_value_t = 60_000)]
     pub queue_timeout_ms: u64,
-    /// Do not zero the unwritten rest of new blocks.
+    /// Do not zero the unwritten rest of new blocks (nor a --data block device at create:
+    /// say this only when the device reads zeros, or when old data may show).
     #[arg(long)]
     pub no_zeroing: bool,
     /// Commit at least this often (0: only on flush and management).
@@ -119,6 +131,7 @@ pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
         zeroing: !a.no_zeroing,
         commit_interval_ms: a.commit_interval_ms,
         auto_extend: None,
+        metadata_auto_extend: None,
         snapshot_cache: if a.snapshot_cache == "keep" {
             SnapshotCache::Keep
         } else {
@@ -130,15 +143,29 @@ pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
             Overprovision::Warn
         },
     };
+    let device_size = match &a.data {
+        Some(p) => block_device_size(p).with_context(|| format!("sizing {}", p.display()))?,
+        None => None,
+    };
     let opts = PoolOptions {
-        data_size_bytes: a.size,
+        data_size_bytes: a.size.or(device_size).unwrap_or(DEFAULT_DATA_BYTES),
         metadata_size_bytes: a.metadata_size,
         settings,
+        data_path: a.data.clone(),
+        metadata_path: a.metadata.clone(),
         ..Default::default()
     };
     let dir = a.pool.dir();
-    let pool = Pool::create(&dir, &opts)
-        .with_context(|| format!("creating a pool in {}", dir.display()))?;
+    let bar = match device_size {
+        Some(total) if !a.no_zeroing => {
+            crate::files::Progress::bytes("zeroing the data device", total)
+        }
+        _ => crate::files::Progress::hidden(),
+    };
+    let pool =
+        Pool::create_with_progress(&dir, &opts, &mut |done, total| bar.set_bytes(done, total))
+            .with_context(|| format!("creating a pool in {}", dir.display()))?;
+    drop(bar);
     let s = pool.status();
     pool.close()?;
     println!(

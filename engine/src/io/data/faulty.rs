@@ -1,6 +1,11 @@
 //! A fault-injecting data device: like `FaultyDevice`, it keeps what is durable apart from
 //! what was written since the last sync, so a test can simulate a power cut that keeps any
 //! subset of the unsynced writes (torn at 512-byte sectors), and it can fail I/O on demand.
+//!
+//! `FaultyData::device` behaves as a block device at its worst: every byte starts as
+//! garbage (not zeros), a discard leaves the old bytes, `set_len` cannot grow it (only
+//! `grow_device`, as an LV extend would, with garbage again), and only `zero_range`
+//! (written zeros, torn like any write) makes a range read as zeros.
 
 use super::{DataDevice, Pages};
 use crate::io::CrashPlan;
@@ -25,7 +30,12 @@ struct State {
 
 pub struct FaultyData {
     state: Mutex<State>,
+    /// Block-device behaviour (see the module doc).
+    device: bool,
 }
+
+/// What a device holds where nobody wrote: anything but zeros.
+const GARBAGE: u8 = 0xdb;
 
 fn eio() -> io::Error {
     io::Error::other("injected I/O error on the data device")
@@ -44,6 +54,26 @@ impl FaultyData {
         let pages = Pages { len, ..Pages::default() };
         FaultyData {
             state: Mutex::new(State { current: pages.clone(), durable: pages, ..State::default() }),
+            device: false,
+        }
+    }
+
+    /// A block device of `len` bytes of garbage (see the module doc).
+    pub fn device(len: u64) -> Self {
+        let d = FaultyData { device: true, ..Self::new(0) };
+        d.grow_device(len);
+        d
+    }
+
+    /// Grows a `device` to `len` bytes of garbage, durably (the LV was extended).
+    pub fn grow_device(&self, len: u64) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let old = s.current.len;
+        let garbage = vec![GARBAGE; (len.saturating_sub(old)) as usize];
+        for pages in [&mut s.current, &mut s.durable] {
+            pages.write(old, &garbage);
+            pages.set_len(len.max(old));
         }
     }
 
@@ -91,6 +121,7 @@ impl FaultyData {
         }
         FaultyData {
             state: Mutex::new(State { current: image.clone(), durable: image, ..State::default() }),
+            device: self.device,
         }
     }
 
@@ -114,6 +145,12 @@ impl DataDevice for FaultyData {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.lock();
         Self::budget(&mut s)?;
+        if self.device {
+            if len > s.current.len {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "a device cannot grow"));
+            }
+            return Ok(());
+        }
         s.current.set_len(len);
         s.pending.push(Op::SetLen(len));
         Ok(())
@@ -137,9 +174,24 @@ impl DataDevice for FaultyData {
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         let mut s = self.lock();
         Self::budget(&mut s)?;
+        if self.device {
+            // A discard that keeps the old bytes: allowed, and the worst case.
+            return Ok(());
+        }
         s.current.punch(offset, len);
         s.pending.push(Op::Punch { offset, len });
         Ok(())
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.device {
+            return self.punch_hole(offset, len);
+        }
+        self.write_at(offset, &vec![0u8; len as usize])
+    }
+
+    fn discard_zeroes(&self) -> bool {
+        !self.device
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -58,7 +58,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-# The kernel tests (tests/kernel_*.rs) boot the real Linux dm-thin and NBD client in a QEMU
+# The kernel tests (tests/kernel.rs, one binary) boot the real Linux dm-thin and NBD client in a QEMU
 # guest from the kernel lab; they skip loudly without it, and fail when CI is set. Prepare
 # the lab (idempotent: 0.3 s when it is ready) where the kit exists beside this checkout.
 # setup.sh needs root only to install its host packages; its downloads go to the user's cache.

@@ -25,4 +25,4 @@ pub mod server;
 pub use export::{Export, ExportRegistry, ExportTable, Extent, ZeroFlags};
 #[cfg(any(test, feature = "testing"))]
 pub use mem_export::MemExport;
-pub use server::{Server, ServerConfig, ServerHandle, Tls, TlsError, TlsSettings};
+pub use server::{ExportCloser, Server, ServerConfig, ServerHandle, Tls, TlsError, TlsSettings};

@@ -84,7 +84,7 @@ impl Conn {
 }
 
 /// Serves one accepted connection until it ends.
-pub(super) fn serve(stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &Shared) {
+pub(super) fn serve(stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &Shared, id: u64) {
     let peer = stream.peer();
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let started = Instant::now();
@@ -93,6 +93,7 @@ pub(super) fn serve(stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &
             let identity = stream.tls_identity().unwrap_or("-").to_owned();
             let tls = matches!(stream, Stream::Tls(_));
             let export = negotiated.export_name.clone();
+            shared.set_export(id, &export);
             debug!(%peer, %identity, tls, %export, mode = ?negotiated.mode, "client connected");
             match transmission(stream, negotiated, leftover, budget, shared) {
                 // The one line per connection: who, what, how much, how long.

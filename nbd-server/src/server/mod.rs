@@ -109,6 +109,8 @@ struct LiveConn {
     budget: Arc<Budget>,
     /// Index of the listener that accepted it.
     listener: usize,
+    /// The export it negotiated (set when the handshake ends), for `close_export`.
+    export: Option<String>,
 }
 
 /// Lets a repeated warning through at most once per `LOG_RATE_INTERVAL`, counting the
@@ -143,6 +145,14 @@ impl RateLimit {
 impl Shared {
     fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Records the export connection `id` negotiated.
+    pub(crate) fn set_export(&self, id: u64, name: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = live.get_mut(&id) {
+            c.export = Some(name.to_string());
+        }
     }
 }
 
@@ -270,6 +280,11 @@ impl ServerHandle {
         self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// A handle that closes the connections of one export (see `ExportCloser`).
+    pub fn export_closer(&self) -> ExportCloser {
+        ExportCloser { shared: Arc::clone(&self.shared) }
+    }
+
     /// Starts draining without waiting: from now on new requests get `ESHUTDOWN` and
     /// handshakes `ERR_SHUTDOWN`. `shutdown` finishes the job.
     pub fn begin_shutdown(&self) {
@@ -329,6 +344,43 @@ impl ServerHandle {
             if late {
                 return;
             }
+            std::thread::sleep(DRAIN_POLL_INTERVAL);
+        }
+    }
+}
+
+/// Closes the connections that negotiated a given export, as a drain does for all: a
+/// connection stops reading at once, its workers finish and answer every request already
+/// received, then its socket closes. For a server that removes an export under its clients
+/// (a forced delete): clients see their connection end, not errors on every request.
+#[derive(Clone)]
+pub struct ExportCloser {
+    shared: Arc<Shared>,
+}
+
+impl ExportCloser {
+    /// Closes the connections of export `name` and waits (at most `timeout`) until they
+    /// have ended; returns how many were still open when it gave up (0: all closed).
+    pub fn close_export(&self, name: &str, timeout: Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
+            let mine: Vec<&LiveConn> =
+                live.values().filter(|c| c.export.as_deref() == Some(name)).collect();
+            if mine.is_empty() {
+                return 0;
+            }
+            let late = std::time::Instant::now() >= deadline;
+            for c in &mine {
+                // Read side only: the workers still send the replies of queued requests.
+                let _ = c.stream.shutdown(if late { Shutdown::Both } else { Shutdown::Read });
+            }
+            if late {
+                warn!(export = name, nr_connections = mine.len(), "closing an export timed out");
+                return mine.len();
+            }
+            drop(mine);
+            drop(live);
             std::thread::sleep(DRAIN_POLL_INTERVAL);
         }
     }
@@ -407,11 +459,14 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream, tls: TlsMode, listener
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let budget = Arc::new(Budget::new(MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS));
-    live.insert(id, LiveConn { stream: handle, budget: Arc::clone(&budget), listener });
+    live.insert(
+        id,
+        LiveConn { stream: handle, budget: Arc::clone(&budget), listener, export: None },
+    );
     drop(live);
     let sh = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name(format!("nbd-conn-{id}")).spawn(move || {
-        conn::serve(stream, tls, budget, &sh);
+        conn::serve(stream, tls, budget, &sh, id);
         sh.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });
     match spawned {

@@ -1,78 +1,51 @@
 //! The pool commands of `thinly`: `serve`, `pool create|status|extend`, `create`,
 //! `snapshot`, `delete`, `resize`, `list`, `status`, `message`, `diff`. Management works on a pool
 //! that is being served (through its control socket) and on one that is not (opened here,
-//! exclusively, for the one operation); both run `control::execute`.
+//! exclusively, for the one operation); both run `control::execute`. The daemon itself
+//! (`serve`, the control socket, the NBD exports) lives in the `thinly-server` crate; this
+//! module parses arguments and prints.
 
-pub mod config;
-pub mod control;
 pub mod diff;
-pub mod export;
-pub mod serve;
+pub mod report;
 pub mod show;
-pub mod size;
-pub mod systemd;
-pub mod tls;
+
+pub use thinly_server::pool_dir::{size_arg, PoolArgs};
+pub use thinly_server::{control, serve, size};
 
 use anyhow::{bail, Context, Result};
 use control::{execute, Request, Response};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use thinly_engine::io::IoMode;
-use thinly_engine::pool::{OutOfSpacePolicy, Pool, PoolOptions, PoolSettings, SnapshotCache};
+use thinly_engine::pool::{
+    OutOfSpacePolicy, Overprovision, Pool, PoolOptions, PoolSettings, SnapshotCache,
+};
 
-/// Where the pool lives when --pool is not given.
-pub const DEFAULT_POOL_DIR: &str = "./thinly-pool";
-/// The data size of a pool that `thinly serve` creates on its own.
-pub const DEFAULT_DATA_BYTES: u64 = 16 << 30;
-
-/// The value parser of every size flag (see `size`).
-pub fn size_arg(s: &str) -> Result<u64, String> {
-    size::parse_size(s)
-}
-
+/// The columns and units of `list` and `status` (see `report`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct PoolArgs {
-    /// The pool directory [default: ./thinly-pool].
-    #[arg(long = "pool", value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+pub struct TableArgs {
+    /// Columns, lvs-style: lv_name, thin_id, lv_size, data_percent, metadata_percent,
+    /// mapped, exclusive, shared, origin, lv_permissions (`+FIELD` adds to the defaults).
+    #[arg(short = 'o', long = "options", value_name = "FIELDS")]
+    pub fields: Option<String>,
+    /// Size units, as lvs: h (human), b, s, k, m, g, t (powers of 1024; upper case: of 1000).
+    #[arg(long, value_parser = report::parse_units, conflicts_with = "bytes")]
+    pub units: Option<report::Units>,
+    /// Sizes in whole bytes, without a unit.
+    #[arg(long)]
+    pub bytes: bool,
 }
 
-impl PoolArgs {
-    pub fn dir(&self) -> PathBuf {
-        self.dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_POOL_DIR))
+impl TableArgs {
+    pub fn units(&self) -> report::Units {
+        match (self.bytes, self.units) {
+            (true, _) => report::Units::Bytes,
+            (false, u) => u.unwrap_or(report::Units::Human),
+        }
     }
 
-    /// `--pool` was given (not the default directory).
-    pub fn explicit(&self) -> bool {
-        self.dir.is_some()
+    pub fn fields(&self) -> Result<Vec<&'static str>> {
+        report::parse_fields(self.fields.as_deref()).map_err(anyhow::Error::msg)
     }
-}
-
-pub fn default_pool_options() -> PoolOptions {
-    PoolOptions { data_size_bytes: DEFAULT_DATA_BYTES, ..PoolOptions::default() }
-}
-
-/// Opens the pool in `dir`, or creates it (with `first_volume`) if there is none.
-pub fn open_or_create(
-    dir: &Path,
-    opts: &PoolOptions,
-    first_volume: Option<(&str, u64)>,
-) -> Result<Pool> {
-    if dir.join("metadata").exists() {
-        return Pool::open(dir, IoMode::Auto)
-            .with_context(|| format!("opening the pool in {}", dir.display()));
-    }
-    let pool =
-        Pool::create(dir, opts).with_context(|| format!("creating a pool in {}", dir.display()))?;
-    eprintln!(
-        "thinly: created a pool in {} ({} of data)",
-        dir.display(),
-        size::format_size(opts.data_size_bytes)
-    );
-    if let Some((name, bytes)) = first_volume {
-        pool.create_volume(name, bytes).with_context(|| format!("creating volume {name}"))?;
-        eprintln!("thinly: created volume {name} ({})", size::format_size(bytes));
-    }
-    Ok(pool)
 }
 
 /// Runs a request on the pool in `dir`: through its control socket if it is being served,
@@ -127,6 +100,10 @@ pub struct PoolCreateArgs {
     /// them to the kernel.
     #[arg(long, value_parser = ["auto", "keep"], default_value = "auto")]
     pub snapshot_cache: String,
+    /// Volumes whose virtual sizes add up to more than the data: `warn` (with the
+    /// over-provisioning ratio, as LVM does) or `error` (refuse). Stored in pool.json.
+    #[arg(long, value_parser = ["warn", "error"], default_value = "warn")]
+    pub overprovision: String,
 }
 
 pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
@@ -145,6 +122,11 @@ pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
             SnapshotCache::Keep
         } else {
             SnapshotCache::Auto
+        },
+        overprovision: if a.overprovision == "error" {
+            Overprovision::Error
+        } else {
+            Overprovision::Warn
         },
     };
     let opts = PoolOptions {
@@ -177,6 +159,9 @@ pub fn print_response(
     json: bool,
     human: impl FnOnce(&serde_json::Value) -> String,
 ) -> Result<()> {
+    for w in &r.warnings {
+        eprintln!("thinly: {w}");
+    }
     if !r.ok {
         bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
     }

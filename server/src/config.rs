@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use super::serve::ServeArgs;
+use crate::serve::ServeArgs;
 
 /// `serve`'s arguments alone, with later flags overriding earlier ones.
 #[derive(Debug, Parser)]

@@ -242,6 +242,7 @@ impl ExportRegistry for PoolRegistry {
             .filter(|(name, _)| self.allowed(name))
             .map(|(name, v)| {
                 let kind = match &v.snapshot_of {
+                    Some(_) if v.origin_deleted => "snapshot of a deleted volume".to_string(),
                     Some(o) => format!("snapshot of {o}"),
                     None => "thin volume".to_string(),
                 };

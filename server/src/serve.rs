@@ -3,11 +3,11 @@
 //! requests ESHUTDOWN, let what is in flight finish (at most --drain-timeout), commit and
 //! exit 0. SIGHUP reloads the TLS certificates and keys.
 
-use super::control::ControlServer;
-use super::export::PoolRegistry;
-use super::systemd;
-use super::tls::{TlsArgs, TlsPlan};
-use super::{default_pool_options, open_or_create, PoolArgs};
+use crate::control::ControlServer;
+use crate::export::PoolRegistry;
+use crate::pool_dir::{default_pool_options, open_or_create, PoolArgs};
+use crate::systemd;
+use crate::tls::{TlsArgs, TlsPlan};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 use std::os::unix::fs::PermissionsExt;
@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PERCENT", requires = "auto_extend_max")]
     pub auto_extend_percent: Option<u32>,
     /// … up to this size (K/M/G/T).
-    #[arg(long, value_name = "SIZE", value_parser = super::size_arg)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::pool_dir::size_arg)]
     pub auto_extend_max: Option<u64>,
     /// Seconds a client may take from connecting to the end of the handshake (0: no
     /// limit, for clients that connect long before they speak, like a VM's serial port).
@@ -137,7 +137,7 @@ impl ServeArgs {
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     if let Some(config) = &args.config {
-        let merged = super::config::merge(config, &super::config::serve_words())?;
+        let merged = crate::config::merge(config, &crate::config::serve_words())?;
         return serve(&merged);
     }
     serve(args)
@@ -183,9 +183,9 @@ fn serve(args: &ServeArgs) -> Result<()> {
         None => listen(&mut server, args, &plan, &dir)?,
     };
     let handle = server.start().context("starting the NBD server")?;
-    let control =
-        ControlServer::start(pool.clone(), &dir).context("starting the control socket")?;
-    eprintln!("thinly: control socket {}", dir.join(super::control::CONTROL_SOCKET).display());
+    let control = ControlServer::start(pool.clone(), &dir, Some(handle.export_closer()))
+        .context("starting the control socket")?;
+    eprintln!("thinly: control socket {}", dir.join(crate::control::CONTROL_SOCKET).display());
     let watcher = spawn_event_watcher(events, dir.clone(), args.on_low_water.clone());
     systemd::notify_ready();
 
@@ -208,7 +208,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
 /// not loopback, else the first.
 fn tls_deciding_address(addrs: &[String]) -> Result<Option<&str>> {
     for a in addrs {
-        if !super::tls::is_loopback(a)? {
+        if !crate::tls::is_loopback(a)? {
             return Ok(Some(a));
         }
     }

@@ -6,9 +6,21 @@
 # mount (losetup; the attach tests), and the kernel lab beside this checkout.
 # As a user it uses sudo where root is needed; what
 # it cannot prepare it skips loudly (the tests that need it then skip loudly too), unless CI
-# is set, where that is an error. Arguments go to `cargo test --workspace`.
+# is set, where that is an error. Arguments go to `cargo test`.
+#
+#   ./test.sh [--fast] [CARGO TEST ARGS...]
+#
+# After one build, two lanes run side by side: the kernel tests (the root package `thinly`,
+# whose guests mostly wait on QEMU's emulated CPU; output in target/test-logs/kernel.log,
+# shown at the end) and every other package (output live). --fast runs only the second
+# lane and does not prepare the kernel lab.
 set -euo pipefail
 cd "$(dirname "$0")"
+FAST=0
+if [ "${1:-}" = "--fast" ]; then
+  FAST=1
+  shift
+fi
 
 ci() { [ -n "${CI:-}" ]; }
 # Says loudly what is skipped and why; under CI it stops the run instead.
@@ -58,13 +70,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-# The kernel tests (tests/kernel_*.rs) boot the real Linux dm-thin and NBD client in a QEMU
+# The kernel tests (tests/kernel.rs, one binary) boot the real Linux dm-thin and NBD client in a QEMU
 # guest from the kernel lab; they skip loudly without it, and fail when CI is set. Prepare
 # the lab (idempotent: 0.3 s when it is ready) where the kit exists beside this checkout.
 # setup.sh needs root only to install its host packages; its downloads go to the user's cache.
 LAB_SETUP="$PWD/../shared/kernel-lab/setup.sh"   # $(dirname "$0")/../shared/…: we cd'ed there above
 LAB_CACHE="${THINLY_KERNEL_LAB:-$HOME/.cache/thinly-kernel-lab}"
-if [ -d "$(dirname "$LAB_SETUP")" ]; then
+if [ $FAST = 0 ] && [ -d "$(dirname "$LAB_SETUP")" ]; then
   if [ "$(id -u)" -eq 0 ]; then
     "$LAB_SETUP"
   elif ! "$LAB_SETUP"; then
@@ -78,4 +90,25 @@ if [ -d "$(dirname "$LAB_SETUP")" ]; then
   fi
 fi
 
-cargo test --workspace "$@"
+if [ $FAST = 1 ]; then
+  exec cargo test --workspace --exclude thinly "$@"
+fi
+cargo test --workspace --no-run
+LOGS=target/test-logs
+mkdir -p "$LOGS"
+echo "test.sh: the kernel tests (cargo test -p thinly) run beside the others; output: $LOGS/kernel.log"
+# Its own process group, so that an interrupted run stops its guests too.
+setsid cargo test -p thinly "$@" >"$LOGS/kernel.log" 2>&1 &
+KERNEL_LANE=$!
+trap 'kill -- -$KERNEL_LANE 2>/dev/null || true' EXIT
+rest=0
+cargo test --workspace --exclude thinly "$@" || rest=$?
+kernel=0
+wait $KERNEL_LANE || kernel=$?
+trap - EXIT
+echo "=== the kernel tests (cargo test -p thinly) ==="
+cat "$LOGS/kernel.log"
+if [ $rest != 0 ] || [ $kernel != 0 ]; then
+  echo "test.sh: FAILED (other packages: exit $rest; kernel tests: exit $kernel)" >&2
+  exit 1
+fi

@@ -3,7 +3,7 @@
 //! - [`kernel`]: the side-by-side lab with the Linux kernel's dm-thin — an operation-script
 //!   format both implementations run, its runner for thinly and its translation for the
 //!   guest kernel, observations of a pool's files and their comparison, and the harness the
-//!   `tests/kernel_*.rs` tests boot the kernel lab's QEMU guest with.
+//!   `tests/kernel.rs` tests boot the kernel lab's QEMU guest with.
 //! - [`bench`]: the whole-system benchmark harness behind `thinly bench` (the `thinly`
 //!   binary links this crate for that one command).
 //!

@@ -1,4 +1,4 @@
-# One power-loss round (tests/kernel_power_loss.rs): `thinly serve` inside the guest on a
+# One power-loss round (tests/kernel/power_loss.rs): `thinly serve` inside the guest on a
 # pool in an ext4 filesystem on a virtio disk; the kernel's nbd-client writes 4 KiB blocks to
 # vol0 with O_DIRECT, flushes, snapshots and deletes snapshots, until the host cuts the power.
 # Every event is appended to /host/events (9p with cache=none: it is on the host before the

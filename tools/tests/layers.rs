@@ -8,11 +8,21 @@
 //! `xfs_repair -n` when xfsprogs is installed); then a middle layer and a container are deleted,
 //! the survivors checked again along with the pool's space accounting (used blocks fall;
 //! exclusive and shared blocks by `thinly ls`, as the real `thin_ls` counts them), and the
-//! stopped pool's metadata passes the real `thin_check`. Replay a failure with `THINLY_SEED=N`.
+//! stopped pool's metadata passes the real `thin_check`. Then (ext4; step 6 of issue 17) the
+//! kernel lab's guest activates the same pool under the real dm-thin and mounts the top layer
+//! and a container read-only against the same manifests (`layers/kernel.rs`). Replay a
+//! failure with `THINLY_SEED=N`.
+//!
+//! It prints the figures of issue 17 §3 (timings are this host's, never asserted): attach +
+//! mount and umount + detach per layer, a snapshot of a mounted layer, the data and metadata
+//! space of the layers and containers against the bytes the flow wrote, and an untar of
+//! small files into a mounted layer against the same into a loop device on a plain file.
 //! Needs root, FUSE, loop devices, nbdfuse and e2fsprogs: skips loudly without them,
 //! fails under `CI`.
 
 mod attach_support;
+#[path = "layers/kernel.rs"]
+mod kernel;
 
 use attach_support::{host_can_attach, ok, thinly, Lab};
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +30,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Instant;
 use thinly_test_support::Rng;
 
 /// The large sparse file each layer writes: its length and the pieces written into it.
@@ -72,8 +83,9 @@ impl Image {
 
 /// Applies one layer's changes, chosen by `rng`, to the mounted filesystem at `root` and
 /// to the model alike.
-fn apply_layer(root: &Path, img: &mut Image, rng: &mut Rng, tag: &str) {
+fn apply_layer(root: &Path, img: &mut Image, rng: &mut Rng, tag: &str) -> u64 {
     let at = |p: &str| root.join(p);
+    let mut written = 0;
     std::fs::create_dir_all(at(tag)).expect("mkdir");
     std::fs::create_dir_all(at("common")).expect("mkdir");
     for k in 0..20 {
@@ -81,7 +93,7 @@ fn apply_layer(root: &Path, img: &mut Image, rng: &mut Rng, tag: &str) {
         let path = format!("{dir}/{tag}-f{k}");
         let len = rng.below(48 << 10) as usize;
         let f = FileModel::dense(rng.bytes(len));
-        write_file(&at(&path), &f);
+        written += write_file(&at(&path), &f);
         img.files.insert(path, f);
     }
     for _ in 0..3 {
@@ -95,7 +107,7 @@ fn apply_layer(root: &Path, img: &mut Image, rng: &mut Rng, tag: &str) {
         bytes.extend_from_slice(&new);
         let mode = f.mode;
         *f = FileModel { mode, ..FileModel::dense(bytes) };
-        write_file(&at(&p), f);
+        written += write_file(&at(&p), f);
     }
     for _ in 0..2 {
         let Some(p) = img.pick(rng) else { break };
@@ -122,7 +134,7 @@ fn apply_layer(root: &Path, img: &mut Image, rng: &mut Rng, tag: &str) {
     }
     sparse.pieces.sort_by_key(|(o, _)| *o);
     sparse.pieces.dedup_by_key(|(o, _)| *o);
-    write_file(&at(&format!("{tag}/sparse")), &sparse);
+    written += write_file(&at(&format!("{tag}/sparse")), &sparse);
     img.files.insert(format!("{tag}/sparse"), sparse);
     for _ in 0..2 {
         let Some(p) = img.pick(rng) else { break };
@@ -130,10 +142,12 @@ fn apply_layer(root: &Path, img: &mut Image, rng: &mut Rng, tag: &str) {
         std::fs::set_permissions(at(&p), std::fs::Permissions::from_mode(mode)).expect("chmod");
         img.files.get_mut(&p).expect("picked").mode = mode;
     }
+    written
 }
 
 /// Writes `f` at `path`: its length by set_len (holes stay holes), its pieces by pwrite.
-fn write_file(path: &Path, f: &FileModel) {
+/// Returns the bytes written.
+fn write_file(path: &Path, f: &FileModel) -> u64 {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::create(path).expect("create");
     file.set_len(f.len).expect("set_len");
@@ -141,6 +155,7 @@ fn write_file(path: &Path, f: &FileModel) {
         file.write_all_at(b, *off).expect("pwrite");
     }
     file.set_permissions(std::fs::Permissions::from_mode(f.mode)).expect("chmod");
+    f.pieces.iter().map(|(_, b)| b.len() as u64).sum()
 }
 
 /// (mode, size, sha256) by path.
@@ -255,14 +270,128 @@ fn verify(lab: &mut Lab, fs: Fs, vol: &str, img: &Image) {
     lab.detach(vol);
 }
 
+/// The figures of issue 17 §3 that the flow measures as it goes (seconds, bytes).
+#[derive(Default)]
+struct Figures {
+    attach_mount_s: Vec<f64>,
+    umount_detach_s: Vec<f64>,
+    bytes_written: u64,
+}
+
+/// min / median / max of `v`, for a figure line.
+fn spread(v: &[f64]) -> String {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => "-".into(),
+        n => format!("{:.3} / {:.3} / {:.3} s", v[0], v[n / 2], v[n - 1]),
+    }
+}
+
 /// Snapshots `from` as `to`, attaches and mounts it, applies a layer, and takes it down.
-fn build(lab: &mut Lab, fs: Fs, from: &str, to: &str, img: &mut Image, seed: u64) {
+fn build(
+    lab: &mut Lab,
+    fs: Fs,
+    from: &str,
+    to: &str,
+    img: &mut Image,
+    seed: u64,
+    fig: &mut Figures,
+) {
     thinly(&["snapshot", from, to, "--pool", lab.pool()]);
+    let t0 = Instant::now();
     let dev = lab.attach(to);
     let mnt = lab.mount(&dev, &format!("build-{to}"), fs.rw());
-    apply_layer(&mnt, img, &mut Rng(seed), to);
+    fig.attach_mount_s.push(t0.elapsed().as_secs_f64());
+    fig.bytes_written += apply_layer(&mnt, img, &mut Rng(seed), to);
+    let t0 = Instant::now();
     lab.umount(&mnt);
     lab.detach(to);
+    fig.umount_detach_s.push(t0.elapsed().as_secs_f64());
+}
+
+/// How many small files (up to `UNTAR_FILE_MAX_BYTES` each) the untar figure extracts.
+const NR_UNTAR_FILES: u64 = 3000;
+const UNTAR_FILE_MAX_BYTES: u64 = 6000;
+
+/// Prints the figures of issue 17 §3: the flow's attach/detach timings, a snapshot of a
+/// mounted layer, the space the layers and containers use against the bytes written, and an
+/// untar of small files into a layer through thinly against a loop device on a plain file.
+fn print_figures(lab: &mut Lab, fs: Fs, fig: &Figures) {
+    let s: serde_json::Value =
+        serde_json::from_str(&thinly(&["status", "--json", "--pool", lab.pool()])).expect("JSON");
+    let n = |k: &str| s["pool"][k].as_u64().unwrap_or_else(|| panic!("status has no {k}"));
+    let data_bytes = n("used_data_blocks") * n("data_block_size_bytes");
+    let meta_bytes = n("used_metadata_blocks") * 4096;
+    let dev = lab.attach("layer5");
+    let mnt = lab.mount(&dev, "figures-layer5", fs.ro());
+    let t0 = Instant::now();
+    thinly(&["snapshot", "layer5", "untar-probe", "--pool", lab.pool()]);
+    let snap_s = t0.elapsed().as_secs_f64();
+    lab.umount(&mnt);
+    lab.detach("layer5");
+    let tar = small_files_tar(lab);
+    let dev = lab.attach("untar-probe");
+    let mnt = lab.mount(&dev, "figures-untar", fs.rw());
+    let thinly_s = untar_s(&tar, &mnt);
+    lab.umount(&mnt);
+    lab.detach("untar-probe");
+    thinly(&["delete", "untar-probe", "--pool", lab.pool()]);
+    let loop_s = untar_on_plain_loop(lab, fs, &tar);
+    eprintln!(
+        "figures ({fs:?}, attach via {}): attach + mount {}; umount + detach {} (min / median / \
+         max of {}); snapshot of a mounted layer {snap_s:.3} s; 5 layers + 3 containers: \
+         {:.1} MiB of file data written (mkfs and the journal write more), {:.1} MiB of data blocks and {:.1} MiB of metadata used; untar of \
+         {NR_UNTAR_FILES} small files + sync -f: {thinly_s:.2} s through thinly, {loop_s:.2} s \
+         on a loop device over a plain file (ratio {:.2})",
+        if dev.starts_with("/dev/nbd") { "the kernel's NBD client" } else { "FUSE + loop" },
+        spread(&fig.attach_mount_s),
+        spread(&fig.umount_detach_s),
+        fig.attach_mount_s.len(),
+        fig.bytes_written as f64 / (1 << 20) as f64,
+        data_bytes as f64 / (1 << 20) as f64,
+        meta_bytes as f64 / (1 << 20) as f64,
+        thinly_s / loop_s.max(0.001),
+    );
+}
+
+/// A tar of `NR_UNTAR_FILES` small files (made with the host's tar).
+fn small_files_tar(lab: &Lab) -> std::path::PathBuf {
+    let src = lab.path("untar-src");
+    let mut rng = Rng(0x7a7);
+    for i in 0..NR_UNTAR_FILES {
+        let dir = src.join(format!("small/d{}", i % 50));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let len = rng.range(1, UNTAR_FILE_MAX_BYTES + 1) as usize;
+        std::fs::write(dir.join(format!("f{i}")), rng.bytes(len)).expect("a small file");
+    }
+    let tar = lab.path("untar").join("small.tar");
+    let (t, s) = (tar.to_str().expect("UTF-8"), src.to_str().expect("UTF-8"));
+    ok("tar", &["-cf", t, "-C", s, "small"], 120);
+    tar
+}
+
+/// Seconds to untar `tar` into `mnt` and `sync -f` it.
+fn untar_s(tar: &Path, mnt: &Path) -> f64 {
+    let (t, m) = (tar.to_str().expect("UTF-8"), mnt.to_str().expect("UTF-8"));
+    let t0 = Instant::now();
+    ok("tar", &["-xf", t, "-C", m], 300);
+    ok("sync", &["-f", m], 300);
+    t0.elapsed().as_secs_f64()
+}
+
+/// The same untar into `fs` on a loop device over a sparse plain file.
+fn untar_on_plain_loop(lab: &mut Lab, fs: Fs, tar: &Path) -> f64 {
+    let file = lab.path("plain").join("plain.img");
+    std::fs::File::create(&file).and_then(|f| f.set_len(4 << 30)).expect("plain.img");
+    let f = file.to_str().expect("UTF-8");
+    let dev = ok("losetup", &["--find", "--show", f], 60).trim().to_string();
+    fs.mkfs(&dev);
+    let mnt = lab.mount(&dev, "figures-plain", fs.rw());
+    let secs = untar_s(tar, &mnt);
+    lab.umount(&mnt);
+    ok("losetup", &["-d", &dev], 60);
+    secs
 }
 
 fn used_data_blocks(lab: &Lab) -> u64 {
@@ -347,23 +476,27 @@ fn layer_flow(fs: Fs) {
     lab.umount(&mnt);
     lab.detach("base");
 
+    let mut fig = Figures::default();
     let mut images = vec![("base".to_string(), Image::default())];
     for i in 1..=5u64 {
         let (from, mut img) = images.last().cloned().expect("a lower layer");
         let name = format!("layer{i}");
-        build(&mut lab, fs, &from, &name, &mut img, seed.wrapping_mul(1000).wrapping_add(i));
+        let layer_seed = seed.wrapping_mul(1000).wrapping_add(i);
+        build(&mut lab, fs, &from, &name, &mut img, layer_seed, &mut fig);
         images.push((name, img));
     }
     let top = images.last().cloned().expect("the top layer");
     for j in 1..=3u64 {
         let mut img = top.1.clone();
         let name = format!("container{j}");
-        build(&mut lab, fs, &top.0, &name, &mut img, seed.wrapping_mul(1000).wrapping_add(100 + j));
+        let container_seed = seed.wrapping_mul(1000).wrapping_add(100 + j);
+        build(&mut lab, fs, &top.0, &name, &mut img, container_seed, &mut fig);
         images.push((name, img));
     }
     for (vol, img) in &images {
         verify(&mut lab, fs, vol, img);
     }
+    print_figures(&mut lab, fs, &fig);
 
     let before = used_data_blocks(&lab);
     thinly(&["delete", "layer3", "--force", "--pool", lab.pool()]);
@@ -382,5 +515,14 @@ fn layer_flow(fs: Fs) {
     thinly(&["check", meta.to_str().expect("UTF-8")]);
     if let Some(tc) = thinly_test_support::require_tool("thin_check") {
         ok(tc.to_str().expect("UTF-8"), &[meta.to_str().expect("UTF-8")], 120);
+    }
+    if matches!(fs, Fs::Ext4) {
+        let bin = Path::new(&attach_support::thinly_bin()).to_path_buf();
+        kernel::kernel_mounts_match_the_manifest(
+            &bin,
+            &lab.dir,
+            &images,
+            &["layer5", "container1"],
+        );
     }
 }

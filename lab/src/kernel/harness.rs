@@ -106,6 +106,27 @@ pub fn sparse_file(path: &Path, bytes: u64) {
     std::fs::File::create(path).and_then(|f| f.set_len(bytes)).expect("creating a sparse file");
 }
 
+/// An ext4 image of `bytes` holding the tree at `root`, made without mounting (`mkfs.ext4
+/// -d`): how a test gives the guest a pool on a real filesystem of its own.
+pub fn ext4_image(root: &Path, image: &Path, bytes: u64) {
+    sparse_file(image, bytes);
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(root)
+        .arg(image)
+        .output()
+        .expect("running mkfs.ext4");
+    assert!(out.status.success(), "mkfs.ext4 -d: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Puts the `thinly` binary into a guest's share as `share/thinly` (a hard link when the
+/// share is on the same filesystem, else a copy): the guest runs the host's binary.
+pub fn ship_thinly(bin: &Path, share: &Path) {
+    if std::fs::hard_link(bin, share.join("thinly")).is_err() {
+        std::fs::copy(bin, share.join("thinly")).expect("copying thinly into the share");
+    }
+}
+
 /// One boot of the guest.
 #[derive(Default)]
 pub struct Guest {

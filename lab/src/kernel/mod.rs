@@ -9,8 +9,8 @@
 //!   the mappings, the sharing structure and the space figures, read from a pool's files
 //!   with the engine; and the side-by-side comparison of two observations.
 //! - [`harness`]: boots the kernel lab's guest (`shared/kernel-lab/run-guest.sh`) for the
-//!   tests in `tests/kernel_*.rs`, with `guest-lib.sh` (the guest scripts' helpers) beside
-//!   it; `activate-pool.sh` beside them activates a pool in the guest by hand.
+//!   tests in `tests/kernel.rs` (one binary; its modules in `tests/kernel/`), with
+//!   `guest-lib.sh` (the guest scripts' helpers) beside it; `activate-pool.sh` beside them activates a pool in the guest by hand.
 //!
 //! The activation tables (`thinly_engine::kernel::activate`) stay in the engine because the
 //! `thinly kernel-script` command prints them. Apart from [`harness`], nothing here runs

@@ -259,7 +259,7 @@ fn dockers_transaction_ids_on_thinly_are_the_kernels() {
 }
 
 /// An opt-in runner, not part of the suite: `THINLY_KERNEL_DIFF_SCRIPT=a.ops:b.ops cargo test
-/// --test kernel_diff -- --ignored` runs those scripts the same way.
+/// --test kernel -- --ignored environment` runs those scripts the same way.
 #[test]
 #[ignore = "runs the scripts named in THINLY_KERNEL_DIFF_SCRIPT"]
 fn differential_on_scripts_named_in_the_environment() {

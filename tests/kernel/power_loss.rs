@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use thinly_engine::io::IoMode;
 use thinly_engine::pool::Pool;
 
-const GUEST_SCRIPT: &str = include_str!("kernel/power-loss-guest.sh");
+const GUEST_SCRIPT: &str = include_str!("power-loss-guest.sh");
 const BLOCK: usize = 4096;
 /// vol0's size in 4 KiB blocks (16 MiB): small enough that writes often hit a block twice.
 const NR_BLOCKS: u64 = 4096;
@@ -199,8 +199,7 @@ fn make_disk(bin: &Path, work: &Work, rng: &mut Rng) -> PathBuf {
     );
     harness::thinly(bin, &["create", "vol0", "--size", "16M", "--pool", pool_s]);
     let disk = work.path("disk.img");
-    harness::sparse_file(&disk, 256 << 20);
-    run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&root).arg(&disk), "mkfs.ext4 -d");
+    harness::ext4_image(&root, &disk, 256 << 20);
     disk
 }
 
@@ -305,10 +304,7 @@ fn round(bin: &Path, seed: u64) -> String {
     let work = Work::new("power-loss");
     let disk = make_disk(bin, &work, &mut rng);
     let share = work.sub("share");
-    // The guest runs the same binary; a hard link saves copying it per round.
-    if std::fs::hard_link(bin, share.join("thinly")).is_err() {
-        std::fs::copy(bin, share.join("thinly")).expect("copying thinly into the share");
-    }
+    harness::ship_thinly(bin, &share);
     let env = format!(
         "SEED={}\nNR_BLOCKS={NR_BLOCKS}\nFLUSH_EVERY={}\nSNAP_EVERY={}\nDELETE_EVERY={}\n",
         rng.range(1, 1 << 30),

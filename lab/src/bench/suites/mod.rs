@@ -108,7 +108,7 @@ impl Ctx<'_> {
         self.progress.step(&format!("{}: {} — {}", case.suite, case.name, inst.engine.label()));
         let fio = self.tools.fio.clone()?;
         let uri = inst.server.uri(&inst.export);
-        match fio::run(&fio, job, &uri) {
+        match fio::run_with_home(&fio, job, &uri, inst.server.client_home()) {
             Ok((sample, cmd)) => {
                 inst.written_bytes += sample.write_bytes;
                 if sample.write_bytes > 0 {
@@ -179,7 +179,8 @@ impl Ctx<'_> {
             inst.engine.label()
         ));
         let job = Job::pass("write", MIB, SEQ_QD, offset, size, limits::FIO_PASS_MAX);
-        let (s, _) = fio::run(&fio, &job, &inst.server.uri(&inst.export))?;
+        let uri = inst.server.uri(&inst.export);
+        let (s, _) = fio::run_with_home(&fio, &job, &uri, inst.server.client_home())?;
         inst.written_bytes += s.write_bytes;
         Ok(())
     }

@@ -111,27 +111,55 @@ fn start(
     Ok(inst)
 }
 
-/// A self-signed certificate for 127.0.0.1 made with `openssl`, as the server directory
-/// (`ca-cert.pem`, `server-cert.pem`, `server-key.pem`) and a client directory
-/// (`ca-cert.pem`) under `root`; returns (server dir, client dir).
+/// A CA and a server certificate for 127.0.0.1 it signed, made with `openssl` under
+/// `root`: the server directory (`ca-cert.pem`, `server-cert.pem`, `server-key.pem`) and a
+/// client HOME with `.pki/libnbd/ca-cert.pem`; returns (server dir, client HOME).
 fn make_certificates(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let openssl = which("openssl").context("openssl is not installed")?;
-    let (server, client) = (root.join("server"), root.join("client"));
+    let (server, home) = (root.join("server"), root.join("client-home"));
+    let client = home.join(".pki/libnbd");
     for d in [&server, &client] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let mut cmd = Command::new(openssl);
-    cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(server.join("server-key.pem"))
-        .arg("-out")
-        .arg(server.join("server-cert.pem"));
-    env::run_ok(&mut cmd, limits::TOOL_SHORT).context("making a certificate")?;
-    for d in [&server, &client] {
-        std::fs::copy(server.join("server-cert.pem"), d.join("ca-cert.pem"))
-            .with_context(|| format!("copying the CA certificate to {}", d.display()))?;
+    let ext = root.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .context("writing the certificate extensions")?;
+    let (ca_key, ca_cert, csr) =
+        (root.join("ca-key.pem"), server.join("ca-cert.pem"), root.join("server.csr"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let steps: [Vec<std::ffi::OsString>; 3] = [
+        args(&["req", "-x509"], &ec, &["-days", "2", "-subj", "/CN=thinly bench CA"])
+            .chain(paths(&[("-keyout", &ca_key), ("-out", &ca_cert)]))
+            .collect(),
+        args(&["req", "-new"], &ec, &["-subj", "/CN=127.0.0.1"])
+            .chain(paths(&[("-keyout", &server.join("server-key.pem")), ("-out", &csr)]))
+            .collect(),
+        args(&["x509", "-req", "-CAcreateserial", "-days", "2"], &[], &[])
+            .chain(paths(&[("-in", &csr), ("-CA", &ca_cert), ("-CAkey", &ca_key)]))
+            .chain(paths(&[("-extfile", &ext), ("-out", &server.join("server-cert.pem"))]))
+            .collect(),
+    ];
+    for step in steps {
+        let mut cmd = Command::new(&openssl);
+        cmd.args(step);
+        env::run_ok(&mut cmd, limits::TOOL_SHORT).context("making the certificates")?;
     }
-    Ok((server, client))
+    std::fs::copy(&ca_cert, client.join("ca-cert.pem")).context("copying the CA certificate")?;
+    Ok((server, home))
+}
+
+fn args<'a>(
+    a: &'a [&str],
+    b: &'a [&str],
+    c: &'a [&str],
+) -> impl Iterator<Item = std::ffi::OsString> + 'a {
+    a.iter().chain(b).chain(c).map(std::ffi::OsString::from)
+}
+
+fn paths<'a>(pairs: &'a [(&str, &PathBuf)]) -> impl Iterator<Item = std::ffi::OsString> + 'a {
+    pairs.iter().flat_map(|(flag, p)| [std::ffi::OsString::from(flag), p.as_os_str().to_owned()])
 }

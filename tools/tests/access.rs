@@ -154,8 +154,11 @@ fn opened(uri: &str) -> Option<bool> {
 /// arguments (a plain URI, or `--object tls-creds-…` and `--image-opts`) for an export.
 struct Via {
     uri: Box<dyn Fn(&str) -> String>,
-    qemu: Box<dyn Fn(&str) -> Vec<String>>,
+    qemu: QemuArgs,
 }
+
+/// qemu-io's arguments for an export.
+type QemuArgs = Box<dyn Fn(&str) -> Vec<String>>;
 
 impl Via {
     /// A plain (no TLS) client of `uri_of`.

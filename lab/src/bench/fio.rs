@@ -95,11 +95,24 @@ impl Job {
     }
 }
 
-/// Runs `job` against `uri`; returns its figures and the command line.
-pub fn run(fio: &Path, job: &Job, uri: &str) -> Result<(IoSample, String)> {
+/// Runs `job` against `uri`, with HOME set to `home` if given; returns its figures and
+/// the command line. HOME matters to TLS: libnbd takes a TLS client's certificates from
+/// `$HOME/.pki/libnbd` (fio's nbd engine does not let a URI name a local file).
+pub fn run_with_home(
+    fio: &Path,
+    job: &Job,
+    uri: &str,
+    home: Option<&Path>,
+) -> Result<(IoSample, String)> {
     let args = job.args(uri);
-    let shown = command_line(fio, &args);
-    let out = env::run_bounded(Command::new(fio).args(&args), job.time_limit())?;
+    let mut shown = command_line(fio, &args);
+    let mut cmd = Command::new(fio);
+    cmd.args(&args);
+    if let Some(h) = home {
+        cmd.env("HOME", h);
+        shown = format!("HOME={} {shown}", h.display());
+    }
+    let out = env::run_bounded(&mut cmd, job.time_limit())?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(

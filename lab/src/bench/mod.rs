@@ -31,8 +31,8 @@ pub use results::Results;
 /// Arguments of `thinly bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Suite to run: basic, depth, cow, snapshots or all.
-    #[arg(long, default_value = "all", value_parser = ["all", "basic", "depth", "cow", "snapshots"])]
+    /// Suite to run: basic, depth, cow, snapshots, tls or all.
+    #[arg(long, default_value = "all", value_parser = ["all", "basic", "depth", "cow", "snapshots", "tls"])]
     pub suite: String,
     /// Where the table, CSV, plots and results.json go.
     #[arg(long, default_value = "bench-out")]

@@ -66,6 +66,44 @@ pub fn ratio(r: &Results, row: &Row) -> Option<f64> {
     }
 }
 
+/// The `tls` suite's TLS / TCP ratios of median IOPS, per case and engine (1.00: TLS
+/// costs nothing; 0.50: half the throughput). Empty when the suite did not run.
+fn tls_ratios(r: &Results) -> String {
+    let mut cases: Vec<&str> = Vec::new();
+    let mut engines: Vec<&str> = Vec::new();
+    for row in r.rows.iter().filter(|x| x.suite == "tls") {
+        if let Some(c) = row.case.strip_suffix(", tls") {
+            if !cases.contains(&c) {
+                cases.push(c);
+            }
+            if !engines.contains(&row.engine.as_str()) {
+                engines.push(&row.engine);
+            }
+        }
+    }
+    if cases.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n### tls: TLS / plain TCP (median IOPS)\n\n| case |");
+    for e in &engines {
+        let _ = write!(out, " {e} |");
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|".repeat(engines.len()));
+    out.push('\n');
+    for c in cases {
+        let _ = write!(out, "| {c} |");
+        for e in &engines {
+            let tls = median(r, "tls", &format!("{c}, tls"), e);
+            let tcp = median(r, "tls", &format!("{c}, tcp"), e);
+            let ratio = tls.zip(tcp).filter(|(_, t)| *t > 0.0).map(|(a, b)| a / b);
+            let _ = write!(out, " {} |", ratio.map_or_else(|| "—".into(), |v| format!("{v:.2}")));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The median headline figure of (suite, case, engine).
 pub fn median(r: &Results, suite: &str, case: &str, engine: &str) -> Option<f64> {
     r.rows
@@ -148,6 +186,7 @@ pub fn tables(r: &Results) -> String {
             }
         }
     }
+    out.push_str(&tls_ratios(r));
     if !r.space.is_empty() {
         out.push_str("\n### space after each suite\n\n| suite | engine | written by clients | data allocated | metadata | data / written | note |\n|---|---|---:|---:|---:|---:|---|\n");
         for s in &r.space {

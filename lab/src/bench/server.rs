@@ -65,6 +65,29 @@ impl Engine {
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
+/// Serving on loopback TCP instead of a unix socket (the `tls` suite): the port, and with
+/// TLS (server directory: `ca-cert.pem`, `server-cert.pem`, `server-key.pem`; client HOME,
+/// whose `.pki/libnbd/ca-cert.pem` libnbd reads, as fio cannot name it in the URI).
+#[derive(Debug, Clone)]
+pub struct Net {
+    pub port: u16,
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Net {
+    /// Loopback TCP on a port free now, with TLS from (server dir, client HOME) if given.
+    pub fn loopback(tls: Option<(PathBuf, PathBuf)>) -> Result<Net> {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        let port = probe.local_addr()?.port();
+        Ok(Net { port, tls })
+    }
+
+    fn uri(&self, export: &str) -> String {
+        let scheme = if self.tls.is_some() { "nbds" } else { "nbd" };
+        format!("{scheme}://127.0.0.1:{}/{export}", self.port)
+    }
+}
+
 /// A running NBD server.
 #[derive(Debug)]
 pub struct Server {
@@ -78,12 +101,24 @@ pub struct Server {
     /// thinly only: a short symlink to the pool directory, so the control socket's path
     /// stays under the unix socket length limit whatever --dir is.
     link: Option<PathBuf>,
+    /// Served on loopback TCP (and clients use it) rather than on `socket`.
+    pub net: Option<Net>,
 }
 
 impl Server {
     /// `thinly serve` on the pool in `pool_dir` (created by `thinly pool create` first if
     /// it does not exist yet).
     pub fn thinly(tools: &Tools, ws: &Workspace, pool_dir: &Path) -> Result<Server> {
+        Server::thinly_on(tools, ws, pool_dir, None)
+    }
+
+    /// `thinly serve` as `thinly`, also on loopback TCP (with TLS required there) if `net`.
+    pub fn thinly_on(
+        tools: &Tools,
+        ws: &Workspace,
+        pool_dir: &Path,
+        net: Option<&Net>,
+    ) -> Result<Server> {
         let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
         let link = ws.socket(&format!("pool{id}"))?;
         let _ = std::fs::remove_file(&link);
@@ -106,9 +141,16 @@ impl Server {
         let socket = ws.socket(&format!("thinly{id}.sock"))?;
         let control = link.join("control.sock");
         let mut cmd = Command::new(&tools.thinly);
-        cmd.arg("serve").arg("--pool").arg(&link).args(["--listen", "none", "--socket"]);
-        cmd.arg(&socket);
-        let mut s = Server::start("thinly", cmd, socket, std::slice::from_ref(&control), ws)?;
+        cmd.arg("serve").arg("--pool").arg(&link).arg("--socket").arg(&socket);
+        match net {
+            None => cmd.args(["--listen", "none"]),
+            Some(n) => cmd.arg("--listen").arg(format!("127.0.0.1:{}", n.port)),
+        };
+        if let Some((server_dir, _)) = net.and_then(|n| n.tls.as_ref()) {
+            cmd.args(["--tls", "require", "--tls-certificates"]).arg(server_dir);
+        }
+        let (also, net) = (std::slice::from_ref(&control), net.cloned());
+        let mut s = Server::start("thinly", cmd, socket, also, net, ws)?;
         s.control = Some(control);
         s.link = Some(link);
         Ok(s)
@@ -116,6 +158,18 @@ impl Server {
 
     /// qemu-nbd serving `file` in `format` ("raw" or "qcow2").
     pub fn qemu_nbd(tools: &Tools, ws: &Workspace, format: &str, file: &Path) -> Result<Server> {
+        Server::qemu_nbd_on(tools, ws, format, file, None)
+    }
+
+    /// qemu-nbd as `qemu_nbd`, but on loopback TCP if `net` (with `tls-creds-x509` when it
+    /// has TLS); it is ready when its pid file exists and the port answers.
+    pub fn qemu_nbd_on(
+        tools: &Tools,
+        ws: &Workspace,
+        format: &str,
+        file: &Path,
+        net: Option<&Net>,
+    ) -> Result<Server> {
         let prog = tools.qemu_nbd.as_ref().context("qemu-nbd is not installed")?;
         let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
         let socket = ws.socket(&format!("qemu{id}.sock"))?;
@@ -123,11 +177,25 @@ impl Server {
         cmd.args(["-f", format, "-x", "bench", "-t"])
             .arg(format!("--shared={}", limits::QEMU_NBD_SHARED))
             .arg(format!("--cache={QEMU_CACHE}"))
-            .arg(format!("--aio={QEMU_AIO}"))
-            .arg("-k")
-            .arg(&socket)
-            .arg(file);
-        Server::start("qemu-nbd", cmd, socket, &[], ws)
+            .arg(format!("--aio={QEMU_AIO}"));
+        match net {
+            None => cmd.arg("-k").arg(&socket),
+            Some(n) => cmd.arg(format!("--pid-file={}", socket.display())).args([
+                "-b".to_string(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                n.port.to_string(),
+            ]),
+        };
+        if let Some((server_dir, _)) = net.and_then(|n| n.tls.as_ref()) {
+            let creds = format!(
+                "tls-creds-x509,id=tls0,endpoint=server,verify-peer=off,dir={}",
+                server_dir.display()
+            );
+            cmd.args(["--object", &creds, "--tls-creds", "tls0"]);
+        }
+        cmd.arg(file);
+        Server::start("qemu-nbd", cmd, socket, &[], net.cloned(), ws)
     }
 
     /// nbdkit's file plugin on `file`, or (file `None`) its null plugin of `size_bytes`.
@@ -147,7 +215,7 @@ impl Server {
             Some(f) => cmd.arg("file").arg(format!("file={}", f.display())),
             None => cmd.arg("null").arg(format!("size={size_bytes}")),
         };
-        Server::start("nbdkit", cmd, socket, &[], ws)
+        Server::start("nbdkit", cmd, socket, &[], None, ws)
     }
 
     fn start(
@@ -155,6 +223,7 @@ impl Server {
         mut cmd: Command,
         socket: PathBuf,
         also: &[PathBuf],
+        net: Option<Net>,
         ws: &Workspace,
     ) -> Result<Server> {
         let command = format!("{cmd:?}");
@@ -169,7 +238,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {what}: {command}"))?;
         let mut server =
-            Server { child: Some(child), socket, command, control: None, log, link: None };
+            Server { child: Some(child), socket, command, control: None, log, link: None, net };
         server.wait_ready(what, also)?;
         Ok(server)
     }
@@ -177,7 +246,10 @@ impl Server {
     fn wait_ready(&mut self, what: &str, also: &[PathBuf]) -> Result<()> {
         let deadline = Instant::now() + limits::SERVER_START;
         loop {
-            if std::iter::once(&self.socket).chain(also).all(|p| p.exists()) {
+            let answers = |n: &Net| std::net::TcpStream::connect(("127.0.0.1", n.port)).is_ok();
+            if std::iter::once(&self.socket).chain(also).all(|p| p.exists())
+                && self.net.as_ref().is_none_or(answers)
+            {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
@@ -206,7 +278,15 @@ impl Server {
 
     /// The fio/libnbd URI of the export.
     pub fn uri(&self, export: &str) -> String {
-        format!("nbd+unix:///{export}?socket={}", self.socket.display())
+        match &self.net {
+            Some(n) => n.uri(export),
+            None => format!("nbd+unix:///{export}?socket={}", self.socket.display()),
+        }
+    }
+
+    /// The HOME a TLS client of this server needs (see `Net`).
+    pub fn client_home(&self) -> Option<&Path> {
+        self.net.as_ref().and_then(|n| n.tls.as_ref()).map(|(_, home)| home.as_path())
     }
 
     /// Why the server is gone, if it has exited (it crashed under a client, say).

@@ -7,6 +7,7 @@ mod basic;
 mod cow;
 mod depth;
 mod snapshots;
+mod tls;
 
 use super::control::Control;
 use super::env::{self, Tools, Workspace};
@@ -20,7 +21,7 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const ALL: [&str; 4] = ["basic", "depth", "cow", "snapshots"];
+pub const ALL: [&str; 5] = ["basic", "depth", "cow", "snapshots", "tls"];
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -41,6 +42,7 @@ pub fn run(ctx: &mut Ctx, suite: &str) -> Result<()> {
         "depth" => depth::run(ctx),
         "cow" => cow::run(ctx),
         "snapshots" => snapshots::run(ctx),
+        "tls" => tls::run(ctx),
         other => anyhow::bail!("no suite {other:?} (one of {ALL:?})"),
     }
 }
@@ -106,7 +108,7 @@ impl Ctx<'_> {
         self.progress.step(&format!("{}: {} — {}", case.suite, case.name, inst.engine.label()));
         let fio = self.tools.fio.clone()?;
         let uri = inst.server.uri(&inst.export);
-        match fio::run(&fio, job, &uri) {
+        match fio::run_with_home(&fio, job, &uri, inst.server.client_home()) {
             Ok((sample, cmd)) => {
                 inst.written_bytes += sample.write_bytes;
                 if sample.write_bytes > 0 {
@@ -132,6 +134,11 @@ impl Ctx<'_> {
     /// syncing the last case's writes in its timer commit, the others in the kernel's
     /// background writeback).
     fn settle(&mut self, inst: &Instance) {
+        if inst.server.net.is_some() {
+            // qemu-io cannot take libnbd's TLS URI; the `tls` suite settles neither
+            // transport, so TCP and TLS are measured alike.
+            return;
+        }
         let Some(qemu_io) = self.tools.qemu_io.clone() else { return };
         let uri = inst.server.uri(&inst.export);
         let mut cmd = Command::new(qemu_io);
@@ -172,7 +179,8 @@ impl Ctx<'_> {
             inst.engine.label()
         ));
         let job = Job::pass("write", MIB, SEQ_QD, offset, size, limits::FIO_PASS_MAX);
-        let (s, _) = fio::run(&fio, &job, &inst.server.uri(&inst.export))?;
+        let uri = inst.server.uri(&inst.export);
+        let (s, _) = fio::run_with_home(&fio, &job, &uri, inst.server.client_home())?;
         inst.written_bytes += s.write_bytes;
         Ok(())
     }

@@ -81,7 +81,7 @@ impl Response {
             Ok(result) => Response { ok: true, error: None, errno: None, result },
             Err(e) => Response {
                 ok: false,
-                errno: Some(e.errno()),
+                errno: Some(crate::errno::errno(&e)),
                 error: Some(e.to_string()),
                 result: Default::default(),
             },
@@ -278,7 +278,7 @@ fn serve_client(pool: &Pool, stream: UnixStream) {
             Err(e) => Response {
                 ok: false,
                 error: Some(format!("bad request: {e}")),
-                errno: Some(22),
+                errno: Some(crate::errno::BAD_REQUEST),
                 result: Default::default(),
             },
         };

@@ -2,7 +2,8 @@
 //! every volume as an NBD export (`export`: a `Volume` behind the `thinly_nbd::Export`
 //! trait), takes management requests as JSON lines on the control socket (`control`), and
 //! owns what a running server needs around that: TLS plans (`tls`), the config file
-//! (`config`), systemd readiness and socket activation (`systemd`).
+//! (`config`), systemd readiness and socket activation (`systemd`), and the one mapping
+//! of engine errors to errnos and NBD errors (`errno`).
 //!
 //! Layering: the NBD protocol crate knows nothing of the engine and the engine nothing of
 //! sockets; this crate is the one place where they meet. The `thinly` command (thinly-tools)
@@ -10,6 +11,7 @@
 
 pub mod config;
 pub mod control;
+pub mod errno;
 pub mod export;
 pub mod pool_dir;
 pub mod serve;

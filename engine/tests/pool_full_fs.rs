@@ -62,8 +62,15 @@ fn pattern(seed: u64) -> Vec<u8> {
     (0..BS).map(|i| (seed as u8).wrapping_mul(37).wrapping_add((i % 253) as u8)).collect()
 }
 
+/// Out of space, as the pool says it: its own no-space error or the filesystem's ENOSPC.
 fn is_enospc(r: &thinly_engine::pool::Result<()>) -> bool {
-    matches!(r, Err(e) if e.errno() == nix::libc::ENOSPC)
+    use thinly_engine::pool::PoolError;
+    match r {
+        Err(PoolError::NoSpace(_)) => true,
+        Err(PoolError::Metadata(thinly_engine::Error::MetadataNoSpace { .. })) => true,
+        Err(PoolError::Io(e)) => e.raw_os_error() == Some(nix::libc::ENOSPC),
+        _ => false,
+    }
 }
 
 /// Writes whole blocks from `first` and flushes each, until a write fails; returns the

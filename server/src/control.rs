@@ -19,7 +19,7 @@ use thinly_nbd::ExportCloser;
 /// The control socket's file name in the pool directory.
 pub const CONTROL_SOCKET: &str = "control.sock";
 /// Longest request line accepted (a request is a few hundred bytes).
-const MAX_REQUEST_BYTES: u64 = 64 << 10;
+pub const MAX_REQUEST_BYTES: u64 = 64 << 10;
 /// A client that sends nothing for this long is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Control clients served at once (a thread each): the CLI uses one per command, so 16
@@ -106,7 +106,7 @@ impl Response {
             Ok(result) => Response { ok: true, result, ..Response::default() },
             Err(e) => Response {
                 ok: false,
-                errno: Some(e.errno()),
+                errno: Some(crate::errno::errno(&e)),
                 error: Some(e.to_string()),
                 ..Response::default()
             },
@@ -323,31 +323,48 @@ fn admit(
 fn serve_client(pool: &Pool, closer: Option<&ExportCloser>, stream: UnixStream) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
-    let Ok(mut writer) = stream.try_clone() else { return };
-    let mut reader = BufReader::new(stream);
+    let Ok(writer) = stream.try_clone() else { return };
+    serve_lines(pool, closer, BufReader::new(stream), writer);
+}
+
+/// The control protocol over any byte stream: reads request lines (at most
+/// `MAX_REQUEST_BYTES` each) and writes one response line for each, until the reader ends,
+/// fails or sends bytes that are not UTF-8, or the writer fails.
+pub fn serve_lines(
+    pool: &Pool,
+    closer: Option<&ExportCloser>,
+    mut reader: impl BufRead,
+    mut writer: impl Write,
+) {
     loop {
         let mut line = String::new();
         match (&mut reader).take(MAX_REQUEST_BYTES).read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let response = match serde_json::from_str::<Request>(line.trim()) {
-            Ok(req) => {
-                tracing::info!(?req, "control request");
-                execute_served(pool, &req, closer)
-            }
-            Err(e) => Response {
-                ok: false,
-                error: Some(format!("bad request: {e}")),
-                errno: Some(22),
-                ..Response::default()
-            },
-        };
-        let mut out = serde_json::to_string(&response).unwrap_or_else(|_| "{\"ok\":false}".into());
+        let mut out = serde_json::to_string(&answer(pool, closer, &line))
+            .unwrap_or_else(|_| "{\"ok\":false}".into());
         out.push('\n');
         if writer.write_all(out.as_bytes()).is_err() {
             return;
         }
+    }
+}
+
+/// The response to one request line: the request's, or a bad-request error when the line
+/// is not a request.
+pub fn answer(pool: &Pool, closer: Option<&ExportCloser>, line: &str) -> Response {
+    match serde_json::from_str::<Request>(line.trim()) {
+        Ok(req) => {
+            tracing::info!(?req, "control request");
+            execute_served(pool, &req, closer)
+        }
+        Err(e) => Response {
+            ok: false,
+            error: Some(format!("bad request: {e}")),
+            errno: Some(crate::errno::BAD_REQUEST),
+            ..Response::default()
+        },
     }
 }
 

@@ -9,6 +9,7 @@
 //! deleted and created anew) after that, or is gone or unrelated by then, that client's
 //! block-status requests fail with an error reply and the connection goes on.
 
+use crate::errno::io_error;
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -70,7 +71,10 @@ impl VolumeExport {
         max_ranges: usize,
     ) -> io::Result<Vec<(u64, u32)>> {
         self.check_still_offered(base)?;
-        let changes = self.pool.changed_ranges(self.vol.name(), base, offset, len, max_ranges)?;
+        let changes = self
+            .pool
+            .changed_ranges(self.vol.name(), base, offset, len, max_ranges)
+            .map_err(io_error)?;
         let mut runs = Vec::with_capacity(2 * changes.ranges.len() + 1);
         let mut at = offset;
         for (start, n) in changes.ranges {
@@ -118,42 +122,43 @@ impl Export for VolumeExport {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        Ok(self.vol.read(offset, buf)?)
+        self.vol.read(offset, buf).map_err(io_error)
     }
 
     /// One pass: the layout comes from the same lookups that found the data.
     fn read_sparse(&self, offset: u64, len: u64, out: &mut Vec<u8>) -> io::Result<Vec<Extent>> {
-        Ok(self.vol.read_sparse(offset, len, out)?.into_iter().map(allocation).collect())
+        let runs = self.vol.read_sparse(offset, len, out).map_err(io_error)?;
+        Ok(runs.into_iter().map(allocation).collect())
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        Ok(self.vol.write(offset, data, fua)?)
+        self.vol.write(offset, data, fua).map_err(io_error)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> io::Result<()> {
         // Zeroing whole data blocks is a metadata change or a hole punch: fast. Partial
         // blocks would need zeros written, which FAST_ZERO forbids.
         if flags.fast_only && !self.aligned(offset, len) {
-            return Err(io::Error::from_raw_os_error(nix_enotsup()));
+            return Err(io::Error::from_raw_os_error(nix::libc::ENOTSUP));
         }
-        Ok(self.vol.write_zeroes(offset, len, flags.may_trim, flags.fua)?)
+        self.vol.write_zeroes(offset, len, flags.may_trim, flags.fua).map_err(io_error)
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        Ok(self.vol.discard(offset, len, fua)?)
+        self.vol.discard(offset, len, fua).map_err(io_error)
     }
 
     fn flush(&self) -> io::Result<()> {
-        Ok(self.vol.flush()?)
+        self.vol.flush().map_err(io_error)
     }
 
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
-        let runs = self.vol.block_status(offset, len, RunDetail::Mapped)?;
+        let runs = self.vol.block_status(offset, len, RunDetail::Mapped).map_err(io_error)?;
         Ok(runs.into_iter().map(allocation).collect())
     }
 
     fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u32)>> {
-        let runs = self.vol.block_status(offset, len, RunDetail::Sharing)?;
+        let runs = self.vol.block_status(offset, len, RunDetail::Sharing).map_err(io_error)?;
         Ok(runs
             .into_iter()
             .map(|r| {
@@ -195,10 +200,6 @@ impl Export for VolumeExport {
 /// A volume run as a `base:allocation` run: unmapped bytes are `HOLE | ZERO`.
 fn allocation(r: thinly_engine::pool::Extent) -> Extent {
     Extent { length: r.len_bytes, flags: if r.mapped { 0 } else { STATE_HOLE | STATE_ZERO } }
-}
-
-fn nix_enotsup() -> i32 {
-    95 // ENOTSUP on Linux
 }
 
 /// Every volume of a pool, by name (or only the named ones: `thinly serve --export`).

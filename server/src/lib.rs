@@ -3,7 +3,9 @@
 //! trait), takes management requests as JSON lines on the control socket (`control`), and
 //! owns what a running server needs around that: TLS plans (`tls`), the config file
 //! (`config`), the access policy (`policy`), systemd readiness and socket activation
-//! (`systemd`), and the Prometheus endpoint of the pool's statistics (`metrics`).
+//! (`systemd`), the Prometheus endpoint of the pool's statistics (`metrics`), and the one
+//! mapping of engine errors to errnos and NBD errors (`errno`). With the `testing` feature,
+//! `fuzzing` drives a control-socket session over arbitrary bytes (the fuzz target's harness).
 //!
 //! Layering: the NBD protocol crate knows nothing of the engine and the engine nothing of
 //! sockets; this crate is the one place where they meet. The `thinly` command (thinly-tools)
@@ -11,10 +13,13 @@
 
 pub mod config;
 pub mod control;
+pub mod errno;
 pub mod export;
 pub mod guard;
 pub mod metrics;
 pub mod policy;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzzing;
 pub mod pool_dir;
 pub mod serve;
 pub mod size;

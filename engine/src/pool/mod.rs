@@ -116,29 +116,6 @@ impl From<crate::Error> for PoolError {
 
 pub type Result<T, E = PoolError> = std::result::Result<T, E>;
 
-impl PoolError {
-    /// The errno a block-device client sees (the one errno mapping of the pool).
-    pub fn errno(&self) -> i32 {
-        match self {
-            PoolError::NoSpace(_) => nix::libc::ENOSPC,
-            PoolError::ReadOnly(_) => nix::libc::EPERM,
-            PoolError::Invalid(_) => nix::libc::EINVAL,
-            PoolError::NoVolume(_) => nix::libc::ENOENT,
-            PoolError::VolumeExists(_) => nix::libc::EEXIST,
-            PoolError::Busy(_) | PoolError::Refused(_) => nix::libc::EBUSY,
-            PoolError::Io(e) => e.raw_os_error().unwrap_or(nix::libc::EIO),
-            PoolError::Metadata(crate::Error::MetadataNoSpace { .. }) => nix::libc::ENOSPC,
-            PoolError::Metadata(_) => nix::libc::EIO,
-        }
-    }
-}
-
-impl From<PoolError> for io::Error {
-    fn from(e: PoolError) -> Self {
-        io::Error::from_raw_os_error(e.errno())
-    }
-}
-
 /// Something subscribers hear about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolEvent {

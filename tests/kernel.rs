@@ -11,6 +11,8 @@
 mod attach;
 #[path = "kernel/diff.rs"]
 mod diff;
+#[path = "kernel/grown_metadata.rs"]
+mod grown_metadata;
 #[path = "kernel/kernel_pool.rs"]
 mod kernel_pool;
 #[path = "kernel/nbd_host.rs"]

@@ -107,6 +107,12 @@ fn pool_create_on_loop_devices_records_them_and_sizes_from_the_devices() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("block device"), "{out:?}");
     assert!(!other.join("pool.json").exists());
+    // The kernel's tables for this pool name the devices themselves, not loop files.
+    let script = ok(thinly(&["kernel-script", s(&p.dir)]), "kernel-script");
+    let meta_line = format!("META={}", s(p.meta.path()));
+    assert!(script.contains(&meta_line), "{script}");
+    assert!(script.contains("blockdev --getsize64"), "{script}");
+    assert!(!script.contains("losetup --find"), "{script}");
     thin_check(p.meta.path());
 }
 

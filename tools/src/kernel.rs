@@ -31,7 +31,10 @@ pub fn run(a: &KernelScriptArgs) -> Result<()> {
         act.guest_script(METADATA_FILE, DATA_FILE)
     } else {
         let dir = std::fs::canonicalize(&a.pool).unwrap_or_else(|_| a.pool.clone());
-        act.host_script(&dir.join(METADATA_FILE), &dir.join(DATA_FILE))
+        // The devices pool.json names (a pool on block devices), else the two files.
+        let paths = thinly_engine::pool::DevicePaths::of_pool(&dir)
+            .with_context(|| format!("reading pool.json in {}", dir.display()))?;
+        act.host_script(&paths.metadata, &paths.data)
     };
     print!("{text}");
     Ok(())

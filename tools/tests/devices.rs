@@ -107,6 +107,12 @@ fn pool_create_on_loop_devices_records_them_and_sizes_from_the_devices() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("block device"), "{out:?}");
     assert!(!other.join("pool.json").exists());
+    // The kernel's tables for this pool name the devices themselves, not loop files.
+    let script = ok(thinly(&["kernel-script", s(&p.dir)]), "kernel-script");
+    let meta_line = format!("META={}", s(p.meta.path()));
+    assert!(script.contains(&meta_line), "{script}");
+    assert!(script.contains("blockdev --getsize64"), "{script}");
+    assert!(!script.contains("losetup --find"), "{script}");
     thin_check(p.meta.path());
 }
 
@@ -233,4 +239,31 @@ fn metadata_of_a_served_file_pool_grows_through_the_control_socket() {
     served.stop();
     assert_eq!(status(&dir)["total_metadata_blocks"].as_u64(), Some(1536));
     thin_check(&dir.join("metadata"));
+}
+
+/// On a terminal (`script` gives the command one), zeroing a data device shows a bar with
+/// its total; `--no-zeroing` shows none.
+#[test]
+fn pool_create_on_a_device_shows_a_zeroing_bar_on_a_terminal() {
+    let Some(script) = require_tool("script") else { return };
+    let Some(data) = LoopDevice::new(DATA_BYTES) else { return };
+    let Some(meta) = LoopDevice::new(META_BYTES) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let create = |dir: &Path, extra: &str| {
+        let cmd = format!(
+            "{} pool create --pool {} --data {} --metadata {} {extra}",
+            s(&common::thinly()),
+            s(dir),
+            s(data.path()),
+            s(meta.path())
+        );
+        let out = common::run(&script, &["-qec", &cmd, "/dev/null"]);
+        common::ok(&out, "pool create under script");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = create(&tmp.path().join("a"), "");
+    assert!(shown.contains("zeroing the data device"), "{shown}");
+    assert!(shown.contains("64MiB"), "the bar shows its total: {shown}");
+    let shown = create(&tmp.path().join("b"), "--no-zeroing");
+    assert!(!shown.contains("zeroing the data device"), "{shown}");
 }

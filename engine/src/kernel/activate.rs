@@ -94,7 +94,9 @@ pub struct ActivationOptions {
 impl Activation {
     /// Reads the metadata superblock and device list (read-only) and `pool.json`, if any.
     pub fn from_pool_dir(dir: &Path, opts: &ActivationOptions) -> Result<Activation> {
-        let meta_path = dir.join(METADATA_FILE);
+        let paths = crate::pool::DevicePaths::of_pool(dir)
+            .map_err(|e| Error::Invalid(format!("reading pool.json in {}: {e}", dir.display())))?;
+        let meta_path = paths.metadata;
         let dev: Arc<dyn BlockDevice> = Arc::new(
             FileDevice::open(&meta_path, true)
                 .map_err(|e| Error::io(format!("opening {}", meta_path.display()), e))?,
@@ -218,13 +220,25 @@ impl Activation {
         self.header(&mut out, "losetup + dmsetup, as root");
         let (m, d) = (meta_path.display().to_string(), data_path.display().to_string());
         out.push_str("set -eu\n");
+        // A block device (a pool made with --data/--metadata) is used as it is; a file
+        // goes through a loop device.
+        let is_dev = |p: &Path| {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+        };
+        let size_of = if is_dev(data_path) { "blockdev --getsize64" } else { "stat -c %s" };
         out.push_str(&format!(
-            "[ \"$(stat -c %s {})\" -ge {} ] || {{ echo \"the data file is smaller than the metadata says\" >&2; exit 1; }}\n",
+            "[ \"$({size_of} {})\" -ge {} ] || {{ echo \"the data device is smaller than the metadata says\" >&2; exit 1; }}\n",
             sh_quote(&d),
             self.pool.data_sectors() * 512
         ));
-        out.push_str(&format!("META=$(losetup --find --show {})\n", sh_quote(&m)));
-        out.push_str(&format!("DATA=$(losetup --find --show {})\n", sh_quote(&d)));
+        for (var, path, text) in [("META", meta_path, &m), ("DATA", data_path, &d)] {
+            if is_dev(path) {
+                out.push_str(&format!("{var}={}\n", sh_quote(text)));
+            } else {
+                out.push_str(&format!("{var}=$(losetup --find --show {})\n", sh_quote(text)));
+            }
+        }
         out.push_str(&self.create_lines("$META", "$DATA", ""));
         out.push_str("echo \"pool $(dmsetup status ");
         out.push_str(&sh_quote(&self.pool.name));
@@ -232,7 +246,14 @@ impl Activation {
         for l in self.remove_lines("").lines() {
             out.push_str(&format!("#   {l}\n"));
         }
-        out.push_str("#   losetup -d $META $DATA\n");
+        let loops: Vec<&str> = [("$META", meta_path), ("$DATA", data_path)]
+            .into_iter()
+            .filter(|(_, p)| !is_dev(p))
+            .map(|(v, _)| v)
+            .collect();
+        if !loops.is_empty() {
+            out.push_str(&format!("#   losetup -d {}\n", loops.join(" ")));
+        }
         out
     }
 

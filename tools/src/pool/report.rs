@@ -234,7 +234,7 @@ mod tests {
         let fields = parse_fields(None).unwrap();
         let t = table(&status(), &fields, Units::Human);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3, "{t}");
+        assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[0].starts_with("LV") && lines[0].contains("Data%"), "{t}");
         assert!(
             lines[1].contains("[pool]") && lines[1].contains("25.00") && lines[1].contains("1.00"),

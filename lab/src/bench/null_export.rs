@@ -4,7 +4,10 @@
 //! for a peer's server, not a ceiling of thinly.
 //!
 //! Reads return zeroes and are reported as data (so a READ carries its bytes, as a volume's
-//! would); writes, zeroing, trims and flushes succeed at once and keep nothing. It runs as
+//! provisioned blocks do); writes, zeroing, trims and flushes succeed at once and keep
+//! nothing. One consequence, stated in the tables' README: reads of a thinly volume's
+//! unprovisioned blocks are answered with hole chunks (no payload), so those rows may
+//! exceed this ceiling; it bounds every row that moves data. It runs as
 //! its own process (`thinly bench serve-null`, hidden) so the harness starts, measures (CPU
 //! time from /proc) and stops it like every other server.
 
@@ -58,7 +61,8 @@ impl Export for NullExport {
 }
 
 /// Serves a null export named `name` of `size_bytes` on the unix socket `socket`, with the
-/// server settings `thinly serve` uses by default, until SIGTERM or SIGINT.
+/// server settings `thinly serve` uses by default (busy-polling included), until SIGTERM
+/// or SIGINT.
 pub fn serve(socket: &Path, name: &str, size_bytes: u64) -> Result<()> {
     // Block the signals before any server thread exists, so every thread inherits the mask
     // and the signal is taken here by sigwait.
@@ -68,7 +72,9 @@ pub fn serve(socket: &Path, name: &str, size_bytes: u64) -> Result<()> {
     stop.thread_block().context("blocking SIGTERM and SIGINT")?;
     let table = Arc::new(ExportTable::new());
     table.insert(name, "thinly bench null export", Arc::new(NullExport { size_bytes }));
-    let mut server = Server::new(table, ServerConfig::default());
+    let config =
+        ServerConfig { busy_poll: Some(super::limits::NULL_BUSY_POLL), ..ServerConfig::default() };
+    let mut server = Server::new(table, config);
     server.listen_unix(socket).with_context(|| format!("listening on {}", socket.display()))?;
     let handle = server.start().context("starting the NBD server")?;
     let sig = stop.wait().context("waiting for SIGTERM")?;

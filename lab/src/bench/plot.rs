@@ -88,6 +88,18 @@ fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     lo..hi
 }
 
+/// A tick label: 1, 2.5, 10, 1k, 2.5k, 1M (no trailing ".0", thousands as k and M).
+fn tick(v: &f64) -> String {
+    let (x, unit) = match v.abs() {
+        a if a >= 1e6 => (v / 1e6, "M"),
+        a if a >= 1e3 => (v / 1e3, "k"),
+        _ => (*v, ""),
+    };
+    let s = format!("{x:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s}{unit}")
+}
+
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("{e}")
 }
@@ -140,7 +152,14 @@ fn series_plot(r: &Results, suite: &str, series: &str) -> Result<Plot> {
             .y_label_area_size(80)
             .build_cartesian_2d(xr.log_scale(), yr.log_scale())
             .map_err(err)?;
-        chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
+            .draw()
+            .map_err(err)?;
         for (i, (engine, p)) in lines.iter().enumerate() {
             let c = color(i);
             chart
@@ -211,6 +230,8 @@ fn curve_plot(r: &Results, name: &str) -> Result<Plot> {
             .configure_mesh()
             .x_desc("N (log)")
             .y_desc("milliseconds (log)")
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .draw()
             .map_err(err)?;
         for (i, (engine, p)) in lines.iter().enumerate() {
@@ -264,6 +285,7 @@ fn dot_plot(suite: &str, filter: &str, what: &str, rows: &[&Row]) -> Result<Plot
         chart
             .configure_mesh()
             .x_desc("IOPS (log)")
+            .x_label_formatter(&tick)
             .y_labels(n.max(1))
             .y_label_formatter(&|y: &f64| {
                 let i = y.round();
@@ -316,4 +338,19 @@ fn bucket(points: &[[f64; 2]], n: usize) -> Vec<(f64, f64)> {
             Some((c[c.len() / 2][0], y))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_labels_are_short_and_have_no_trailing_zeroes() {
+        let t = |v: f64| tick(&v);
+        assert_eq!(
+            [t(1.0), t(2.5), t(10.0), t(1000.0), t(2500.0), t(1e6)],
+            ["1", "2.5", "10", "1k", "2.5k", "1M"]
+        );
+        assert_eq!(t(0.25), "0.25");
+    }
 }

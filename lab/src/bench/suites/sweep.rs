@@ -45,8 +45,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// "WHAT, 256K blocks", a point of series WHAT at x = the block size in KiB.
 fn case(what: &str, bs: u64) -> Case {
-    Case::at(SUITE, what, "block", (bs / KIB) as f64)
+    let mut c = Case::new(SUITE, format!("{what}, {} blocks", size_label(bs)));
+    c.series = Some((what.to_string(), (bs / KIB) as f64));
+    c
 }
 
 /// One round of one engine at block size `bs`.

@@ -15,11 +15,11 @@ pub mod config;
 pub mod control;
 pub mod errno;
 pub mod export;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzzing;
 pub mod guard;
 pub mod metrics;
 pub mod policy;
-#[cfg(any(test, feature = "testing"))]
-pub mod fuzzing;
 pub mod pool_dir;
 pub mod serve;
 pub mod size;

@@ -38,8 +38,8 @@
 mod changes;
 mod commit;
 pub mod config;
-mod guard;
 mod devices;
+mod guard;
 mod holes;
 mod manage;
 pub mod metrics;
@@ -55,8 +55,8 @@ pub use config::{
     AutoExtend, OutOfSpacePolicy, Overprovision, PoolConfig, PoolSettings, SnapshotCache,
     VolumeConfig,
 };
-pub use guard::Provisioning;
 pub use devices::DevicePaths;
+pub use guard::Provisioning;
 pub use open::PoolOptions;
 pub use stats::{StatsSnapshot, VolumeCounter};
 pub use status::{PoolStatus, VolumeInfo, VolumeStatus};

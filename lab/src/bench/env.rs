@@ -18,6 +18,8 @@ pub struct Tools {
     /// Sends the untimed flush that ends every writing case.
     pub qemu_io: Option<PathBuf>,
     pub nbdkit: Option<PathBuf>,
+    /// Live qcow2 snapshots (QMP `blockdev-snapshot-sync`).
+    pub qsd: Option<PathBuf>,
     /// The binary being run: thinly itself (`thinly serve`, `thinly pool create`).
     pub thinly: PathBuf,
 }
@@ -30,6 +32,7 @@ impl Tools {
             qemu_img: which("qemu-img"),
             qemu_io: which("qemu-io"),
             nbdkit: which("nbdkit"),
+            qsd: which("qemu-storage-daemon"),
             thinly: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("thinly")),
         }
     }
@@ -37,9 +40,12 @@ impl Tools {
     /// One line per missing peer tool.
     pub fn missing_peers(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (name, path) in
-            [("qemu-nbd", &self.qemu_nbd), ("qemu-img", &self.qemu_img), ("nbdkit", &self.nbdkit)]
-        {
+        for (name, path) in [
+            ("qemu-nbd", &self.qemu_nbd),
+            ("qemu-img", &self.qemu_img),
+            ("nbdkit", &self.nbdkit),
+            ("qemu-storage-daemon", &self.qsd),
+        ] {
             if path.is_none() {
                 out.push(format!(
                     "{name} is not installed; the engines that need it are reported as missing"
@@ -66,6 +72,7 @@ impl Tools {
             ("qemu-img", &self.qemu_img, "--version"),
             ("qemu-io", &self.qemu_io, "--version"),
             ("nbdkit", &self.nbdkit, "--version"),
+            ("qemu-storage-daemon", &self.qsd, "--version"),
         ] {
             let line = match path {
                 Some(p) => version_line(p, flag).unwrap_or_else(|e| format!("? ({e:#})")),
@@ -283,4 +290,30 @@ pub fn allocated_bytes(path: &Path) -> Result<u64> {
         total += allocated_bytes(&e.path())?;
     }
     Ok(total)
+}
+
+/// `git describe --always --dirty` of the source tree this binary was built from, or why
+/// it is unknown (an installed binary whose tree is gone).
+pub fn git_commit() -> String {
+    let tree = env!("CARGO_MANIFEST_DIR");
+    let mut cmd = Command::new("git");
+    cmd.args(["-C", tree, "describe", "--always", "--dirty", "--abbrev=40"]);
+    match run_bounded(&mut cmd, Duration::from_secs(10)) {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => format!("unknown ({})", tail(&String::from_utf8_lossy(&o.stderr))),
+        Err(e) => format!("unknown ({e:#})"),
+    }
+}
+
+/// User + system CPU seconds `pid` has used (fields 14 and 15 of /proc/PID/stat, in clock
+/// ticks); `None` once it is gone.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: fields after the
+    // last ')' start at field 3.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    (hz > 0).then(|| ticks as f64 / hz as f64)
 }

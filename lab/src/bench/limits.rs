@@ -44,3 +44,12 @@ pub const POOL_DATA_BYTES: u64 = 32 << 30;
 
 /// Bytes of a stderr log shown in an error.
 pub const STDERR_TAIL: usize = 4000;
+
+/// Time budget of the live qcow2 snapshot chain (QMP, one overlay per snapshot, every one
+/// kept open by qemu-storage-daemon): past it the remaining points are reported as not
+/// reached instead of holding up the run.
+pub const QSD_LIVE_BUDGET: Duration = Duration::from_secs(600);
+
+/// Busy-poll budget of the null export's server: the default of `thinly serve
+/// --busy-poll-us`, so the ceiling runs the server loop exactly as thinly's volumes get it.
+pub const NULL_BUSY_POLL: Duration = Duration::from_micros(50);

@@ -1,28 +1,33 @@
 //! Writes a run's results: results.json (everything, for reproduction), results.csv (one
-//! line per row), results.md (the tables, the targets, the machine and the commands) and
-//! one SVG per plotted series. Ratios compare an engine with the best OTHER engine that is
-//! not a ceiling: IOPS / best other IOPS, or best other time / time (so > 1 is better).
+//! record per row, by the `csv` crate), results.md (the tables, the targets with their
+//! intervals, the machine, the commands) and the SVG plots (`plot`). Ratios compare an
+//! engine with the best OTHER engine that stores data (the null exports never count):
+//! IOPS ÷ best other IOPS, or best other time ÷ time (so > 1 is better), with the 95 %
+//! interval of `stats::ratio_interval` over the rounds.
 
+use super::plot;
 use super::results::{Kind, Results, Row, Stats};
+use super::stats::{self, Interval, Verdict};
 use super::suites;
-use super::svg;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 
 pub fn write_all(r: &Results, out: &Path) -> Result<()> {
-    let write = |name: &str, text: &str| {
+    let write = |name: &str, bytes: &[u8]| {
         let p = out.join(name);
-        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))
     };
-    write("results.json", &serde_json::to_string_pretty(r).context("encoding results.json")?)?;
-    write("results.csv", &csv(r))?;
-    let plots = plots(r);
-    for (name, svg) in &plots {
-        write(name, svg)?;
+    write(
+        "results.json",
+        serde_json::to_string_pretty(r).context("encoding results.json")?.as_bytes(),
+    )?;
+    write("results.csv", &csv(r)?)?;
+    let plots = plot::all(r);
+    for p in &plots {
+        write(&p.file, p.svg.as_bytes())?;
     }
-    let names: Vec<&str> = plots.iter().map(|p| p.0.as_str()).collect();
-    write("results.md", &markdown(r, &names))?;
+    write("results.md", markdown(r, &plots).as_bytes())?;
     Ok(())
 }
 
@@ -46,22 +51,30 @@ fn ordered<'a>(r: &'a Results, suite: &str) -> Vec<&'a Row> {
     rows
 }
 
-/// This row against the best other non-ceiling engine of the same case.
-pub fn ratio(r: &Results, row: &Row) -> Option<f64> {
-    let mine = row.headline()?.median;
-    let others = r
-        .rows
-        .iter()
-        .filter(|o| {
-            o.suite == row.suite && o.case == row.case && o.engine != row.engine && !o.ceiling
-        })
-        .filter_map(|o| o.headline().map(|s| s.median));
+/// The best other engine's row for `row`'s case: the highest median IOPS or the lowest
+/// median time among engines that store data.
+fn best_other<'a>(r: &'a Results, row: &Row) -> Option<&'a Row> {
+    let others = r.rows.iter().filter(|o| {
+        o.suite == row.suite && o.case == row.case && o.engine != row.engine && !o.ceiling
+    });
+    let key = |o: &&Row| o.headline().map(|s| s.median);
+    let with: Vec<(&Row, f64)> = others.filter_map(|o| key(&o).map(|m| (o, m))).collect();
+    let best = match row.kind {
+        Kind::Io => with.into_iter().max_by(|a, b| a.1.total_cmp(&b.1)),
+        Kind::TimeMs => with.into_iter().min_by(|a, b| a.1.total_cmp(&b.1)),
+    };
+    best.map(|b| b.0)
+}
+
+/// This row against the best other engine: the ratio of medians, and the 95 % interval
+/// (`None` under two rounds on either side).
+pub fn ratio(r: &Results, row: &Row) -> Option<(f64, Option<Interval>)> {
+    let other = best_other(r, row)?;
+    let (mine, theirs) = (row.headline()?.median, other.headline()?.median);
     match row.kind {
-        Kind::Io => {
-            others.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v)))).map(|b| mine / b)
-        }
+        Kind::Io => Some((mine / theirs, stats::ratio_interval(&row.values(), &other.values()))),
         Kind::TimeMs => {
-            others.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v)))).map(|b| b / mine)
+            Some((theirs / mine, stats::ratio_interval(&other.values(), &row.values())))
         }
     }
 }
@@ -113,6 +126,20 @@ pub fn median(r: &Results, suite: &str, case: &str, engine: &str) -> Option<f64>
         .map(|s| s.median)
 }
 
+/// "1.23× [1.10–1.40]", or "1.23× (1 round)".
+fn ratio_text(x: Option<(f64, Option<Interval>)>) -> String {
+    match x {
+        None => "—".into(),
+        Some((v, Some(ci))) => format!("{v:.2}× [{:.2}–{:.2}]", ci.lo, ci.hi),
+        Some((v, None)) => format!("{v:.2}× (no interval: 1 round)"),
+    }
+}
+
+/// The row of (suite, case, engine).
+pub fn find<'a>(r: &'a Results, suite: &str, case: &str, engine: &str) -> Option<&'a Row> {
+    r.rows.iter().find(|x| x.suite == suite && x.case == case && x.engine == engine)
+}
+
 fn short(e: &str) -> String {
     let first = e.lines().next().unwrap_or("");
     let s: String = first.chars().take(90).collect();
@@ -123,7 +150,7 @@ fn short(e: &str) -> String {
     }
 }
 
-fn f(v: Option<f64>) -> String {
+fn fmt_num(v: Option<f64>) -> String {
     match v {
         None => "—".into(),
         Some(v) if v >= 100.0 => format!("{v:.0}"),
@@ -133,7 +160,8 @@ fn f(v: Option<f64>) -> String {
 }
 
 fn range(s: Option<Stats>) -> String {
-    s.map(|s| format!("{}–{}", f(Some(s.min)), f(Some(s.max)))).unwrap_or_else(|| "—".into())
+    s.map(|s| format!("{}–{}", fmt_num(Some(s.min)), fmt_num(Some(s.max))))
+        .unwrap_or_else(|| "—".into())
 }
 
 fn med(s: Option<Stats>) -> Option<f64> {
@@ -150,40 +178,13 @@ pub fn tables(r: &Results) -> String {
         }
         let _ = writeln!(out, "\n### {suite}\n");
         if rows.iter().any(|x| x.kind == Kind::Io) {
-            out.push_str("| case | engine | IOPS | IOPS min–max | MiB/s | p50 µs | p99 µs | × best other |\n");
-            out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+            out.push_str("| case | engine | flush | IOPS | IOPS min–max | CV % | MiB/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | server CPU µs/IO | × best other [95 % CI] |\n");
+            out.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         } else {
-            out.push_str("| case | engine | ms | ms min–max | n | × best other |\n|---|---|---:|---:|---:|---:|\n");
+            out.push_str("| case | engine | measures | ms | ms min–max | CV % | n | × best other [95 % CI] |\n|---|---|---|---:|---:|---:|---:|---:|\n");
         }
         for row in rows {
-            let err = row.error.as_deref().map(|e| format!(" ⚠ {}", short(e))).unwrap_or_default();
-            let x = ratio(r, row).map(|v| format!("{v:.2}×")).unwrap_or_else(|| "—".into());
-            match row.kind {
-                Kind::Io => {
-                    let _ = writeln!(
-                        out,
-                        "| {} | {}{err} | {} | {} | {} | {} | {} | {x} |",
-                        row.case,
-                        row.engine,
-                        f(med(row.headline())),
-                        range(row.headline()),
-                        f(med(row.stat(|s| s.mib_s))),
-                        f(med(row.stat(|s| s.lat_p50_us))),
-                        f(med(row.stat(|s| s.lat_p99_us))),
-                    );
-                }
-                Kind::TimeMs => {
-                    let _ = writeln!(
-                        out,
-                        "| {} | {}{err} | {} | {} | {} | {x} |",
-                        row.case,
-                        row.engine,
-                        f(med(row.headline())),
-                        range(row.headline()),
-                        row.time_ms.len()
-                    );
-                }
-            }
+            let _ = writeln!(out, "{}", table_line(r, row));
         }
     }
     out.push_str(&tls_ratios(r));
@@ -211,110 +212,165 @@ pub fn tables(r: &Results) -> String {
     out
 }
 
-/// The project's targets, checked against this run (only those whose data is present).
-pub fn targets(r: &Results) -> Vec<(String, String, Option<bool>)> {
-    let mut t = Vec::new();
-    let thinly = "thinly";
-    let mut check = |name: String, a: Option<f64>, b: Option<f64>, min_ratio: f64| {
-        let (measured, met) = match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => (
-                format!("{:.3}× ({} vs {})", a / b, f(Some(a)), f(Some(b))),
-                Some(a / b >= min_ratio),
-            ),
-            _ => ("not measured".to_string(), None),
-        };
-        t.push((name, measured, met));
+fn table_line(r: &Results, row: &Row) -> String {
+    let err = row.error.as_deref().map(|e| format!(" ⚠ {}", short(e))).unwrap_or_default();
+    let x = ratio_text(ratio(r, row));
+    let cv = stats::cv_percent(&row.values()).map(|v| format!("{v:.1}")).unwrap_or("—".into());
+    match row.kind {
+        Kind::Io => {
+            let m = |f: fn(&super::results::IoSample) -> Option<f64>| fmt_num(med(row.stat_opt(f)));
+            format!(
+                "| {} | {}{err} | {} | {} | {} | {cv} | {} | {} | {} | {} | {} | {} | {} | {x} |",
+                row.case,
+                row.engine,
+                row.flush.as_deref().unwrap_or("—"),
+                fmt_num(med(row.headline())),
+                range(row.headline()),
+                fmt_num(med(row.stat(|s| s.mib_s))),
+                m(|s| Some(s.lat_p50_us)),
+                m(|s| s.lat_p90_us),
+                m(|s| Some(s.lat_p99_us)),
+                m(|s| s.lat_p999_us),
+                m(|s| s.lat_max_us),
+                m(|s| s.server_cpu_us_per_io),
+            )
+        }
+        Kind::TimeMs => format!(
+            "| {} | {}{err} | {} | {} | {} | {cv} | {} | {x} |",
+            row.case,
+            row.engine,
+            row.measures.as_deref().unwrap_or("—"),
+            fmt_num(med(row.headline())),
+            range(row.headline()),
+            row.time_ms.len()
+        ),
+    }
+}
+
+/// One target of the project, judged on its interval.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    /// The ratio of medians with its interval and the figures, or "not measured".
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+/// Judges `a ÷ b` (the headline figures of two rows) against `target`.
+fn judge(name: String, a: Option<&Row>, b: Option<&Row>, target: f64, at_least: bool) -> Target {
+    let (Some(a), Some(b)) = (a, b) else {
+        return Target { name, measured: "not measured".into(), verdict: Verdict::NotJudged };
     };
+    let (Some(ma), Some(mb)) = (med(a.headline()), med(b.headline())) else {
+        return Target { name, measured: "not measured".into(), verdict: Verdict::NotJudged };
+    };
+    let ci = stats::ratio_interval(&a.values(), &b.values());
+    let interval = match ci {
+        Some(ci) => format!("[{:.3}–{:.3}]", ci.lo, ci.hi),
+        None => "(no interval: fewer than 2 rounds)".into(),
+    };
+    let measured =
+        format!("{:.3}× {interval} ({} vs {})", ma / mb, fmt_num(Some(ma)), fmt_num(Some(mb)));
+    Target { name, measured, verdict: Verdict::judge(ci, target, at_least) }
+}
+
+/// The project's targets, checked against this run (those whose data is absent are "not
+/// measured"). Every ratio is thinly ÷ peer on IOPS (higher is better) unless said.
+pub fn targets(r: &Results) -> Vec<Target> {
+    let mut t = Vec::new();
+    let row = |suite: &str, case: &str, engine: &str| find(r, suite, case, engine);
+    let (thinly, raw, qcow2) = ("thinly", "qemu-nbd raw", "qemu-nbd qcow2");
     let maxd = r.config.depths.iter().copied().max().unwrap_or(0);
     for qd in [1, 32] {
         let c = |d: u32| format!("rand read 4K qd{qd}, depth {d}");
-        check(
+        t.push(judge(
             format!("thinly depth {maxd} ≥ 0.9× thinly depth 1 (4K rand read qd{qd})"),
-            median(r, "depth", &c(maxd), thinly),
-            median(r, "depth", &c(1), thinly),
+            row("depth", &c(maxd), thinly),
+            row("depth", &c(1), thinly),
             0.9,
-        );
+            true,
+        ));
         if r.config.depths.contains(&500) {
-            check(
+            t.push(judge(
                 format!("thinly ≥ 50× qemu-nbd qcow2 at depth 500 (4K rand read qd{qd})"),
-                median(r, "depth", &c(500), thinly),
-                median(r, "depth", &c(500), "qemu-nbd qcow2"),
+                row("depth", &c(500), thinly),
+                row("depth", &c(500), qcow2),
                 50.0,
-            );
+                true,
+            ));
         }
     }
     for qd in [1, 32] {
-        for what in ["rand read", "rand write"] {
+        for (what, label) in
+            [("rand read", "random read"), ("rand write", "overwrite (random write, provisioned)")]
+        {
             let c = format!("{what} 4K qd{qd}, provisioned");
-            let label = if what == "rand read" {
-                "random read"
-            } else {
-                "overwrite (random write, provisioned)"
-            };
-            check(
+            t.push(judge(
                 format!("thinly 4K {label} qd{qd} ≥ 1.0× qemu-nbd raw"),
-                median(r, "basic", &c, thinly),
-                median(r, "basic", &c, "qemu-nbd raw"),
+                row("basic", &c, thinly),
+                row("basic", &c, raw),
                 1.0,
-            );
+                true,
+            ));
         }
     }
     for bs in ["4K", "64K"] {
         for qd in [1, 32] {
             let c = format!("first write {bs} qd{qd} (shared block)");
-            check(
+            t.push(judge(
                 format!("thinly first write (COW) {bs} qd{qd} ≥ 1.5× qemu-nbd qcow2 overlay"),
-                median(r, "cow", &c, thinly),
-                median(r, "cow", &c, "qemu-nbd qcow2"),
+                row("cow", &c, thinly),
+                row("cow", &c, qcow2),
                 1.5,
-            );
+                true,
+            ));
         }
     }
     for qd in [1, 32] {
         let c = format!("rand write 4K qd{qd}, fresh");
-        check(
+        t.push(judge(
             format!("thinly first write (fresh) 4K qd{qd} ≥ 1.5× qemu-nbd qcow2"),
-            median(r, "basic", &c, thinly),
-            median(r, "basic", &c, "qemu-nbd qcow2"),
+            row("basic", &c, thinly),
+            row("basic", &c, qcow2),
             1.5,
-        );
+            true,
+        ));
     }
-    let max = r.config.snapshots_max;
-    let c = |n: u32| format!("create snapshot, N = {n}");
-    // Flat: t(max) ≤ 1.5 × t(1). A single early point is noise-prone on a shared machine
-    // (fdatasync latency), so the baseline is the fastest report point, N = 1 included.
-    let baseline = r
-        .config
-        .snapshot_points
-        .iter()
-        .filter_map(|n| median(r, "snapshots", &c(*n), thinly))
-        .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v))));
-    let (a, b) = (median(r, "snapshots", &c(max), thinly), baseline);
-    let (measured, met) = match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => (
-            format!(
-                "{:.2}× ({} ms at N = {max} vs {} ms, the fastest point; N = 1: {} ms)",
-                a / b,
-                f(Some(a)),
-                f(Some(b)),
-                f(median(r, "snapshots", &c(1), thinly))
-            ),
-            Some(a / b <= 1.5),
-        ),
-        _ => ("not measured".to_string(), None),
-    };
-    t.push((
-        format!("thinly snapshot create time flat: N = {max} within 1.5× of N = 1"),
-        measured,
-        met,
-    ));
+    t.push(snapshot_flat(r));
     t
 }
 
-fn markdown(r: &Results, plots: &[&str]) -> String {
+/// Flat live snapshot creation: the time at N = max within 1.5× of the fastest report
+/// point (a single early point is noise-prone on a shared machine: fdatasync latency).
+fn snapshot_flat(r: &Results) -> Target {
+    let max = r.config.snapshots_max;
+    let c = |n: u32| format!("create snapshot (live), N = {n}");
+    let fastest = r
+        .config
+        .snapshot_points
+        .iter()
+        .filter_map(|n| find(r, "snapshots", &c(*n), "thinly"))
+        .filter(|row| row.headline().is_some())
+        .min_by(|a, b| {
+            let m = |x: &Row| x.headline().map(|s| s.median).unwrap_or(f64::INFINITY);
+            m(a).total_cmp(&m(b))
+        });
+    judge(
+        format!(
+            "thinly live snapshot create time flat: N = {max} ≤ 1.5× the fastest point (time ratio)"
+        ),
+        find(r, "snapshots", &c(max), "thinly"),
+        fastest,
+        1.5,
+        false,
+    )
+}
+
+fn markdown(r: &Results, plots: &[plot::Plot]) -> String {
     let mut out = String::from("# thinly bench results\n\n");
     let m = &r.machine;
     let _ = writeln!(out, "Command: `{}` — {:.0} s in all.\n", r.command.join(" "), r.total_secs);
+    let _ = writeln!(out, "thinly: `{}`.\n", r.git_commit);
     let _ = writeln!(
         out,
         "Machine: {} CPUs ({}), {:.1} GiB memory, kernel {}, filesystem {}.\n",
@@ -331,10 +387,25 @@ fn markdown(r: &Results, plots: &[&str]) -> String {
     let c = &r.config;
     let _ = writeln!(
         out,
-        "\n\nRounds: {} (engines interleaved), time-based runs {} s after {} s ramp; medians, with min–max of the rounds.\n",
+        "\n\nRounds: {} (engines interleaved), time-based runs {} s after {} s ramp, fio randseed {}. \
+         thinly pools: data block {} KiB, zeroing {}, commit interval {} ms; qcow2 cluster {} KiB \
+         (the sweep suite sets both to its block size). Figures are medians of the rounds with \
+         their min–max and coefficient of variation; latencies are fio's completion latencies \
+         (submit to completion); server CPU is the server process's user + system time \
+         (/proc/PID/stat) over the measured part of the run ÷ the I/Os measured. Ratios are \
+         against the best other engine that stores data, with a {} Welch t-interval on the \
+         logs of the rounds' figures (`lab/src/bench/stats.rs`); a target is met only when its \
+         whole interval clears it. Every fio run's job file and JSON output are in `raw/`; \
+         `config.toml` repeats this run (`thinly bench --config config.toml`).\n",
         c.repeat,
         c.runtime.as_secs_f64(),
-        c.ramp.as_secs_f64()
+        c.ramp.as_secs_f64(),
+        c.seed,
+        c.pool.block_size_bytes >> 10,
+        if c.pool.zeroing { "on" } else { "off" },
+        c.pool.commit_interval_ms,
+        c.qcow2_cluster_bytes >> 10,
+        stats::CONFIDENCE,
     );
     if !r.load.is_empty() {
         out.push_str("Load average (1/5/15 min; the machine may be shared): ");
@@ -352,21 +423,21 @@ fn markdown(r: &Results, plots: &[&str]) -> String {
     }
     out.push_str("## Tables\n");
     out.push_str(&tables(r));
-    out.push_str("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");
-    for (name, measured, met) in targets(r) {
-        let m = match met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "—",
-        };
-        let _ = writeln!(out, "| {name} | {measured} | {m} |");
+    out.push_str("\n## Targets\n\n| target | measured (ratio of medians [95 % CI]) | verdict |\n|---|---|---|\n");
+    for t in targets(r) {
+        let _ = writeln!(out, "| {} | {} | {} |", t.name, t.measured, t.verdict.label());
     }
     if !plots.is_empty() {
         out.push_str("\n## Plots\n\n");
         for p in plots {
-            let _ = writeln!(out, "![{p}]({p})");
+            let _ = writeln!(out, "![{}]({})\n\n*{}*\n", p.file, p.file, p.caption);
         }
     }
+    errors_and_commands(r, &mut out);
+    out
+}
+
+fn errors_and_commands(r: &Results, out: &mut String) {
     let errors: Vec<&Row> = r.rows.iter().filter(|x| x.error.is_some()).collect();
     if !errors.is_empty() {
         out.push_str("\n## Errors\n\n");
@@ -394,163 +465,106 @@ fn markdown(r: &Results, plots: &[&str]) -> String {
         }
     }
     out.push_str("\n</details>\n");
-    out
 }
 
-fn csv(r: &Results) -> String {
-    let mut out = String::from("suite,case,engine,kind,n,median,min,max,mib_s,lat_p50_us,lat_p99_us,ratio_best_other,error\n");
-    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let num = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
+/// One CSV record per row: the medians of every figure, the spread and the ratio with its
+/// interval (empty fields where a figure is absent).
+#[derive(serde::Serialize)]
+struct CsvRecord<'a> {
+    suite: &'a str,
+    case: &'a str,
+    engine: &'a str,
+    kind: &'static str,
+    flush: &'a str,
+    measures: &'a str,
+    n: usize,
+    median: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    cv_percent: Option<f64>,
+    mib_s: Option<f64>,
+    lat_p50_us: Option<f64>,
+    lat_p90_us: Option<f64>,
+    lat_p99_us: Option<f64>,
+    lat_p999_us: Option<f64>,
+    lat_max_us: Option<f64>,
+    server_cpu_us_per_io: Option<f64>,
+    ratio_best_other: Option<f64>,
+    ratio_ci_lo: Option<f64>,
+    ratio_ci_hi: Option<f64>,
+    error: &'a str,
+}
+
+fn csv(r: &Results) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
     for row in &r.rows {
         let h = row.headline();
-        let n = match row.kind {
-            Kind::Io => row.io.len(),
-            Kind::TimeMs => row.time_ms.len(),
-        };
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{n},{},{},{},{},{},{},{},{}",
-            q(&row.suite),
-            q(&row.case),
-            q(&row.engine),
-            if row.kind == Kind::Io { "iops" } else { "ms" },
-            num(h.map(|s| s.median)),
-            num(h.map(|s| s.min)),
-            num(h.map(|s| s.max)),
-            num(med(row.stat(|s| s.mib_s))),
-            num(med(row.stat(|s| s.lat_p50_us))),
-            num(med(row.stat(|s| s.lat_p99_us))),
-            num(ratio(r, row)),
-            q(row.error.as_deref().unwrap_or(""))
-        );
-    }
-    out
-}
-
-/// (file name, SVG) of every plot.
-fn plots(r: &Results) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    // One line chart per (suite, series): x = depth or N, one line per engine.
-    let mut series: Vec<(String, String)> = Vec::new();
-    for row in &r.rows {
-        if let Some(s) = &row.series {
-            if !series.contains(&(row.suite.clone(), s.clone())) {
-                series.push((row.suite.clone(), s.clone()));
-            }
-        }
-    }
-    for (suite, s) in series {
-        let rows: Vec<&Row> =
-            r.rows.iter().filter(|x| x.suite == suite && x.series.as_ref() == Some(&s)).collect();
-        let mut lines: Vec<svg::Line> = Vec::new();
-        for row in &rows {
-            let (Some(x), Some(y)) = (row.x, row.headline()) else { continue };
-            match lines.iter_mut().find(|l| l.label == row.engine) {
-                Some(l) => l.points.push((x, y.median)),
-                None => {
-                    lines.push(svg::Line { label: row.engine.clone(), points: vec![(x, y.median)] })
-                }
-            }
-        }
-        let io = rows.first().is_some_and(|x| x.kind == Kind::Io);
-        let (x_label, y_label) = if suite == "depth" {
-            ("snapshot chain depth", "IOPS (median)")
-        } else {
-            ("N (snapshot number)", "milliseconds (median of the window at N)")
-        };
-        let name = format!("{suite}-{}.svg", slug(&s));
-        out.push((
-            name,
-            svg::line_chart(&format!("{suite}: {s}"), x_label, y_label, true, !io, &lines),
-        ));
-    }
-    // Every snapshot operation, bucketed to at most 400 points per engine.
-    for op in ["create snapshot", "delete snapshot"] {
-        let mut lines: Vec<svg::Line> = r
-            .curves
-            .iter()
-            .filter(|c| c.name == op)
-            .map(|c| svg::Line {
-                label: format!("{} (every N)", c.engine),
-                points: bucket(&c.points, 400),
-            })
-            .collect();
-        if lines.is_empty() {
-            continue;
-        }
-        for row in r.rows.iter().filter(|x| x.series.as_deref() == Some(op) && x.engine != "thinly")
-        {
-            let (Some(x), Some(y)) = (row.x, row.headline()) else { continue };
-            match lines.iter_mut().find(|l| l.label == row.engine) {
-                Some(l) => l.points.push((x, y.median)),
-                None => {
-                    lines.push(svg::Line { label: row.engine.clone(), points: vec![(x, y.median)] })
-                }
-            }
-        }
-        out.push((
-            format!("snapshots-all-{}.svg", slug(op)),
-            svg::line_chart(
-                &format!("{op}: time of operation N"),
-                "N",
-                "milliseconds",
-                true,
-                true,
-                &lines,
-            ),
-        ));
-    }
-    // Bars for basic and cow.
-    for suite in ["basic", "cow"] {
-        let rows = ordered(r, suite);
-        let mut engines: Vec<String> = Vec::new();
-        let mut cases: Vec<String> = Vec::new();
-        for row in &rows {
-            if !engines.contains(&row.engine) {
-                engines.push(row.engine.clone());
-            }
-            if !cases.contains(&row.case) && !row.case.starts_with('(') {
-                cases.push(row.case.clone());
-            }
-        }
-        if cases.is_empty() {
-            continue;
-        }
-        let groups: Vec<(String, Vec<Option<f64>>)> = cases
-            .iter()
-            .map(|c| {
-                let v = engines.iter().map(|e| median(r, suite, c, e)).collect();
-                (c.clone(), v)
-            })
-            .collect();
-        out.push((
-            format!("{suite}-iops.svg"),
-            svg::bar_chart(&format!("{suite}: IOPS (median)"), "IOPS", &engines, &groups),
-        ));
-    }
-    out
-}
-
-/// At most `n` points: medians of equal buckets of x.
-fn bucket(points: &[[f64; 2]], n: usize) -> Vec<(f64, f64)> {
-    let size = points.len().div_ceil(n.max(1)).max(1);
-    points
-        .chunks(size)
-        .filter_map(|c| {
-            let y = Stats::of(&c.iter().map(|p| p[1]).collect::<Vec<_>>())?.median;
-            Some((c[c.len() / 2][0], y))
+        let x = ratio(r, row);
+        let m = |f: fn(&super::results::IoSample) -> Option<f64>| med(row.stat_opt(f));
+        w.serialize(CsvRecord {
+            suite: &row.suite,
+            case: &row.case,
+            engine: &row.engine,
+            kind: if row.kind == Kind::Io { "iops" } else { "ms" },
+            flush: row.flush.as_deref().unwrap_or(""),
+            measures: row.measures.as_deref().unwrap_or(""),
+            n: row.values().len(),
+            median: h.map(|s| s.median),
+            min: h.map(|s| s.min),
+            max: h.map(|s| s.max),
+            cv_percent: stats::cv_percent(&row.values()),
+            mib_s: m(|s| Some(s.mib_s)),
+            lat_p50_us: m(|s| Some(s.lat_p50_us)),
+            lat_p90_us: m(|s| s.lat_p90_us),
+            lat_p99_us: m(|s| Some(s.lat_p99_us)),
+            lat_p999_us: m(|s| s.lat_p999_us),
+            lat_max_us: m(|s| s.lat_max_us),
+            server_cpu_us_per_io: m(|s| s.server_cpu_us_per_io),
+            ratio_best_other: x.map(|x| x.0),
+            ratio_ci_lo: x.and_then(|x| x.1).map(|c| c.lo),
+            ratio_ci_hi: x.and_then(|x| x.1).map(|c| c.hi),
+            error: row.error.as_deref().unwrap_or(""),
         })
-        .collect()
+        .context("writing a CSV record")?;
+    }
+    w.into_inner().context("finishing results.csv")
 }
 
-fn slug(s: &str) -> String {
-    let mut out = String::new();
-    for ch in s.chars() {
-        if ch.is_ascii_alphanumeric() {
-            out.push(ch.to_ascii_lowercase());
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::compare::tests::{results, row};
+
+    #[test]
+    fn the_csv_quotes_every_field_it_must_and_reads_back_with_its_ratio_interval() {
+        let mut peer = row("rand read 4K qd1, \"odd\" case", Kind::Io, &[50.0, 50.0]);
+        peer.engine = "qemu-nbd raw".into();
+        let mine = row("rand read 4K qd1, \"odd\" case", Kind::Io, &[100.0, 100.0]);
+        let r = results(vec![mine, peer]);
+        let bytes = csv(&r).expect("writes");
+        let mut rd = ::csv::Reader::from_reader(bytes.as_slice());
+        let head: Vec<String> = rd.headers().expect("header").iter().map(String::from).collect();
+        let col = |name: &str| head.iter().position(|h| h == name).expect(name);
+        let recs: Vec<::csv::StringRecord> = rd.records().map(|x| x.expect("a record")).collect();
+        assert_eq!(recs.len(), 2, "one record per row");
+        assert_eq!(&recs[0][col("case")], "rand read 4K qd1, \"odd\" case");
+        assert_eq!(&recs[0][col("median")], "100.0");
+        assert_eq!(&recs[0][col("ratio_best_other")], "2.0");
+        let lo: f64 = recs[0][col("ratio_ci_lo")].parse().expect("a number");
+        assert!((lo - 2.0).abs() < 1e-9, "no spread: a point interval");
+        assert_eq!(&recs[1][col("error")], "");
     }
-    out.trim_matches('-').to_string()
+
+    #[test]
+    fn a_target_with_one_round_is_not_judged_and_with_a_clear_interval_is_met() {
+        let a = row("c", Kind::Io, &[200.0]);
+        let b = row("c", Kind::Io, &[100.0]);
+        let t = judge("one round".into(), Some(&a), Some(&b), 1.5, true);
+        assert_eq!(t.verdict, Verdict::NotJudged);
+        let a = row("c", Kind::Io, &[200.0, 210.0, 190.0]);
+        let b = row("c", Kind::Io, &[100.0, 101.0, 99.0]);
+        assert_eq!(judge("x".into(), Some(&a), Some(&b), 1.5, true).verdict, Verdict::Met);
+        assert_eq!(judge("x".into(), Some(&a), Some(&b), 2.5, true).verdict, Verdict::Missed);
+        assert_eq!(judge("x".into(), Some(&a), None, 1.5, true).verdict, Verdict::NotJudged);
+    }
 }

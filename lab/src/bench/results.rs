@@ -8,14 +8,35 @@ use super::Config;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-/// One fio run's figures.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// One fio run's figures (completion latency as fio's `lat_ns`: submit to completion).
+/// Fields after `lat_p99_us` are absent from results written before they existed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IoSample {
     pub iops: f64,
     pub mib_s: f64,
     pub lat_p50_us: f64,
+    #[serde(default)]
+    pub lat_p90_us: Option<f64>,
     pub lat_p99_us: f64,
+    #[serde(default)]
+    pub lat_p999_us: Option<f64>,
+    #[serde(default)]
+    pub lat_max_us: Option<f64>,
+    /// I/Os measured (after the ramp).
+    #[serde(default)]
+    pub total_ios: Option<u64>,
     pub write_bytes: u64,
+    /// The server process's user + system CPU time over the measured part of the run
+    /// (from /proc/PID/stat), per measured I/O.
+    #[serde(default)]
+    pub server_cpu_us_per_io: Option<f64>,
+    /// fio's randseed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// The run's job file and JSON output, relative to the output directory, without
+    /// the extension (`raw/00012-basic-…`: `.fio` and `.json`).
+    #[serde(default)]
+    pub raw: Option<String>,
 }
 
 /// Median, min and max of the rounds.
@@ -67,6 +88,12 @@ pub struct Row {
     pub error: Option<String>,
     /// Exact commands of the first round (fio, qemu-img …).
     pub commands: Vec<String>,
+    /// Write cases: whether the flush is inside the timed run (`fio::Flush::label`).
+    #[serde(default)]
+    pub flush: Option<String>,
+    /// What a timing measures (a spawned command, a request to a running server …).
+    #[serde(default)]
+    pub measures: Option<String>,
 }
 
 impl Row {
@@ -80,6 +107,19 @@ impl Row {
 
     pub fn stat(&self, f: impl Fn(&IoSample) -> f64) -> Option<Stats> {
         Stats::of(&self.io.iter().map(f).collect::<Vec<_>>())
+    }
+
+    /// Like `stat`, over the rounds that have the figure.
+    pub fn stat_opt(&self, f: impl Fn(&IoSample) -> Option<f64>) -> Option<Stats> {
+        Stats::of(&self.io.iter().filter_map(f).collect::<Vec<_>>())
+    }
+
+    /// Every round's headline figure (IOPS or milliseconds).
+    pub fn values(&self) -> Vec<f64> {
+        match self.kind {
+            Kind::Io => self.io.iter().map(|s| s.iops).collect(),
+            Kind::TimeMs => self.time_ms.clone(),
+        }
     }
 }
 
@@ -110,6 +150,9 @@ pub struct Curve {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     pub started_unix: u64,
+    /// `git describe --always --dirty` of the thinly tree the binary was built from.
+    #[serde(default)]
+    pub git_commit: String,
     pub total_secs: f64,
     pub command: Vec<String>,
     pub machine: Machine,
@@ -135,6 +178,7 @@ impl Results {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             total_secs: 0.0,
+            git_commit: super::env::git_commit(),
             command: std::env::args().collect(),
             machine: Machine::probe(&ws.data),
             tools: tools.versions(),
@@ -146,6 +190,16 @@ impl Results {
             load: Vec::new(),
             skipped: Vec::new(),
         })
+    }
+
+    /// Reads a results.json, or the results.json inside a directory.
+    pub fn load(path: &std::path::Path) -> Result<Results> {
+        use anyhow::Context;
+        let file = if path.is_dir() { path.join("results.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a thinly bench results.json", file.display()))
     }
 
     /// The row of (suite, case, engine), created if new.
@@ -169,6 +223,8 @@ impl Results {
                     time_ms: Vec::new(),
                     error: None,
                     commands: Vec::new(),
+                    flush: None,
+                    measures: None,
                 });
                 self.rows.len() - 1
             }

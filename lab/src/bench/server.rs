@@ -25,11 +25,15 @@ pub const QEMU_AIO: &str = "io_uring";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Engine {
     Thinly,
+    /// thinly's own NBD server over a null export: thinly's transport ceiling.
+    ThinlyNull,
     QemuRaw,
     QemuQcow2,
     NbdkitFile,
-    /// nbdkit's null plugin: no storage at all, the transport's ceiling. Never the "best
-    /// peer" in ratios.
+    /// qemu-storage-daemon on a qcow2 file: live snapshots over QMP.
+    QsdQcow2,
+    /// nbdkit's null plugin: no storage at all; a peer's transport, not thinly's ceiling.
+    /// Never the "best peer" in ratios.
     NbdkitNull,
 }
 
@@ -37,29 +41,67 @@ impl Engine {
     pub fn label(self) -> &'static str {
         match self {
             Engine::Thinly => "thinly",
+            Engine::ThinlyNull => "thinly null export (thinly's transport ceiling)",
             Engine::QemuRaw => "qemu-nbd raw",
             Engine::QemuQcow2 => "qemu-nbd qcow2",
             Engine::NbdkitFile => "nbdkit file",
-            Engine::NbdkitNull => "nbdkit null (ceiling)",
+            Engine::QsdQcow2 => "qemu-storage-daemon qcow2",
+            Engine::NbdkitNull => "nbdkit null (a peer's transport, no storage)",
         }
     }
 
+    /// No storage behind it: never the "best other" a ratio is taken against.
     pub fn is_ceiling(self) -> bool {
-        self == Engine::NbdkitNull
+        matches!(self, Engine::NbdkitNull | Engine::ThinlyNull)
     }
 
     /// Why this engine cannot run here, if it cannot.
     pub fn missing(self, tools: &Tools) -> Option<String> {
         let need: &[(&str, bool)] = match self {
-            Engine::Thinly => &[],
+            Engine::Thinly | Engine::ThinlyNull => &[],
             Engine::QemuRaw => &[("qemu-nbd", tools.qemu_nbd.is_some())],
             Engine::QemuQcow2 => {
                 &[("qemu-nbd", tools.qemu_nbd.is_some()), ("qemu-img", tools.qemu_img.is_some())]
             }
             Engine::NbdkitFile | Engine::NbdkitNull => &[("nbdkit", tools.nbdkit.is_some())],
+            Engine::QsdQcow2 => &[
+                ("qemu-storage-daemon", tools.qsd.is_some()),
+                ("qemu-img", tools.qemu_img.is_some()),
+            ],
         };
         let absent: Vec<&str> = need.iter().filter(|n| !n.1).map(|n| n.0).collect();
         (!absent.is_empty()).then(|| format!("missing: {} not installed", absent.join(", ")))
+    }
+}
+
+/// The thinly pool settings a run uses, recorded with the results and passed to
+/// `thinly pool create` explicitly (so a changed default cannot change the benchmark).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolSettings {
+    pub block_size_bytes: u64,
+    /// New blocks are zeroed before a partial first write (`--no-zeroing` when false).
+    pub zeroing: bool,
+    pub commit_interval_ms: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        PoolSettings { block_size_bytes: 64 << 10, zeroing: true, commit_interval_ms: 1000 }
+    }
+}
+
+impl PoolSettings {
+    fn create_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--block-size".to_string(),
+            self.block_size_bytes.to_string(),
+            "--commit-interval-ms".into(),
+            self.commit_interval_ms.to_string(),
+        ];
+        if !self.zeroing {
+            a.push("--no-zeroing".into());
+        }
+        a
     }
 }
 
@@ -106,10 +148,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// `thinly serve` on the pool in `pool_dir` (created by `thinly pool create` first if
-    /// it does not exist yet).
-    pub fn thinly(tools: &Tools, ws: &Workspace, pool_dir: &Path) -> Result<Server> {
-        Server::thinly_on(tools, ws, pool_dir, None)
+    /// `thinly serve` on the pool in `pool_dir` (created first if it does not exist yet,
+    /// by `thinly pool create` with `settings`, every one of them spelled out).
+    pub fn thinly(
+        tools: &Tools,
+        ws: &Workspace,
+        pool_dir: &Path,
+        settings: &PoolSettings,
+    ) -> Result<Server> {
+        Server::thinly_on(tools, ws, pool_dir, settings, None)
     }
 
     /// `thinly serve` as `thinly`, also on loopback TCP (with TLS required there) if `net`.
@@ -117,6 +164,7 @@ impl Server {
         tools: &Tools,
         ws: &Workspace,
         pool_dir: &Path,
+        settings: &PoolSettings,
         net: Option<&Net>,
     ) -> Result<Server> {
         let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
@@ -132,6 +180,7 @@ impl Server {
                 Command::new(&tools.thinly)
                     .args(["pool", "create", "--size"])
                     .arg(limits::POOL_DATA_BYTES.to_string())
+                    .args(settings.create_args())
                     .arg("--pool")
                     .arg(&link),
                 limits::TOOL_SHORT,
@@ -154,6 +203,50 @@ impl Server {
         s.control = Some(control);
         s.link = Some(link);
         Ok(s)
+    }
+
+    /// thinly's NBD server over a null export of `size_bytes` (`thinly bench serve-null`).
+    pub fn thinly_null(tools: &Tools, ws: &Workspace, size_bytes: u64) -> Result<Server> {
+        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        let socket = ws.socket(&format!("null{id}.sock"))?;
+        let mut cmd = Command::new(&tools.thinly);
+        cmd.args(["bench", "serve-null", "--name", "bench", "--size"]).arg(size_bytes.to_string());
+        cmd.arg("--socket").arg(&socket);
+        Server::start("thinly bench serve-null", cmd, socket, &[], None, ws)
+    }
+
+    /// qemu-storage-daemon exporting the qcow2 `file` over NBD (export `bench`, node
+    /// `top0`) with a QMP monitor on `qmp`, for live snapshots (`blockdev-snapshot-sync`).
+    pub fn qsd(tools: &Tools, ws: &Workspace, file: &Path) -> Result<(Server, PathBuf)> {
+        let prog = tools.qsd.as_ref().context("qemu-storage-daemon is not installed")?;
+        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        let socket = ws.socket(&format!("qsd{id}.sock"))?;
+        let qmp = ws.socket(&format!("qmp{id}.sock"))?;
+        let mut cmd = Command::new(prog);
+        cmd.arg("--blockdev").arg(format!(
+            "driver=file,node-name=file0,filename={},cache.direct=off,aio={QEMU_AIO}",
+            file.display()
+        ));
+        cmd.args(["--blockdev", "driver=qcow2,node-name=top0,file=file0"]);
+        cmd.arg("--nbd-server").arg(format!("addr.type=unix,addr.path={}", socket.display()));
+        cmd.args(["--export", "type=nbd,id=exp0,node-name=top0,name=bench,writable=on"]);
+        cmd.arg("--chardev")
+            .arg(format!("socket,id=qmp0,path={},server=on,wait=off", qmp.display()));
+        cmd.args(["--monitor", "chardev=qmp0"]);
+        let s = Server::start(
+            "qemu-storage-daemon",
+            cmd,
+            socket,
+            std::slice::from_ref(&qmp),
+            None,
+            ws,
+        )?;
+        Ok((s, qmp))
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// qemu-nbd serving `file` in `format` ("raw" or "qcow2").

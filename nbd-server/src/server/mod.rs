@@ -500,7 +500,13 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream, tls: TlsMode, listener
     let budget = Arc::new(Budget::new(MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS));
     live.insert(
         id,
-        LiveConn { stream: handle, budget: Arc::clone(&budget), listener, export: None, opened: None },
+        LiveConn {
+            stream: handle,
+            budget: Arc::clone(&budget),
+            listener,
+            export: None,
+            opened: None,
+        },
     );
     drop(live);
     let sh = Arc::clone(shared);

@@ -9,16 +9,31 @@
 //! P is filled first by a sequential 1 MiB pass (that pass is "seq write, fresh"); reads of
 //! Z are reads of unprovisioned blocks; random writes to F1/F2 are one pass of 4 KiB writes
 //! in random order (each 4 KiB once), stopped after the runtime, so they are first writes.
+//!
+//! Every write case says whether its flush is timed. The plain cases leave it out of the
+//! timed run (the harness flushes after it, untimed); the durability cases time it: 4 KiB
+//! random overwrites with a FLUSH after every write (`fsync=1`, qd1) or every 32 writes
+//! (`fsync=32`, qd32), and a 1 MiB sequential overwrite ending in one FLUSH
+//! (`end_fsync=1`). thinly's null export is its transport ceiling, nbdkit null a peer's
+//! transport; neither stores anything, so neither is a peer in the ratios.
 
 use super::{size_label, Case, Ctx, Instance, KIB, MIB, SEQ_QD};
-use crate::bench::fio::Job;
+use crate::bench::fio::{Flush, Job};
 use crate::bench::results::Kind;
 use crate::bench::server::Engine;
 use anyhow::Result;
 
 const SUITE: &str = "basic";
-const ENGINES: [Engine; 5] =
-    [Engine::Thinly, Engine::QemuRaw, Engine::QemuQcow2, Engine::NbdkitFile, Engine::NbdkitNull];
+pub const ENGINES: [Engine; 6] = [
+    Engine::Thinly,
+    Engine::ThinlyNull,
+    Engine::QemuRaw,
+    Engine::QemuQcow2,
+    Engine::NbdkitFile,
+    Engine::NbdkitNull,
+];
+/// Measurements per engine and round.
+pub const CASES: u64 = 15;
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
     let engines = ctx.available(SUITE, &ENGINES);
@@ -72,6 +87,14 @@ fn run_round(ctx: &mut Ctx, engine: Engine, dir: &std::path::Path, round: u32) -
     }
     ctx.fio(&case("seq read", MIB, SEQ_QD, "provisioned"), &mut inst, &seq("read", 0, p));
     ctx.fio(&case("seq write", MIB, SEQ_QD, "provisioned"), &mut inst, &seq("write", 0, p));
+    // Durability: the flushes inside the timed run.
+    for (qd, every) in [(1, 1), (32, 32)] {
+        let c = case("rand write", 4 * KIB, qd, &format!("provisioned, fsync={every}"));
+        ctx.fio(&c, &mut inst, &rand("randwrite", qd, 0, p).with_flush(Flush::EveryN(every)));
+    }
+    let end = Job::pass("write", MIB, SEQ_QD, 0, p, crate::bench::limits::FIO_PASS_MAX);
+    let c = case("seq write", MIB, SEQ_QD, "provisioned, end_fsync=1");
+    ctx.fio(&c, &mut inst, &end.with_flush(Flush::AtEnd));
     if round == 0 {
         ctx.record_space(
             SUITE,

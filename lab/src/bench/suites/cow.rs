@@ -18,8 +18,10 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 const SUITE: &str = "cow";
-const ENGINES: [Engine; 3] = [Engine::Thinly, Engine::QemuQcow2, Engine::QemuRaw];
-const CASES: [(u64, u32); 4] = [(4 * KIB, 1), (4 * KIB, 32), (64 * KIB, 1), (64 * KIB, 32)];
+pub const ENGINES: [Engine; 3] = [Engine::Thinly, Engine::QemuQcow2, Engine::QemuRaw];
+/// Measurements per engine and round (first writes and overwrites).
+pub const CASES: u64 = 8;
+const SIZES: [(u64, u32); 4] = [(4 * KIB, 1), (4 * KIB, 32), (64 * KIB, 1), (64 * KIB, 32)];
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
     let engines = ctx.available(SUITE, &ENGINES);
@@ -50,7 +52,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     }
     let mut written = std::collections::BTreeMap::new();
     for round in 0..ctx.cfg.repeat {
-        for (bs, qd) in CASES {
+        for (bs, qd) in SIZES {
             if let Some(inst) = thinly.as_mut() {
                 let snap = format!("vol-snap-{round}-{}-{qd}", size_label(bs));
                 match inst
@@ -116,8 +118,14 @@ fn overlay_round(
 ) -> Result<u64> {
     let (format, file, shared) = if engine == Engine::QemuQcow2 {
         let ov = dir.join(format!("overlay-{round}-{}-{qd}.qcow2", size_label(bs)));
-        let cmd =
-            qemu_img_create(ctx.tools, &ov, Some("disk.qcow2"), ctx.cfg.cow_region_bytes, false)?;
+        let cmd = qemu_img_create(
+            ctx.tools,
+            &ov,
+            Some("disk.qcow2"),
+            ctx.cfg.cow_region_bytes,
+            false,
+            ctx.cfg.qcow2_cluster_bytes,
+        )?;
         ctx.results.server_command("qemu-img (cow overlay)", &cmd);
         ("qcow2", ov, true)
     } else {

@@ -14,9 +14,10 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 const SUITE: &str = "depth";
+pub const ENGINES: [Engine; 2] = [Engine::Thinly, Engine::QemuQcow2];
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
-    let engines = ctx.available(SUITE, &[Engine::Thinly, Engine::QemuQcow2]);
+    let engines = ctx.available(SUITE, &ENGINES);
     let dir = ctx.ws.fresh_dir("depth")?;
     let size = ctx.cfg.depth_region_bytes;
     let mut thinly = None;
@@ -150,6 +151,7 @@ fn grow_qcow2(ctx: &mut Ctx, dir: &Path, at: &mut u32, depth: u32) -> Result<()>
             Some(&top_name(*at)),
             size,
             true,
+            ctx.cfg.qcow2_cluster_bytes,
         )?;
         if next == 1 {
             ctx.results.server_command("qemu-img (depth chain)", &cmd);

@@ -94,7 +94,8 @@ fn start(
     let inst = match engine {
         Engine::Thinly => {
             let pool = dir.join("pool");
-            let server = Server::thinly_on(ctx.tools, ctx.ws, &pool, Some(net))?;
+            let settings = ctx.cfg.pool.clone();
+            let server = Server::thinly_on(ctx.tools, ctx.ws, &pool, &settings, Some(net))?;
             let mut control =
                 Control::connect(server.control.as_deref().context("no control socket")?)?;
             control.create("vol", size_bytes)?;

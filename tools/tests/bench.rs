@@ -82,7 +82,7 @@ fn quick_bench_writes_parseable_tables_csv_json_and_plots_with_numbers_from_ever
             "{engine} produced no numbers"
         );
     }
-    for suite in ["basic", "depth", "cow", "snapshots", "sweep", "trace"] {
+    for suite in ["basic", "depth", "cow", "snapshots", "sweep", "trace", "tls"] {
         assert!(
             rows.iter().any(|r| r["suite"] == suite && r["engine"] == "thinly" && has_numbers(r)),
             "thinly produced no numbers in suite {suite}"

@@ -62,7 +62,8 @@ counters! {
             "data-file bytes copied from shared blocks by copy-on-write";
         DataZeroingBytes => "data_written_zeroing_bytes",
             "data-file bytes zeroed in new blocks around a partial write";
-        BlockWrites => "block_writes", "data blocks written (a request counts each block it touches)";
+        BlockWrites => "block_writes",
+            "data blocks written (a request counts each block it touches)";
         BlocksProvisioned => "blocks_provisioned", "data blocks allocated for writes";
         CowBreaks => "cow_breaks", "writes to a shared block that broke sharing (copy-on-write)";
         BlocksUnmapped => "blocks_unmapped", "mappings removed by trim and write-zeroes";

@@ -1,5 +1,5 @@
 //! The pool commands of `thinly`: `serve`, `pool create|status|extend`, `create`,
-//! `snapshot`, `delete`, `resize`, `list`, `status`, `message`, `diff`. Management works on a pool
+//! `snapshot`, `delete`, `resize`, `list`, `status`, `message`, `diff`, `stats`. Management works on a pool
 //! that is being served (through its control socket) and on one that is not (opened here,
 //! exclusively, for the one operation); both run `control::execute`. The daemon itself
 //! (`serve`, the control socket, the NBD exports) lives in the `thinly-server` crate; this

@@ -502,6 +502,7 @@ mod tests {
             size_bytes: 1 << 20,
             read_only: true,
             snapshot_of: Some("vol0".into()),
+            origin_deleted: false,
         };
         let put = ConfigChange::PutVolume { name: "snap".into(), volume: v };
         c.apply(4, std::slice::from_ref(&put));

@@ -4,8 +4,8 @@
 //! virtio disk (as in the power-loss test); the guest script (`attach-guest.sh`) formats,
 //! mounts, writes, detaches, reattaches (read-write and read-only) and reads back; checks
 //! that detach refuses a mounted device; writes raw bytes to a second volume that must
-//! survive a detach and a killed server (whose death must fail I/O, not hang it, and which
-//! `detach --force` clears); and ends with the real thin_check on a cleanly stopped pool.
+//! survive a detach; a killed server must fail I/O, not hang it, and `detach --force` must
+//! clear the attachment; ends with the real thin_check on a cleanly stopped pool.
 //! It prints the guest's figures (attach + mount, umount + detach, an untar of small files
 //! through thinly against a loop device on a plain file; TCG guest time, not the host's).
 //! One guest boot.

@@ -90,7 +90,7 @@ struct Case {
 /// Runs the scripts on thinly and (in one guest boot) on the kernel; returns the reports.
 fn run_differential(scripts: Vec<Script>, work: &Work) -> Vec<Report> {
     let share = work.sub("share");
-    let mut guest = Guest::new().timeout(600);
+    let mut guest = Guest::new().timeout(1200);
     let mut master = String::from("RC=0\n");
     let mut cases = Vec::new();
     for (i, script) in scripts.into_iter().enumerate() {

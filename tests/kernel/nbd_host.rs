@@ -115,7 +115,7 @@ fn a_linux_guest_runs_on_thinly_volumes_and_a_live_snapshot_mounts() {
         .nbd(&server.socket, "vol-a")
         .port(&relay_b.listen, "nbd0")
         .port(&relay_s.listen, "nbd1")
-        .timeout(500);
+        .timeout(900);
     let mut script = String::new();
     if harness::heavy() {
         script.push_str("FIO_SIZE=192M\n");

@@ -29,7 +29,7 @@ const BLOCK: usize = 4096;
 /// vol0's size in 4 KiB blocks (16 MiB): small enough that writes often hit a block twice.
 const NR_BLOCKS: u64 = 4096;
 /// How long a guest may take to boot and start writing.
-const START_TIMEOUT: Duration = Duration::from_secs(240);
+const START_TIMEOUT: Duration = Duration::from_secs(600);
 const GUESTS_AT_ONCE: usize = 2;
 
 /// What the guest said it did, in order.

@@ -112,7 +112,7 @@ for j in 1 2 3; do build layer5 "container$j"; done
 vols="base layer1 layer2 layer3 layer4 layer5 container1 container2 container3"
 for v in $vols; do verify "$v"; done
 
-t delete layer3
+t delete layer3 --force   # layer4 was snapshotted from it: a guardrail refuses without --force
 t delete container2
 for v in base layer1 layer2 layer4 layer5 container1 container3; do verify "$v"; done
 t list

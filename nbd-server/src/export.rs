@@ -156,6 +156,11 @@ pub trait ExportRegistry: Send + Sync {
     fn list(&self) -> Vec<(String, String)>;
     /// The export called `name`; `""` is the default export.
     fn open(&self, name: &str) -> Option<Arc<dyn Export>>;
+    /// The real name of the default export, so an access policy judges it by that name;
+    /// `None` (the default): the policy is asked about `""` itself.
+    fn default_name(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A registry held in memory: a list of named exports that can change at runtime.
@@ -205,6 +210,15 @@ impl ExportRegistry for ExportTable {
             (None, false) => None,
         };
         found.map(|(_, _, e)| Arc::clone(e))
+    }
+
+    fn default_name(&self) -> Option<String> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let named_empty = entries.iter().any(|(n, _, _)| n.is_empty());
+        if named_empty {
+            return Some(String::new());
+        }
+        entries.first().map(|(n, _, _)| n.clone())
     }
 }
 

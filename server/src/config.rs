@@ -6,7 +6,8 @@
 //!
 //! Values: strings, integers and booleans (`true` gives the flag, `false` leaves it out);
 //! an array repeats a flag. Anything else, an unknown key, or a `config` key is an error
-//! naming the file.
+//! naming the file. The one key that is no flag, `[[access]]` (the access policy), is
+//! read by `policy`.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -32,6 +33,9 @@ pub fn config_flags(path: &Path) -> Result<Vec<OsString>> {
         .with_context(|| format!("parsing the config file {}", path.display()))?;
     let mut flags = Vec::new();
     for (key, value) in &table {
+        if key == crate::policy::ACCESS_KEY {
+            continue;
+        }
         let flag = format!("--{}", key.replace('_', "-"));
         if flag == "--config" {
             bail!("{}: a config file cannot name another (key `config`)", path.display());

@@ -5,6 +5,7 @@
 //! control socket (`<pool>/control.sock`) and prints the JSON line that comes back. Both
 //! paths run `execute`, so online and offline behave the same.
 
+use crate::guard;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thinly_engine::pool::{Pool, PoolError};
+use thinly_nbd::ExportCloser;
 
 /// The control socket's file name in the pool directory.
 pub const CONTROL_SOCKET: &str = "control.sock";
@@ -36,12 +38,19 @@ pub enum Request {
         name: String,
         read_only: bool,
     },
+    /// Refused while a client has the volume open or snapshots name it as their origin,
+    /// unless `force` (guardrails: `guard`).
     Delete {
         name: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
+    /// Shrinking is refused unless `force`.
     Resize {
         name: String,
         size_bytes: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     List,
     Status,
@@ -63,7 +72,7 @@ pub enum Request {
 /// Changed ranges one `Diff` request returns at most: one answer line stays ~2 MiB.
 pub const MAX_DIFF_RANGES_PER_REQUEST: usize = 65_536;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,42 +82,58 @@ pub struct Response {
     pub errno: Option<i32>,
     #[serde(default)]
     pub result: serde_json::Value,
+    /// What the user should know although the request succeeded (over-provisioning …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Response {
     fn from_result(r: Result<serde_json::Value, PoolError>) -> Response {
         match r {
-            Ok(result) => Response { ok: true, error: None, errno: None, result },
+            Ok(result) => Response { ok: true, result, ..Response::default() },
             Err(e) => Response {
                 ok: false,
                 errno: Some(crate::errno::errno(&e)),
                 error: Some(e.to_string()),
-                result: Default::default(),
+                ..Response::default()
             },
         }
     }
 }
 
-/// Runs a request on an open pool.
+/// Runs a request on an open pool (no server: nobody has a volume open but this process).
 pub fn execute(pool: &Pool, req: &Request) -> Response {
+    execute_served(pool, req, None)
+}
+
+/// Runs a request on a pool that a server serves: `closer` closes an export's connections
+/// before a forced delete.
+pub fn execute_served(pool: &Pool, req: &Request, closer: Option<&ExportCloser>) -> Response {
+    let guarded = match req {
+        Request::Create { name, size_bytes } => Some(guard::create(pool, name, *size_bytes)),
+        Request::Snapshot { origin, name, read_only } => {
+            Some(guard::snapshot(pool, origin, name, *read_only))
+        }
+        Request::Delete { name, force } => Some(guard::delete(pool, name, *force, closer)),
+        Request::Resize { name, size_bytes, force } => {
+            Some(guard::resize(pool, name, *size_bytes, *force))
+        }
+        _ => None,
+    };
+    if let Some(g) = guarded {
+        return match g {
+            Ok((result, warnings)) => {
+                Response { ok: true, result, warnings, ..Response::default() }
+            }
+            Err(e) => Response::from_result(Err(e)),
+        };
+    }
     let r = (|| -> Result<serde_json::Value, PoolError> {
         Ok(match req {
-            Request::Create { name, size_bytes } => {
-                pool.create_volume(name, *size_bytes)?;
-                serde_json::to_value(pool.volume_status(name)?).unwrap_or_default()
-            }
-            Request::Snapshot { origin, name, read_only } => {
-                pool.snapshot(origin, name, *read_only)?;
-                serde_json::to_value(pool.volume_status(name)?).unwrap_or_default()
-            }
-            Request::Delete { name } => {
-                pool.delete_volume(name)?;
-                serde_json::Value::Null
-            }
-            Request::Resize { name, size_bytes } => {
-                pool.resize_volume(name, *size_bytes)?;
-                serde_json::to_value(pool.volume_status(name)?).unwrap_or_default()
-            }
+            Request::Create { .. }
+            | Request::Snapshot { .. }
+            | Request::Delete { .. }
+            | Request::Resize { .. } => serde_json::Value::Null,
             Request::List => {
                 let mut vols = Vec::new();
                 for (name, _) in pool.list() {
@@ -136,8 +161,13 @@ fn status_json(pool: &Pool) -> Result<serde_json::Value, PoolError> {
     for (name, _) in pool.list() {
         volumes.push(pool.volume_status(&name)?);
     }
+    let pct = |used: u64, total: u64| {
+        (total > 0).then(|| (used as f64 * 10_000.0 / total as f64).round() / 100.0)
+    };
     Ok(serde_json::json!({
         "pool": status,
+        "data_percent": pct(status.used_data_blocks, status.total_data_blocks),
+        "metadata_percent": pct(status.used_metadata_blocks, status.total_metadata_blocks),
         "kernel_status": status.to_string(),
         "volumes": volumes,
     }))
@@ -177,7 +207,12 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    pub fn start(pool: Pool, dir: &Path) -> std::io::Result<ControlServer> {
+    /// `closer`: the NBD server's, for forced deletes of open volumes.
+    pub fn start(
+        pool: Pool,
+        dir: &Path,
+        closer: Option<ExportCloser>,
+    ) -> std::io::Result<ControlServer> {
         let path = dir.join(CONTROL_SOCKET);
         if path.exists() {
             // A stale socket from a server that did not exit cleanly: we hold the pool's
@@ -199,7 +234,7 @@ impl ControlServer {
             std::thread::Builder::new().name("thinly-control".into()).spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
-                        Ok((stream, _)) => admit(&pool, stream, &nr_clients),
+                        Ok((stream, _)) => admit(&pool, closer.as_ref(), stream, &nr_clients),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(50))
                         }
@@ -225,7 +260,12 @@ impl ControlServer {
 
 /// Serves a control client on its own thread if it may manage the pool (same user as
 /// the server, or root: SO_PEERCRED) and fewer than `MAX_CONTROL_CLIENTS` are connected.
-fn admit(pool: &Pool, stream: UnixStream, nr_clients: &Arc<AtomicUsize>) {
+fn admit(
+    pool: &Pool,
+    closer: Option<&ExportCloser>,
+    stream: UnixStream,
+    nr_clients: &Arc<AtomicUsize>,
+) {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     let me = nix::unistd::geteuid().as_raw();
     match getsockopt(&stream, PeerCredentials) {
@@ -248,10 +288,11 @@ fn admit(pool: &Pool, stream: UnixStream, nr_clients: &Arc<AtomicUsize>) {
         return;
     }
     let pool = pool.clone();
+    let closer = closer.cloned();
     let count = Arc::clone(nr_clients);
     let spawned =
         std::thread::Builder::new().name("thinly-control-client".into()).spawn(move || {
-            serve_client(&pool, stream);
+            serve_client(&pool, closer.as_ref(), stream);
             count.fetch_sub(1, Ordering::SeqCst);
         });
     if spawned.is_err() {
@@ -259,25 +300,30 @@ fn admit(pool: &Pool, stream: UnixStream, nr_clients: &Arc<AtomicUsize>) {
     }
 }
 
-fn serve_client(pool: &Pool, stream: UnixStream) {
+fn serve_client(pool: &Pool, closer: Option<&ExportCloser>, stream: UnixStream) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
     let Ok(writer) = stream.try_clone() else { return };
-    serve_lines(pool, BufReader::new(stream), writer);
+    serve_lines(pool, closer, BufReader::new(stream), writer);
 }
 
 /// The control protocol over any byte stream: reads request lines (at most
 /// `MAX_REQUEST_BYTES` each) and writes one response line for each, until the reader ends,
 /// fails or sends bytes that are not UTF-8, or the writer fails.
-pub fn serve_lines(pool: &Pool, mut reader: impl BufRead, mut writer: impl Write) {
+pub fn serve_lines(
+    pool: &Pool,
+    closer: Option<&ExportCloser>,
+    mut reader: impl BufRead,
+    mut writer: impl Write,
+) {
     loop {
         let mut line = String::new();
         match (&mut reader).take(MAX_REQUEST_BYTES).read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let mut out =
-            serde_json::to_string(&answer(pool, &line)).unwrap_or_else(|_| "{\"ok\":false}".into());
+        let mut out = serde_json::to_string(&answer(pool, closer, &line))
+            .unwrap_or_else(|_| "{\"ok\":false}".into());
         out.push('\n');
         if writer.write_all(out.as_bytes()).is_err() {
             return;
@@ -287,17 +333,17 @@ pub fn serve_lines(pool: &Pool, mut reader: impl BufRead, mut writer: impl Write
 
 /// The response to one request line: the request's, or a bad-request error when the line
 /// is not a request.
-pub fn answer(pool: &Pool, line: &str) -> Response {
+pub fn answer(pool: &Pool, closer: Option<&ExportCloser>, line: &str) -> Response {
     match serde_json::from_str::<Request>(line.trim()) {
         Ok(req) => {
             tracing::info!(?req, "control request");
-            execute(pool, &req)
+            execute_served(pool, &req, closer)
         }
         Err(e) => Response {
             ok: false,
             error: Some(format!("bad request: {e}")),
             errno: Some(crate::errno::BAD_REQUEST),
-            result: Default::default(),
+            ..Response::default()
         },
     }
 }

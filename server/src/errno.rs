@@ -20,7 +20,7 @@ pub fn errno(e: &PoolError) -> i32 {
         PoolError::Invalid(_) => nix::libc::EINVAL,
         PoolError::NoVolume(_) => nix::libc::ENOENT,
         PoolError::VolumeExists(_) => nix::libc::EEXIST,
-        PoolError::Busy(_) => nix::libc::EBUSY,
+        PoolError::Busy(_) | PoolError::Refused(_) => nix::libc::EBUSY,
         // The filesystem's own errno (ENOSPC, EDQUOT …) passes through.
         PoolError::Io(e) => e.raw_os_error().unwrap_or(nix::libc::EIO),
         PoolError::Metadata(Meta::MetadataNoSpace { .. } | Meta::DataNoSpace { .. }) => {
@@ -56,6 +56,7 @@ mod tests {
             (PoolError::NoVolume(s()), nix::libc::ENOENT, NbdErrno::Io),
             (PoolError::VolumeExists(s()), nix::libc::EEXIST, NbdErrno::Io),
             (PoolError::Busy(s()), nix::libc::EBUSY, NbdErrno::Io),
+            (PoolError::Refused(s()), nix::libc::EBUSY, NbdErrno::Io),
             (
                 PoolError::Io(io::Error::from_raw_os_error(nix::libc::EDQUOT)),
                 nix::libc::EDQUOT,

@@ -243,6 +243,7 @@ impl ExportRegistry for PoolRegistry {
             .filter(|(name, _)| self.allowed(name))
             .map(|(name, v)| {
                 let kind = match &v.snapshot_of {
+                    Some(_) if v.origin_deleted => "snapshot of a deleted volume".to_string(),
                     Some(o) => format!("snapshot of {o}"),
                     None => "thin volume".to_string(),
                 };
@@ -261,6 +262,17 @@ impl ExportRegistry for PoolRegistry {
             return None;
         };
         Some(Arc::new(VolumeExport::new(self.pool.clone(), vol)))
+    }
+
+    /// The volume `open("")` picks, by name (for the access policy).
+    fn default_name(&self) -> Option<String> {
+        if let Some(only) = &self.only {
+            return only.iter().find(|n| self.pool.volume(n).is_ok()).cloned();
+        }
+        if self.pool.volume(DEFAULT_EXPORT).is_ok() {
+            return Some(DEFAULT_EXPORT.to_owned());
+        }
+        self.pool.list().into_iter().next().map(|(name, _)| name)
     }
 }
 

@@ -93,7 +93,7 @@ pub fn control_session(data: &[u8]) {
     let (pool, dev) = mem_pool();
     let mut client =
         Client { pool: &pool, before: observable(&pool), partial: Vec::new(), nr_answers: 0 };
-    serve_lines(&pool, data, &mut client);
+    serve_lines(&pool, None, data, &mut client);
     assert!(client.partial.is_empty(), "an answer without its newline");
     if let Some(n) = nr_lines(data) {
         assert_eq!(client.nr_answers, n, "one answer per request line");

@@ -2,9 +2,10 @@
 //! every volume as an NBD export (`export`: a `Volume` behind the `thinly_nbd::Export`
 //! trait), takes management requests as JSON lines on the control socket (`control`), and
 //! owns what a running server needs around that: TLS plans (`tls`), the config file
-//! (`config`), systemd readiness and socket activation (`systemd`), and the one mapping
-//! of engine errors to errnos and NBD errors (`errno`). With the `testing` feature,
-//! `fuzzing` drives a control-socket session over arbitrary bytes (the fuzz target's harness).
+//! (`config`), the access policy (`policy`), systemd readiness and socket activation
+//! (`systemd`), and the one mapping of engine errors to errnos and NBD errors (`errno`).
+//! With the `testing` feature, `fuzzing` drives a control-socket session over arbitrary
+//! bytes (the fuzz target's harness).
 //!
 //! Layering: the NBD protocol crate knows nothing of the engine and the engine nothing of
 //! sockets; this crate is the one place where they meet. The `thinly` command (thinly-tools)
@@ -16,6 +17,8 @@ pub mod errno;
 pub mod export;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
+pub mod guard;
+pub mod policy;
 pub mod pool_dir;
 pub mod serve;
 pub mod size;

@@ -1,10 +1,12 @@
 //! `thinly serve`: open (or create) a pool and serve every volume over NBD, with a control
 //! socket for management, until SIGINT or SIGTERM; then stop accepting, answer new
 //! requests ESHUTDOWN, let what is in flight finish (at most --drain-timeout), commit and
-//! exit 0. SIGHUP reloads the TLS certificates and keys.
+//! exit 0. SIGHUP reloads the TLS certificates and keys, and the access policy of the
+//! `--config` file (see `policy`).
 
 use crate::control::ControlServer;
 use crate::export::PoolRegistry;
+use crate::policy::{Policy, Rules};
 use crate::pool_dir::{default_pool_options, open_or_create, PoolArgs};
 use crate::systemd;
 use crate::tls::{TlsArgs, TlsPlan};
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thinly_engine::pool::{AutoExtend, Pool, PoolEvent};
-use thinly_nbd::{Server, ServerConfig};
+use thinly_nbd::{Server, ServerConfig, ServerHandle};
 
 /// The NBD socket's file name in the pool directory (unless --socket says otherwise).
 pub const NBD_SOCKET: &str = "nbd.sock";
@@ -121,9 +123,10 @@ fn init_logging(format: LogFormat) {
 }
 
 impl ServeArgs {
-    fn server_config(&self, plan: &TlsPlan) -> ServerConfig {
+    fn server_config(&self, plan: &TlsPlan, policy: Option<&Arc<Policy>>) -> ServerConfig {
         ServerConfig {
             tls: plan.tls.clone(),
+            access: policy.map(|p| Arc::clone(p) as Arc<dyn thinly_nbd::AccessPolicy>),
             drain_timeout: Duration::from_secs(self.drain_timeout),
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
             max_connections: self.max_connections.max(1),
@@ -159,6 +162,10 @@ fn serve(args: &ServeArgs) -> Result<()> {
         None => (args.listen != "none").then(|| args.listen.clone()).into_iter().collect(),
     };
     let plan = args.tls.plan(tls_deciding_address(&tcp_addrs)?)?;
+    let policy = match &args.config {
+        Some(c) => Rules::load(c)?.map(|rules| Arc::new(Policy::new(rules))),
+        None => None,
+    };
 
     let dir = args.pool.dir();
     if args.pool.explicit() && !args.create && !dir.join("metadata").exists() {
@@ -177,19 +184,19 @@ fn serve(args: &ServeArgs) -> Result<()> {
     let events = pool.subscribe();
 
     let registry = Arc::new(PoolRegistry::new(pool.clone()).with_only(&args.exports));
-    let mut server = Server::new(registry, args.server_config(&plan));
+    let mut server = Server::new(registry, args.server_config(&plan, policy.as_ref()));
     let socket = match activated {
         Some(a) => listen_activated(&mut server, a, &plan)?,
         None => listen(&mut server, args, &plan, &dir)?,
     };
     let handle = server.start().context("starting the NBD server")?;
-    let control =
-        ControlServer::start(pool.clone(), &dir).context("starting the control socket")?;
+    let control = ControlServer::start(pool.clone(), &dir, Some(handle.export_closer()))
+        .context("starting the control socket")?;
     eprintln!("thinly: control socket {}", dir.join(crate::control::CONTROL_SOCKET).display());
     let watcher = spawn_event_watcher(events, dir.clone(), args.on_low_water.clone());
     systemd::notify_ready();
 
-    let sig = wait_for_stop(&signals, &plan)?;
+    let sig = wait_for_stop(&signals, || reload(args, &plan, policy.as_deref(), &handle))?;
     systemd::notify_stopping();
     eprintln!("thinly: {sig:?}: finishing in-flight requests and committing");
     handle.shutdown();
@@ -283,19 +290,38 @@ fn listen_activated(
     Ok(None)
 }
 
-/// Waits for SIGINT or SIGTERM; on SIGHUP reloads the TLS certificates and keys (a
-/// failed reload keeps the current ones).
-fn wait_for_stop(signals: &SigSet, plan: &TlsPlan) -> Result<Signal> {
+/// Waits for SIGINT or SIGTERM, calling `on_hup` at each SIGHUP.
+fn wait_for_stop(signals: &SigSet, on_hup: impl Fn()) -> Result<Signal> {
     loop {
         let sig = signals.wait().context("waiting for a signal")?;
         if sig != Signal::SIGHUP {
             return Ok(sig);
         }
-        match plan.tls.as_ref().map(|t| t.reload()) {
-            Some(Ok(())) => eprintln!("thinly: SIGHUP: TLS certificates and keys reloaded"),
-            Some(Err(e)) => eprintln!("thinly: SIGHUP: TLS reload failed, keeping the old: {e}"),
-            None => eprintln!("thinly: SIGHUP: nothing to reload"),
+        on_hup();
+    }
+}
+
+/// SIGHUP: reloads the TLS certificates and keys, and the access policy of the config
+/// file, then closes connections whose access shrank. A part that fails to load keeps
+/// what is in force. Other settings of the file need a restart.
+fn reload(args: &ServeArgs, plan: &TlsPlan, policy: Option<&Policy>, handle: &ServerHandle) {
+    match plan.tls.as_ref().map(|t| t.reload()) {
+        Some(Ok(())) => eprintln!("thinly: SIGHUP: TLS certificates and keys reloaded"),
+        Some(Err(e)) => eprintln!("thinly: SIGHUP: TLS reload failed, keeping the old: {e}"),
+        None => {}
+    }
+    let (Some(policy), Some(config)) = (policy, &args.config) else {
+        return;
+    };
+    match Rules::load(config) {
+        Ok(rules) => {
+            // A file that lost all its rules denies everything rather than opening up:
+            // turning the policy off takes a restart.
+            policy.replace(rules.unwrap_or_default());
+            let nr_closed = handle.recheck_access();
+            eprintln!("thinly: SIGHUP: access policy reloaded; {nr_closed} connection(s) lost access and were closed");
         }
+        Err(e) => eprintln!("thinly: SIGHUP: access policy reload failed, keeping the old: {e:#}"),
     }
 }
 

@@ -23,7 +23,7 @@ fn an_over_long_request_line_is_refused_in_pieces_and_the_session_goes_on() {
     let mut input = vec![b'x'; MAX_REQUEST_BYTES as usize + 100];
     input.extend_from_slice(b"\n{\"op\":\"list\"}\n");
     let mut out = Vec::new();
-    serve_lines(&pool, &input[..], &mut out);
+    serve_lines(&pool, None, &input[..], &mut out);
     let answers: Vec<Response> = out
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -41,6 +41,7 @@ fn bytes_that_are_not_utf8_end_the_session_without_an_answer() {
     let mut out = Vec::new();
     thinly_server::control::serve_lines(
         &pool,
+        None,
         &b"{\"op\":\"list\"}\n\xff\xfe\n{\"op\":\"list\"}\n"[..],
         &mut out,
     );

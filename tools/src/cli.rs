@@ -100,6 +100,10 @@ pub struct CheckArgs {
     /// Check the device details tree at this block instead of the superblock's.
     #[arg(long, value_name = "BLOCKNR")]
     pub override_details_root: Option<u64>,
+    /// Read metadata that a running pool holds (it may change meanwhile; -m reads the
+    /// stable metadata snapshot instead).
+    #[arg(short = 'f', long)]
+    pub force: bool,
     /// Specify the input device to check.
     pub input: PathBuf,
 }
@@ -149,6 +153,10 @@ pub struct DumpArgs {
     pub skip_mappings: bool,
     #[command(flatten)]
     pub overrides: OverrideArgs,
+    /// Read metadata that a running pool holds (it may change meanwhile; -m reads the
+    /// stable metadata snapshot instead).
+    #[arg(long)]
+    pub force: bool,
     /// Specify the input device to dump.
     pub input: PathBuf,
 }
@@ -215,6 +223,10 @@ pub struct LsArgs {
     /// Use the metadata snapshot rather than the current superblock.
     #[arg(short = 'm', long = "metadata-snap")]
     pub metadata_snap: bool,
+    /// Read metadata that a running pool holds (it may change meanwhile; -m reads the
+    /// stable metadata snapshot instead).
+    #[arg(long)]
+    pub force: bool,
     /// Specify the input device.
     pub input: PathBuf,
 }
@@ -243,6 +255,10 @@ pub struct DeltaArgs {
     /// Print the data blocks of each range.
     #[arg(long)]
     pub verbose: bool,
+    /// Read metadata that a running pool holds (it may change meanwhile; -m reads the
+    /// stable metadata snapshot instead).
+    #[arg(long)]
+    pub force: bool,
     /// Specify the input device.
     pub input: PathBuf,
 }
@@ -254,6 +270,10 @@ pub struct RmapArgs {
     /// A data block range BEGIN..END (END excluded); may be repeated.
     #[arg(long = "region", value_name = "BLOCK_RANGE", required = true)]
     pub regions: Vec<String>,
+    /// Read metadata that a running pool holds (it may change meanwhile; -m reads the
+    /// stable metadata snapshot instead).
+    #[arg(long)]
+    pub force: bool,
     /// Specify the input device.
     pub input: PathBuf,
 }
@@ -365,24 +385,36 @@ enum ThinlyCommand {
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
-    /// Delete a volume, freeing what no other volume shares.
+    /// Delete a volume, freeing what no other volume shares. Refused while a client has it
+    /// open or snapshots were taken of it, unless --force.
     Delete {
         name: String,
+        /// Delete it anyway: close its clients' connections first; its snapshots then show
+        /// their origin as deleted.
+        #[arg(long, short = 'f')]
+        force: bool,
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
-    /// Grow or shrink a volume (shrinking discards past the new end).
+    /// Grow or shrink a volume (shrinking discards past the new end: refused unless --force).
     Resize {
         name: String,
         #[arg(long, value_parser = pool::size_arg)]
         size: u64,
+        /// Shrink it anyway.
+        #[arg(long, short = 'f')]
+        force: bool,
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
-    /// List the volumes.
+    /// The pool (Data%, Meta%) and its volumes (size, Data%, mapped, exclusive and shared
+    /// bytes, origin), as lvs shows them.
     List {
+        /// JSON: the volume objects (with -o: only the chosen fields).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        table: pool::TableArgs,
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
@@ -390,6 +422,8 @@ enum ThinlyCommand {
     Status {
         #[command(flatten)]
         format: StatusFormat,
+        #[command(flatten)]
+        table: pool::TableArgs,
         #[command(flatten)]
         pool: pool::PoolArgs,
     },
@@ -502,9 +536,11 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
         ThinlyCommand::Attach(a) => return crate::attach::run_attach(&a),
         ThinlyCommand::Detach(a) => return crate::attach::run_detach(&a),
         ThinlyCommand::Pool(PoolCommand::Status { format, pool }) => {
-            return print_status(&pool.dir(), format, false)
+            return print_status(&pool.dir(), format, None)
         }
-        ThinlyCommand::Status { format, pool } => return print_status(&pool.dir(), format, true),
+        ThinlyCommand::Status { format, table, pool } => {
+            return print_status(&pool.dir(), format, Some(&table))
+        }
         ThinlyCommand::Pool(PoolCommand::Extend { size, pool }) => {
             (pool.dir(), Request::Extend { size_bytes: size }, |v| {
                 let p = &v["pool"];
@@ -524,23 +560,17 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
                 show::volume_line("created snapshot", v)
             })
         }
-        ThinlyCommand::Delete { name, pool } => {
-            let r = pool::run_request(&pool.dir(), &Request::Delete { name: name.clone() })?;
+        ThinlyCommand::Delete { name, force, pool } => {
+            let req = Request::Delete { name: name.clone(), force };
+            let r = pool::run_request(&pool.dir(), &req)?;
             return pool::print_response(r, false, |_| format!("deleted volume {name}"));
         }
-        ThinlyCommand::Resize { name, size, pool } => {
-            (pool.dir(), Request::Resize { name, size_bytes: size }, |v| {
+        ThinlyCommand::Resize { name, size, force, pool } => {
+            (pool.dir(), Request::Resize { name, size_bytes: size, force }, |v| {
                 show::volume_line("resized volume", v)
             })
         }
-        ThinlyCommand::List { json, pool } => {
-            let dir = pool.dir();
-            let mut r = pool::run_request(&dir, &Request::List)?;
-            crate::attach::annotate(&dir, &mut r.result);
-            return pool::print_response(r, json, |v| {
-                format!("{}{}", show::volumes_table(v), crate::attach::table(&dir))
-            });
-        }
+        ThinlyCommand::List { json, table, pool } => return print_list(&pool.dir(), json, &table),
         ThinlyCommand::Diff { a, b, json, stat, pool } => {
             return pool::diff::run(&pool.dir(), &a, &b, json, stat);
         }
@@ -551,10 +581,34 @@ fn run_pool_command(cmd: ThinlyCommand) -> anyhow::Result<()> {
     pool::print_response(r, false, human)
 }
 
-/// `status` (with the volumes) and `pool status` (without): labelled, `--json` or `--raw`.
-fn print_status(dir: &std::path::Path, f: StatusFormat, volumes: bool) -> anyhow::Result<()> {
+/// `list`: the lvs-style table of the pool and its volumes (`pool::report`), or JSON.
+fn print_list(dir: &std::path::Path, json: bool, t: &pool::TableArgs) -> anyhow::Result<()> {
+    let fields = t.fields()?;
     let mut r = pool::run_request(dir, &pool::control::Request::Status)?;
-    if volumes {
+    crate::attach::annotate(dir, &mut r.result["volumes"]);
+    if json {
+        // Without -o: the volume objects, as the control socket's `list` gives them.
+        let v = match &t.fields {
+            Some(_) => pool::report::json_rows(&r.result, &fields),
+            None => r.result["volumes"].take(),
+        };
+        r.result = v;
+        return pool::print_response(r, true, |_| String::new());
+    }
+    let units = t.units();
+    pool::print_response(r, false, |v| {
+        format!("{}{}", pool::report::table(v, &fields, units), crate::attach::table(dir))
+    })
+}
+
+/// `status` (with the volumes) and `pool status` (without): labelled, `--json` or `--raw`.
+fn print_status(
+    dir: &std::path::Path,
+    f: StatusFormat,
+    volumes: Option<&pool::TableArgs>,
+) -> anyhow::Result<()> {
+    let mut r = pool::run_request(dir, &pool::control::Request::Status)?;
+    if volumes.is_some() {
         crate::attach::annotate(dir, &mut r.result["volumes"]);
     }
     if f.raw {
@@ -562,14 +616,18 @@ fn print_status(dir: &std::path::Path, f: StatusFormat, volumes: bool) -> anyhow
             v["kernel_status"].as_str().unwrap_or("").to_string()
         });
     }
-    pool::print_response(r, f.json, |v| match volumes {
-        true => format!(
+    let table = match volumes {
+        Some(t) => Some((t.fields()?, t.units())),
+        None => None,
+    };
+    pool::print_response(r, f.json, |v| match table {
+        Some((fields, units)) => format!(
             "{}\n\n{}{}",
             pool::show::status_text(v),
-            pool::show::volumes_table(&v["volumes"]),
+            pool::report::table(v, &fields, units),
             crate::attach::table(dir)
         ),
-        false => pool::show::status_text(v),
+        None => pool::show::status_text(v),
     })
 }
 

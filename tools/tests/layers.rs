@@ -366,7 +366,7 @@ fn layer_flow(fs: Fs) {
     }
 
     let before = used_data_blocks(&lab);
-    thinly(&["delete", "layer3", "--pool", lab.pool()]);
+    thinly(&["delete", "layer3", "--force", "--pool", lab.pool()]);
     thinly(&["delete", "container2", "--pool", lab.pool()]);
     let after = used_data_blocks(&lab);
     assert!(after < before, "deleting container2 frees its own blocks ({before} -> {after})");

@@ -624,7 +624,7 @@ fn pool_commands_say_what_they_did_with_one_size_format() {
         assert!(status.contains(&format!("  {label} ")), "no {label:?} in {status}");
     }
     assert!(status.contains("0 of 16384 blocks used (0B of 1GiB, 64KiB blocks)"), "{status}");
-    assert!(status.contains("thin7") && status.contains("SNAPSHOT OF"), "{status}");
+    assert!(status.contains("thin7") && status.contains("Origin"), "{status}");
     let said = thinly(&["delete", "b", "--pool", d]);
     assert_eq!(said.trim(), "deleted volume b");
     let said = thinly(&["pool", "extend", "--size", "2G", "--pool", d]);

@@ -62,6 +62,18 @@ pub enum SnapshotCache {
     Keep,
 }
 
+/// What creating, snapshotting or growing volumes past the pool's data size does (the
+/// management commands' guardrail, `pool::guard`; dm messages never check it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overprovision {
+    /// Go ahead with a warning that gives the over-provisioning ratio (LVM's behaviour).
+    #[default]
+    Warn,
+    /// Refuse, changing nothing.
+    Error,
+}
+
 /// The pool's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolSettings {
@@ -77,6 +89,9 @@ pub struct PoolSettings {
     pub auto_extend: Option<AutoExtend>,
     #[serde(default)]
     pub snapshot_cache: SnapshotCache,
+    /// pool.json's `"overprovision": "warn" | "error"` (absent: warn).
+    #[serde(default)]
+    pub overprovision: Overprovision,
 }
 
 impl Default for PoolSettings {
@@ -89,6 +104,7 @@ impl Default for PoolSettings {
             commit_interval_ms: 1000,
             auto_extend: None,
             snapshot_cache: SnapshotCache::Auto,
+            overprovision: Overprovision::Warn,
         }
     }
 }
@@ -110,6 +126,10 @@ pub struct VolumeConfig {
     /// The volume this one is a snapshot of, when it was taken (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_of: Option<String>,
+    /// This is a snapshot whose origin volume was deleted since: `snapshot_of` keeps the
+    /// old name for ancestry only (a later volume of that name is no origin of it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub origin_deleted: bool,
 }
 
 /// The whole of `pool.json`.
@@ -422,8 +442,13 @@ mod tests {
 
     #[test]
     fn a_late_remove_line_spares_a_name_reused_for_another_device() {
-        let v =
-            |dev_id| VolumeConfig { dev_id, size_bytes: 512, read_only: false, snapshot_of: None };
+        let v = |dev_id| VolumeConfig {
+            dev_id,
+            size_bytes: 512,
+            read_only: false,
+            snapshot_of: None,
+            origin_deleted: false,
+        };
         let mut c = PoolConfig {
             format: CONFIG_FORMAT,
             transaction_id: 0,
@@ -454,7 +479,13 @@ mod tests {
         let mut volumes = BTreeMap::new();
         volumes.insert(
             "vol0".into(),
-            VolumeConfig { dev_id: 1, size_bytes: 1 << 30, read_only: false, snapshot_of: None },
+            VolumeConfig {
+                dev_id: 1,
+                size_bytes: 1 << 30,
+                read_only: false,
+                snapshot_of: None,
+                origin_deleted: false,
+            },
         );
         let mut c = PoolConfig {
             format: CONFIG_FORMAT,
@@ -471,6 +502,7 @@ mod tests {
             size_bytes: 1 << 20,
             read_only: true,
             snapshot_of: Some("vol0".into()),
+            origin_deleted: false,
         };
         let put = ConfigChange::PutVolume { name: "snap".into(), volume: v };
         c.apply(4, std::slice::from_ref(&put));

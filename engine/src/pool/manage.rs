@@ -41,7 +41,13 @@ impl Pool {
         }
         let id = next_dev_id(&meta);
         meta.md.create_thin(id).map_err(|e| self.inner.metadata_failed(&mut meta, e))?;
-        let v = VolumeConfig { dev_id: id.0, size_bytes, read_only: false, snapshot_of: None };
+        let v = VolumeConfig {
+            dev_id: id.0,
+            size_bytes,
+            read_only: false,
+            snapshot_of: None,
+            origin_deleted: false,
+        };
         self.add_volume(meta, name, v)
     }
 
@@ -66,6 +72,7 @@ impl Pool {
             size_bytes: origin_state.size_bytes.load(Ordering::SeqCst),
             read_only,
             snapshot_of: Some(origin.to_string()),
+            origin_deleted: false,
         };
         self.add_volume(meta, name, v)
     }
@@ -80,8 +87,17 @@ impl Pool {
         meta.config.volumes.remove(name);
         state.deleted.store(true, Ordering::SeqCst);
         self.inner.volumes.write().unwrap_or_else(|e| e.into_inner()).remove(name);
-        let change = ConfigChange::RemoveVolume { name: name.to_string(), dev_id: Some(state.dev) };
-        self.persist(meta, vec![change], Order::CommitFirst)
+        let mut changes =
+            vec![ConfigChange::RemoveVolume { name: name.to_string(), dev_id: Some(state.dev) }];
+        // Its snapshots now show their origin as deleted, not a name a later volume may
+        // take (`snapshot_of` stays: it is their line of ancestry, see `changes`).
+        for (snap, v) in meta.config.volumes.iter_mut() {
+            if v.snapshot_of.as_deref() == Some(name) && !v.origin_deleted {
+                v.origin_deleted = true;
+                changes.push(ConfigChange::PutVolume { name: snap.clone(), volume: v.clone() });
+            }
+        }
+        self.persist(meta, changes, Order::CommitFirst)
     }
 
     /// Grows or shrinks a volume; shrinking discards everything past the new end.

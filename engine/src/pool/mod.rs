@@ -38,6 +38,7 @@
 mod changes;
 mod commit;
 pub mod config;
+mod guard;
 mod holes;
 mod manage;
 mod open;
@@ -48,8 +49,10 @@ mod volume;
 pub use crate::thin::RunDetail;
 pub use changes::ChangedRanges;
 pub use config::{
-    AutoExtend, OutOfSpacePolicy, PoolConfig, PoolSettings, SnapshotCache, VolumeConfig,
+    AutoExtend, OutOfSpacePolicy, Overprovision, PoolConfig, PoolSettings, SnapshotCache,
+    VolumeConfig,
 };
+pub use guard::Provisioning;
 pub use open::PoolOptions;
 pub use status::{PoolStatus, VolumeInfo, VolumeStatus};
 pub use volume::{Extent, Volume};
@@ -80,6 +83,10 @@ pub enum PoolError {
     NoVolume(String),
     #[error("a volume named {0:?} exists already")]
     VolumeExists(String),
+    /// A guardrail refused a management operation (open volume, dependent snapshots,
+    /// shrinking, over-provisioning); nothing changed. The message says how to override.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The pool is opened by another process.
     #[error("pool {0} is in use by another process")]
     Busy(String),

@@ -408,6 +408,7 @@ fn reconcile(
                     size_bytes: blocks * bs,
                     read_only: false,
                     snapshot_of: None,
+                    origin_deleted: false,
                 },
             );
         }

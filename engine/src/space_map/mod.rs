@@ -107,6 +107,9 @@ pub struct SpaceMap {
     /// Where the next allocation search starts.
     cursor: u64,
     nr_freed: u64,
+    /// Count changes that crossed between 1 and ≥ 2 (a block becoming shared or exclusive),
+    /// since this map was made: the epoch that `thin::usage` caches exclusive counts by.
+    nr_sharing_changes: u64,
 }
 
 impl SpaceMap {
@@ -121,6 +124,7 @@ impl SpaceMap {
             nr_allocated: 0,
             cursor: 0,
             nr_freed: 0,
+            nr_sharing_changes: 0,
         };
         sm.extend(nr_blocks);
         sm
@@ -143,7 +147,14 @@ impl SpaceMap {
             nr_allocated,
             cursor: 0,
             nr_freed: 0,
+            nr_sharing_changes: 0,
         }
+    }
+
+    /// How many count changes crossed between 1 and ≥ 2 since the map was made (or
+    /// loaded): unchanged means no block became shared or exclusive.
+    pub fn nr_sharing_changes(&self) -> u64 {
+        self.nr_sharing_changes
     }
 
     pub fn space(&self) -> &'static str {
@@ -211,6 +222,9 @@ impl SpaceMap {
         let old = self.get(b)?;
         if old == count {
             return Ok(());
+        }
+        if (old >= 2) != (count >= 2) {
+            self.nr_sharing_changes += 1;
         }
         let (bi, j) = Self::locate(b);
         let bm = &mut self.bitmaps[bi];

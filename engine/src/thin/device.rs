@@ -53,7 +53,8 @@ impl ThinMetadata {
             creation_time: self.sb.time,
             snapshotted_time: self.sb.time,
         };
-        self.devices.insert(id, DeviceState { details, root, dirty: true });
+        let last_edit = self.tick_edit_clock();
+        self.devices.insert(id, DeviceState { details, root, dirty: true, last_edit });
         Ok(())
     }
 
@@ -81,7 +82,8 @@ impl ThinMetadata {
             creation_time: time,
             snapshotted_time: time,
         };
-        self.devices.insert(id, DeviceState { details, root, dirty: true });
+        let last_edit = self.tick_edit_clock();
+        self.devices.insert(id, DeviceState { details, root, dirty: true, last_edit });
         Ok(())
     }
 
@@ -102,6 +104,7 @@ impl ThinMetadata {
         let details = self.sb.device_details_root;
         self.sb.device_details_root = btree::remove(&mut self.tm, details, DETAILS, id.0)?.0;
         self.devices.remove(&id);
+        self.usage.forget(id);
         Ok(())
     }
 
@@ -145,6 +148,10 @@ impl ThinMetadata {
         self.sb.data_mapping_root = top;
         let (leaf, i) = at.ok_or(Error::UnknownDevice(id))?;
         let old = MetaBlock(node::value_u64(&self.tm.read(leaf, BlockKind::Node)?[..], i));
+        let last_edit = self.tick_edit_clock();
+        if let Some(d) = self.devices.get_mut(&id) {
+            d.last_edit = last_edit;
+        }
         let (new, out) = f(&mut self.tm, old)?;
         if new != old {
             node::set_value_u64(self.tm.get_mut(leaf, BlockKind::Node)?, i, new.0);

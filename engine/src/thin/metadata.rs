@@ -40,6 +40,9 @@ pub(crate) struct DeviceState {
     pub root: MetaBlock,
     /// Changed since the last commit: written into the details tree at commit.
     pub dirty: bool,
+    /// `ThinMetadata::edit_clock` at the device's last mapping change (or creation): what
+    /// `usage` keys a device's cached exclusive count by.
+    pub last_edit: u64,
 }
 
 /// The kernel's thin-pool status figures (plus what thin_ls shows per device).
@@ -64,6 +67,10 @@ pub struct ThinMetadata {
     pub(crate) read_only: bool,
     /// Something changed since the last commit.
     pub(crate) changed: bool,
+    /// Ticks once per device creation or mapping edit (see `DeviceState::last_edit`).
+    pub(crate) edit_clock: u64,
+    /// Exclusive-block counts by device, with the epoch each was computed at (`usage`).
+    pub(crate) usage: super::usage::UsageCache,
 }
 
 fn check_data_block_size(sectors: u32) -> Result<()> {
@@ -120,8 +127,15 @@ impl ThinMetadata {
             metadata_nr_blocks: nr_meta,
             ..Superblock::default()
         };
-        let mut md =
-            ThinMetadata { tm, sb, devices: BTreeMap::new(), read_only: false, changed: true };
+        let mut md = ThinMetadata {
+            tm,
+            sb,
+            devices: BTreeMap::new(),
+            read_only: false,
+            changed: true,
+            edit_clock: 0,
+            usage: Default::default(),
+        };
         md.commit()?;
         Ok(md)
     }
@@ -142,6 +156,8 @@ impl ThinMetadata {
             devices: BTreeMap::new(),
             read_only: opts.read_only,
             changed: false,
+            edit_clock: 0,
+            usage: Default::default(),
         };
         md.devices = md.load_devices()?;
         Ok(md)
@@ -167,7 +183,10 @@ impl ThinMetadata {
             nr_top += 1;
             let root = MetaBlock(crate::format::le_u64(v, 0));
             if let Some(d) = details.get(&DevId(k)) {
-                devices.insert(DevId(k), DeviceState { details: *d, root, dirty: false });
+                devices.insert(
+                    DevId(k),
+                    DeviceState { details: *d, root, dirty: false, last_edit: 0 },
+                );
             }
             Ok(())
         })?;

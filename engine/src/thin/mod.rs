@@ -27,6 +27,7 @@ mod device;
 mod mapping;
 mod metadata;
 mod snapshot;
+mod usage;
 
 pub use changes::Changes;
 pub use check::{check, CheckOptions, Report};

@@ -33,6 +33,7 @@ pub fn pool_options(g: &Geometry) -> PoolOptions {
             commit_interval_ms: 0,
             auto_extend: None,
             snapshot_cache: Default::default(),
+            overprovision: Default::default(),
         },
         ..PoolOptions::default()
     }

@@ -16,6 +16,7 @@ use super::meta::MetaContext;
 use super::options::{parse_info_request, parse_meta_request};
 use super::request::HeaderMode;
 use super::wire::{put_u16, put_u32, put_u64, Cursor};
+use crate::access::{Access, AccessPolicy, Client, ReadOnly, TlsIdentity};
 use crate::export::{Export, ExportRegistry};
 use crate::limits::{
     MAX_EXTRA_META_CONTEXTS, MAX_LISTED_EXPORTS, MAX_OPTIONS_PER_CONNECTION, MAX_OPTION_BYTES,
@@ -83,6 +84,10 @@ pub struct Negotiated {
     pub block_sizes: BlockSizes,
     /// The client asked for `NBD_INFO_BLOCK_SIZE` in GO, promising to obey it.
     pub block_size_acked: bool,
+    /// The export's own name (the default export resolved), as the policy saw it.
+    pub resolved_name: String,
+    /// What the policy granted (`Write` without a policy).
+    pub access: Access,
 }
 
 impl std::fmt::Debug for Negotiated {
@@ -157,6 +162,10 @@ pub struct Handshake {
     shutting_down: bool,
     tls_mode: TlsMode,
     tls_active: bool,
+    /// The policy and the client it judges (None: everything is allowed).
+    access: Option<(Arc<dyn AccessPolicy>, Client)>,
+    /// Exports refused by the policy since the last `take_denial`.
+    denied: Vec<String>,
     result: Option<Negotiated>,
 }
 
@@ -181,8 +190,33 @@ impl Handshake {
             shutting_down: false,
             tls_mode: TlsMode::Off,
             tls_active: false,
+            access: None,
+            denied: Vec::new(),
             result: None,
         }
+    }
+
+    /// Judges every LIST, INFO, GO, EXPORT_NAME and meta-context option by `policy` for
+    /// `client` (see the `access` module doc); call before the first `receive`.
+    pub fn set_access(&mut self, policy: Arc<dyn AccessPolicy>, client: Client) {
+        self.access = Some((policy, client));
+    }
+
+    /// The identity TLS proved, after `tls_started` (policies judge by it from then on).
+    pub fn set_tls_identity(&mut self, identity: Option<TlsIdentity>) {
+        if let Some((_, client)) = &mut self.access {
+            client.tls = identity;
+        }
+    }
+
+    /// The client as the policy sees it now, if there is a policy.
+    pub fn client(&self) -> Option<&Client> {
+        self.access.as_ref().map(|(_, c)| c)
+    }
+
+    /// Names of exports the policy refused since the last call (for the log).
+    pub fn take_denials(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.denied)
     }
 
     /// Sets the listener's TLS mode; call before the first `receive`.
@@ -445,19 +479,24 @@ impl Handshake {
             Ok(name) if name.len() <= MAX_STRING_BYTES => name,
             _ => return Err(ProtocolError::ExportNameFailed { name: lossy(), reason: "bad name" }),
         };
-        let Some(export) = self.registry.open(name) else {
-            return Err(ProtocolError::ExportNameFailed {
-                name: lossy(),
-                reason: "no such export",
-            });
+        let opened = match self.open_for_client(OPT_EXPORT_NAME, name) {
+            Ok(o) => o,
+            Err(REP_ERR_UNKNOWN) => {
+                let reason = "no such export";
+                return Err(ProtocolError::ExportNameFailed { name: lossy(), reason });
+            }
+            Err(_) => {
+                let reason = "refused by the access policy";
+                return Err(ProtocolError::ExportNameFailed { name: lossy(), reason });
+            }
         };
-        let flags = transmission_flags(export.as_ref(), self.mode);
-        put_u64(&mut self.out, export.size_bytes());
+        let flags = transmission_flags(opened.export.as_ref(), self.mode);
+        put_u64(&mut self.out, opened.export.size_bytes());
         put_u16(&mut self.out, flags);
         if !self.no_zeroes {
             self.out.extend_from_slice(&[0u8; EXPORT_NAME_PADDING_LEN]);
         }
-        self.finish(name, export, flags, false);
+        self.finish(name, opened, flags, false);
         Ok(())
     }
 
@@ -466,7 +505,17 @@ impl Handshake {
             self.reply_error(OPT_LIST, REP_ERR_INVALID, "LIST takes no data");
             return;
         }
-        let exports = self.registry.list();
+        if let Some((policy, client)) = &self.access {
+            if !policy.admits(client) {
+                self.denied.push("(list)".to_owned());
+                self.reply_error(OPT_LIST, REP_ERR_POLICY, "refused by the access policy");
+                return;
+            }
+        }
+        let mut exports = self.registry.list();
+        if let Some((policy, client)) = &self.access {
+            exports.retain(|(name, _)| policy.access(client, name) > Access::None);
+        }
         for (name, desc) in exports.iter().take(MAX_LISTED_EXPORTS) {
             if name.len() > MAX_STRING_BYTES {
                 continue;
@@ -486,10 +535,11 @@ impl Handshake {
             self.reply_error(option, REP_ERR_INVALID, "malformed INFO/GO request");
             return;
         };
-        let Some(export) = self.registry.open(req.name) else {
-            self.reply_error(option, REP_ERR_UNKNOWN, "no such export");
-            return;
+        let opened = match self.open_for_client(option, req.name) {
+            Ok(o) => o,
+            Err(code) => return self.reply_refusal(option, code),
         };
+        let export = Arc::clone(&opened.export);
         let flags = transmission_flags(export.as_ref(), self.mode);
         let sizes = BlockSizes::for_export(export.as_ref());
         let mut info = Vec::with_capacity(14);
@@ -521,7 +571,7 @@ impl Handshake {
         if option == OPT_GO {
             let acked = req.info_types.contains(&INFO_BLOCK_SIZE);
             let name = req.name.to_owned();
-            self.finish(&name, export, flags, acked);
+            self.finish(&name, opened, flags, acked);
         }
     }
 
@@ -559,9 +609,9 @@ impl Handshake {
             self.reply_error(option, REP_ERR_INVALID, "malformed meta context request");
             return;
         };
-        let Some(export) = self.registry.open(req.name) else {
-            self.reply_error(option, REP_ERR_UNKNOWN, "no such export");
-            return;
+        let export = match self.open_for_client(option, req.name) {
+            Ok(o) => o.export,
+            Err(code) => return self.reply_refusal(option, code),
         };
         if req.queries.iter().any(|q| !q.contains(':')) {
             self.reply_error(option, REP_ERR_INVALID, "query without a namespace");
@@ -590,7 +640,47 @@ impl Handshake {
         }
     }
 
-    fn finish(&mut self, name: &str, export: Arc<dyn Export>, flags: u16, acked: bool) {
+    /// Opens `name` for this client as the policy allows (see the `access` module doc):
+    /// read-only access wraps the export in `ReadOnly`. Err: the reply code to refuse with.
+    fn open_for_client(&mut self, option: u32, name: &str) -> Result<Opened, u32> {
+        let resolved = match name {
+            "" => self.registry.default_name().unwrap_or_default(),
+            n => n.to_owned(),
+        };
+        let access = match &self.access {
+            None => Access::Write,
+            Some((policy, client)) => policy.access(client, &resolved),
+        };
+        if access == Access::None {
+            self.denied.push(resolved);
+            let tls_may_help = self.tls_mode == TlsMode::On && !self.tls_active;
+            let admitted = self.access.as_ref().is_some_and(|(p, c)| p.admits(c));
+            return Err(match option {
+                OPT_INFO | OPT_GO if tls_may_help => REP_ERR_TLS_REQD,
+                _ if !admitted => REP_ERR_POLICY,
+                _ => REP_ERR_UNKNOWN,
+            });
+        }
+        let export = self.registry.open(&resolved).ok_or(REP_ERR_UNKNOWN)?;
+        let export: Arc<dyn Export> = if access == Access::Read && !export.read_only() {
+            Arc::new(ReadOnly(export))
+        } else {
+            export
+        };
+        Ok(Opened { export, resolved, access })
+    }
+
+    fn reply_refusal(&mut self, option: u32, code: u32) {
+        let message = match code {
+            REP_ERR_UNKNOWN => "no such export",
+            REP_ERR_TLS_REQD => "start TLS first",
+            _ => "refused by the access policy",
+        };
+        self.reply_error(option, code, message);
+    }
+
+    fn finish(&mut self, name: &str, opened: Opened, flags: u16, acked: bool) {
+        let Opened { export, resolved, access } = opened;
         // Contexts count only if the last SET named this export (§4.4.6).
         let contexts = match self.meta.take() {
             Some((meta_name, contexts)) if meta_name == name => contexts,
@@ -605,6 +695,8 @@ impl Handshake {
             transmission_flags: flags,
             block_sizes,
             block_size_acked: acked,
+            resolved_name: resolved,
+            access,
         });
         self.state = State::Finished;
     }
@@ -622,6 +714,13 @@ impl Handshake {
         debug_assert!(rep_type & 0x8000_0000 != 0);
         self.reply(option, rep_type, message.as_bytes());
     }
+}
+
+/// An export opened for a client, with what the policy granted.
+struct Opened {
+    export: Arc<dyn Export>,
+    resolved: String,
+    access: Access,
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.

@@ -370,3 +370,118 @@ fn optional_tls_serves_clients_that_do_not_upgrade_and_off_refuses_starttls() {
     assert_eq!(r[0].1, REP_ERR_POLICY);
     assert_eq!(hs.status(), Status::NeedInput);
 }
+
+/// A policy for tests: uid 1000 writes "disk" and reads "ro"; uid 2000 reads "disk";
+/// a PSK user "alice" writes everything; everyone else gets nothing.
+#[derive(Debug)]
+struct TestPolicy;
+
+impl AccessPolicy for TestPolicy {
+    fn access(&self, client: &Client, export: &str) -> Access {
+        use crate::access::Peer;
+        if client.tls == Some(TlsIdentity::PskUser("alice".into())) {
+            return Access::Write;
+        }
+        match (&client.peer, export) {
+            (Peer::Unix { uid: 1000, .. }, "disk") => Access::Write,
+            (Peer::Unix { uid: 1000, .. }, "ro") => Access::Read,
+            (Peer::Unix { uid: 2000, .. }, "disk") => Access::Read,
+            _ => Access::None,
+        }
+    }
+    fn admits(&self, client: &Client) -> bool {
+        ["disk", "ro"].iter().any(|e| self.access(client, e) > Access::None)
+    }
+}
+
+fn started_as(uid: u32, mode: TlsMode) -> Handshake {
+    let mut hs = started();
+    hs.set_tls_mode(mode);
+    let client = Client { peer: crate::access::Peer::Unix { uid, gid: uid }, tls: None };
+    hs.set_access(Arc::new(TestPolicy), client);
+    hs
+}
+
+fn listed(r: &[(u32, u32, Vec<u8>)]) -> Vec<String> {
+    r.iter()
+        .filter(|r| r.1 == REP_SERVER)
+        .map(|r| String::from_utf8_lossy(&r.2[4..]).into_owned())
+        .collect()
+}
+
+#[test]
+fn list_shows_only_the_exports_the_policy_lets_the_client_open() {
+    let mut hs = started_as(2000, TlsMode::Off);
+    let r = send(&mut hs, &opt(OPT_LIST, &[]));
+    let names: Vec<String> = listed(&r).iter().map(|d| d[..4].to_owned()).collect();
+    assert_eq!(names, vec!["disk"]);
+    assert_eq!(r.last().map(|r| r.1), Some(REP_ACK));
+    assert!(hs.take_denials().is_empty(), "hiding is not a denial");
+}
+
+#[test]
+fn a_denied_export_looks_unknown_and_the_denial_is_recorded_once() {
+    let mut hs = started_as(2000, TlsMode::Off);
+    let r = send(&mut hs, &opt(OPT_INFO, &info_data("ro", &[])));
+    assert_eq!(r, vec![(OPT_INFO, REP_ERR_UNKNOWN, b"no such export".to_vec())]);
+    let r = send(&mut hs, &opt(OPT_LIST_META_CONTEXT, &meta_data("ro", &[])));
+    assert_eq!(r[0].1, REP_ERR_UNKNOWN);
+    assert_eq!(hs.take_denials(), vec!["ro".to_owned(), "ro".to_owned()]);
+    assert!(hs.take_denials().is_empty());
+    assert_eq!(hs.status(), Status::NeedInput, "negotiation goes on");
+}
+
+#[test]
+fn a_client_the_policy_admits_nowhere_gets_err_policy_to_list_and_go() {
+    let mut hs = started_as(3000, TlsMode::Off);
+    let r = send(&mut hs, &opt(OPT_LIST, &[]));
+    assert_eq!(r.iter().map(|r| r.1).collect::<Vec<_>>(), vec![REP_ERR_POLICY]);
+    let r = send(&mut hs, &opt(OPT_GO, &info_data("disk", &[])));
+    assert_eq!(r[0].1, REP_ERR_POLICY);
+    let r = send(&mut hs, &opt(OPT_GO, &info_data("", &[])));
+    assert_eq!(r[0].1, REP_ERR_POLICY, "the default export is judged by its real name");
+}
+
+#[test]
+fn read_access_advertises_read_only_and_write_access_does_not() {
+    let mut hs = started_as(2000, TlsMode::Off);
+    let r = send(&mut hs, &opt(OPT_GO, &info_data("disk", &[])));
+    let flags = u16::from_be_bytes([r[0].2[10], r[0].2[11]]);
+    assert_ne!(flags & FLAG_READ_ONLY, 0);
+    assert_eq!(flags & FLAG_SEND_TRIM, 0);
+    let n = hs.into_negotiated().unwrap();
+    assert!(n.export.read_only());
+    assert_eq!(n.export.write(0, b"x", false).unwrap_err().raw_os_error(), Some(1));
+    assert_eq!((n.resolved_name.as_str(), n.access), ("disk", Access::Read));
+
+    let mut hs = started_as(1000, TlsMode::Off);
+    let r = send(&mut hs, &opt(OPT_GO, &info_data("", &[])));
+    let flags = u16::from_be_bytes([r[0].2[10], r[0].2[11]]);
+    assert_eq!(flags & FLAG_READ_ONLY, 0);
+    let n = hs.into_negotiated().unwrap();
+    assert_eq!((n.resolved_name.as_str(), n.access), ("disk", Access::Write));
+}
+
+#[test]
+fn export_name_refused_by_policy_is_a_hard_disconnect() {
+    let mut hs = started_as(2000, TlsMode::Off);
+    assert!(matches!(
+        hs.receive(&opt(OPT_EXPORT_NAME, b"ro")),
+        Err(ProtocolError::ExportNameFailed { .. })
+    ));
+    assert_eq!(hs.take_denials(), vec!["ro".to_owned()]);
+}
+
+#[test]
+fn before_optional_tls_a_refused_go_asks_for_tls_and_the_tls_identity_then_counts() {
+    let mut hs = started_as(3000, TlsMode::On);
+    let r = send(&mut hs, &opt(OPT_GO, &info_data("ro", &[])));
+    assert_eq!(r[0].1, REP_ERR_TLS_REQD);
+    let r = send(&mut hs, &opt(OPT_STARTTLS, &[]));
+    assert_eq!(r[0].1, REP_ACK);
+    hs.tls_started();
+    hs.set_tls_identity(Some(TlsIdentity::PskUser("alice".into())));
+    let r = send(&mut hs, &opt(OPT_GO, &info_data("ro", &[])));
+    assert_eq!(r.last().map(|r| r.1), Some(REP_ACK));
+    assert_eq!(hs.status(), Status::Finished);
+}

@@ -22,6 +22,7 @@ use super::budget::Budget;
 use super::dispatch::execute;
 use super::stream::Stream;
 use super::{tls, Shared};
+use crate::access::Client;
 use crate::export::Export;
 use crate::limits::{READ_BUFFER_BYTES, WRITE_TIMEOUT};
 use crate::proto::consts::{CMD_DISC, CMD_READ};
@@ -84,15 +85,20 @@ impl Conn {
 }
 
 /// Serves one accepted connection until it ends.
-pub(super) fn serve(stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &Shared) {
+pub(super) fn serve(id: u64, stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &Shared) {
     let peer = stream.peer();
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let started = Instant::now();
     match handshake(stream, tls, shared) {
-        Ok(Some((stream, negotiated, leftover))) => {
-            let identity = stream.tls_identity().unwrap_or("-").to_owned();
+        Ok(Some((stream, negotiated, leftover, client))) => {
+            let identity = stream.tls_identity().map_or_else(|| "-".to_owned(), |i| i.to_string());
+            if let Some(client) = client {
+                let name = negotiated.resolved_name.clone();
+                shared.record_opened(id, (client, name, negotiated.access));
+            }
             let tls = matches!(stream, Stream::Tls(_));
             let export = negotiated.export_name.clone();
+            shared.set_export(id, &export);
             debug!(%peer, %identity, tls, %export, mode = ?negotiated.mode, "client connected");
             match transmission(stream, negotiated, leftover, budget, shared) {
                 // The one line per connection: who, what, how much, how long.
@@ -115,8 +121,25 @@ pub(super) fn serve(stream: Stream, tls: TlsMode, budget: Arc<Budget>, shared: &
 }
 
 /// What a finished handshake hands to transmission: the stream (TLS after STARTTLS),
-/// the negotiated state and any bytes already read past the handshake.
-type Handshaken = (Stream, Negotiated, Vec<u8>);
+/// the negotiated state, any bytes already read past the handshake, and the client as
+/// the access policy saw it (if there is one).
+type Handshaken = (Stream, Negotiated, Vec<u8>, Option<Client>);
+
+/// Logs the policy's first refusal on this connection (once per connection), with the
+/// client's identity; later ones are only counted at debug level.
+fn log_denials(hs: &mut Handshake, logged: &mut bool) {
+    let denied = hs.take_denials();
+    if denied.is_empty() {
+        return;
+    }
+    let client = hs.client().map_or_else(|| "?".to_owned(), |c| c.to_string());
+    if *logged {
+        debug!(%client, ?denied, "access denied by policy (again)");
+    } else {
+        warn!(%client, ?denied, "access denied by policy");
+        *logged = true;
+    }
+}
 
 /// Drives the handshake state machine over the socket, within the handshake timeout,
 /// upgrading the stream to TLS on an acknowledged STARTTLS.
@@ -124,6 +147,10 @@ fn handshake(mut stream: Stream, tls: TlsMode, shared: &Shared) -> io::Result<Op
     let deadline = shared.config.handshake_timeout.map(|t| Instant::now() + t);
     let mut hs = Handshake::new(Arc::clone(&shared.registry));
     hs.set_tls_mode(tls);
+    if let Some(policy) = &shared.config.access {
+        hs.set_access(Arc::clone(policy), Client { peer: stream.peer_info(), tls: None });
+    }
+    let mut denial_logged = false;
     let mut rd = stream.try_clone()?;
     let mut wr = stream.try_clone()?;
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
@@ -145,6 +172,7 @@ fn handshake(mut stream: Stream, tls: TlsMode, shared: &Shared) -> io::Result<Op
             rd = stream.try_clone()?;
             wr = stream.try_clone()?;
             hs.tls_started();
+            hs.set_tls_identity(stream.tls_identity().cloned());
             continue;
         }
         if hs.status() != Status::NeedInput {
@@ -162,14 +190,16 @@ fn handshake(mut stream: Stream, tls: TlsMode, shared: &Shared) -> io::Result<Op
         if n == 0 {
             return Ok(None);
         }
-        let used =
-            hs.receive(&buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let received = hs.receive(&buf[..n]);
+        log_denials(&mut hs, &mut denial_logged);
+        let used = received.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         pending = n - used;
         if hs.status() == Status::Finished {
             let out = hs.take_output();
             wr.write_all(&out)?;
             let leftover = buf[used..n].to_vec();
-            return Ok(hs.into_negotiated().map(|n| (stream, n, leftover)));
+            let client = hs.client().cloned();
+            return Ok(hs.into_negotiated().map(|n| (stream, n, leftover, client)));
         }
     }
 }

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 pub use self::budget::Budget;
 pub use self::stream::Stream;
 pub use self::tls::{Tls, TlsError, TlsSettings};
+use crate::access::{Access, AccessPolicy, Client};
 use crate::export::ExportRegistry;
 use crate::limits::{
     ACCEPT_POLL_INTERVAL_MS, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
@@ -63,6 +64,9 @@ pub struct ServerConfig {
     pub busy_poll: Option<Duration>,
     /// Certificates and keys for listeners whose TLS mode is not `Off`.
     pub tls: Option<Arc<Tls>>,
+    /// Who may list, open and write which export (see `crate::access`); `None`: every
+    /// client may do everything.
+    pub access: Option<Arc<dyn AccessPolicy>>,
     /// How long shutdown waits for connections with requests in flight before it
     /// closes them anyway.
     pub drain_timeout: Duration,
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             max_connections: MAX_CONNECTIONS,
             busy_poll: None,
             tls: None,
+            access: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_server_in_flight_bytes: MAX_SERVER_IN_FLIGHT_BYTES,
         }
@@ -109,6 +114,11 @@ struct LiveConn {
     budget: Arc<Budget>,
     /// Index of the listener that accepted it.
     listener: usize,
+    /// The export it negotiated (set when the handshake ends), for `close_export`.
+    export: Option<String>,
+    /// Once in transmission under a policy: the client, the export's name and what was
+    /// granted, for `ServerHandle::recheck_access`.
+    opened: Option<(Client, String, Access)>,
 }
 
 /// Lets a repeated warning through at most once per `LOG_RATE_INTERVAL`, counting the
@@ -143,6 +153,22 @@ impl RateLimit {
 impl Shared {
     fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Records the export connection `id` negotiated.
+    pub(crate) fn set_export(&self, id: u64, name: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = live.get_mut(&id) {
+            c.export = Some(name.to_string());
+        }
+    }
+
+    /// Records what connection `id` opened, for `ServerHandle::recheck_access`.
+    fn record_opened(&self, id: u64, opened: (Client, String, Access)) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(conn) = live.get_mut(&id) {
+            conn.opened = Some(opened);
+        }
     }
 }
 
@@ -270,6 +296,34 @@ impl ServerHandle {
         self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// A handle that closes the connections of one export (see `ExportCloser`).
+    pub fn export_closer(&self) -> ExportCloser {
+        ExportCloser { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Asks the access policy again about every connection in transmission (after the
+    /// policy was reloaded) and closes those whose access to their export shrank —
+    /// revoked, or cut from write to read (its flags cannot change mid-connection).
+    /// Closing is graceful, as in a drain: the reader stops, requests in flight finish
+    /// and get their replies, then the socket closes. Returns how many were closed.
+    pub fn recheck_access(&self) -> usize {
+        let Some(policy) = &self.shared.config.access else {
+            return 0;
+        };
+        let live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nr_closed = 0;
+        for conn in live.values() {
+            let Some((client, export, granted)) = &conn.opened else { continue };
+            let now = policy.access(client, export);
+            if now < *granted {
+                warn!(%client, %export, ?granted, ?now, "access revoked by a policy reload; closing");
+                let _ = conn.stream.shutdown(Shutdown::Read);
+                nr_closed += 1;
+            }
+        }
+        nr_closed
+    }
+
     /// Starts draining without waiting: from now on new requests get `ESHUTDOWN` and
     /// handshakes `ERR_SHUTDOWN`. `shutdown` finishes the job.
     pub fn begin_shutdown(&self) {
@@ -329,6 +383,43 @@ impl ServerHandle {
             if late {
                 return;
             }
+            std::thread::sleep(DRAIN_POLL_INTERVAL);
+        }
+    }
+}
+
+/// Closes the connections that negotiated a given export, as a drain does for all: a
+/// connection stops reading at once, its workers finish and answer every request already
+/// received, then its socket closes. For a server that removes an export under its clients
+/// (a forced delete): clients see their connection end, not errors on every request.
+#[derive(Clone)]
+pub struct ExportCloser {
+    shared: Arc<Shared>,
+}
+
+impl ExportCloser {
+    /// Closes the connections of export `name` and waits (at most `timeout`) until they
+    /// have ended; returns how many were still open when it gave up (0: all closed).
+    pub fn close_export(&self, name: &str, timeout: Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner());
+            let mine: Vec<&LiveConn> =
+                live.values().filter(|c| c.export.as_deref() == Some(name)).collect();
+            if mine.is_empty() {
+                return 0;
+            }
+            let late = std::time::Instant::now() >= deadline;
+            for c in &mine {
+                // Read side only: the workers still send the replies of queued requests.
+                let _ = c.stream.shutdown(if late { Shutdown::Both } else { Shutdown::Read });
+            }
+            if late {
+                warn!(export = name, nr_connections = mine.len(), "closing an export timed out");
+                return mine.len();
+            }
+            drop(mine);
+            drop(live);
             std::thread::sleep(DRAIN_POLL_INTERVAL);
         }
     }
@@ -407,11 +498,14 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream, tls: TlsMode, listener
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let budget = Arc::new(Budget::new(MAX_IN_FLIGHT_BYTES, MAX_IN_FLIGHT_REQUESTS));
-    live.insert(id, LiveConn { stream: handle, budget: Arc::clone(&budget), listener });
+    live.insert(
+        id,
+        LiveConn { stream: handle, budget: Arc::clone(&budget), listener, export: None, opened: None },
+    );
     drop(live);
     let sh = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name(format!("nbd-conn-{id}")).spawn(move || {
-        conn::serve(stream, tls, budget, &sh);
+        conn::serve(id, stream, tls, budget, &sh);
         sh.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });
     match spawned {

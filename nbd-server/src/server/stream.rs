@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use openssl::ssl::{ErrorCode, SslStream};
 
+use crate::access::{Peer, TlsIdentity};
+
 /// A connected byte stream.
 #[derive(Debug)]
 pub enum Stream {
@@ -123,10 +125,25 @@ impl Stream {
     }
 
     /// The TLS client's identity (certificate DN or PSK username), if any.
-    pub fn tls_identity(&self) -> Option<&str> {
+    pub fn tls_identity(&self) -> Option<&TlsIdentity> {
         match self {
-            Stream::Tls(s) => s.inner.identity.as_deref(),
+            Stream::Tls(s) => s.inner.identity.as_ref(),
             _ => None,
+        }
+    }
+
+    /// The peer for an access policy: the TCP address, or the unix client's
+    /// credentials as the kernel recorded them at connect (`SO_PEERCRED`).
+    pub fn peer_info(&self) -> Peer {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map(Peer::Tcp).unwrap_or(Peer::Unknown),
+            Stream::Unix(s) => {
+                match nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials) {
+                    Ok(c) => Peer::Unix { uid: c.uid(), gid: c.gid() },
+                    Err(_) => Peer::Unknown,
+                }
+            }
+            Stream::Tls(s) => s.inner.raw.peer_info(),
         }
     }
 }
@@ -142,7 +159,7 @@ struct TlsInner {
     raw: Stream,
     read_timeout: Mutex<Option<Duration>>,
     write_timeout: Mutex<Option<Duration>>,
-    identity: Option<String>,
+    identity: Option<TlsIdentity>,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -153,7 +170,7 @@ impl std::fmt::Debug for TlsStream {
 
 impl TlsStream {
     /// Wraps a session whose handshake is done over `raw` (which becomes non-blocking).
-    pub(crate) fn new(ssl: SslStream<Stream>, identity: Option<String>) -> io::Result<Self> {
+    pub(crate) fn new(ssl: SslStream<Stream>, identity: Option<TlsIdentity>) -> io::Result<Self> {
         let raw = ssl.get_ref().try_clone()?;
         raw.set_nonblocking(true)?;
         let inner = TlsInner {

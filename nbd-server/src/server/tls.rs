@@ -32,6 +32,7 @@ use openssl::x509::X509NameRef;
 use thiserror::Error;
 
 use super::stream::{Stream, TlsStream};
+use crate::access::TlsIdentity;
 use crate::limits::MAX_PSK_KEYS;
 
 /// Where the certificates and keys are, and what to ask of clients.
@@ -262,12 +263,13 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 
 /// The client's identity once the handshake is done: the verified certificate's subject
 /// DN, or the PSK username; `None` for an anonymous client.
-pub(crate) fn identity(ssl: &SslRef) -> Option<String> {
+pub(crate) fn identity(ssl: &SslRef) -> Option<TlsIdentity> {
     if let Some(user) = psk_user_index().ok().and_then(|i| ssl.ex_data(i)) {
-        return Some(user.clone());
+        return Some(TlsIdentity::PskUser(user.clone()));
     }
+    // Only asked for (and so only present) with --tls-verify-peer, and then verified.
     let cert = ssl.peer_certificate()?;
-    Some(format_dn(cert.subject_name()))
+    Some(TlsIdentity::Certificate(format_dn(cert.subject_name())))
 }
 
 /// `CN=client,O=Example` style, in the certificate's order.

@@ -8,6 +8,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use thinly_engine::fsck::check::{auto_repair, check, clear_needs_check, CheckOptions};
 
+use super::live;
 use crate::cli::CheckArgs;
 use crate::exit;
 use crate::files::{open_input, Progress};
@@ -18,6 +19,10 @@ pub fn run(a: &CheckArgs) -> Result<u8> {
     if repairs && overridden {
         bail!("cannot perform repair outside the actual metadata");
     }
+    if repairs {
+        live::may_write("thin_check", &a.input)?;
+    }
+    live::may_read("thin_check", &a.input, a.force, a.metadata_snap)?;
     let dev = open_input(&a.input, repairs)?;
     let opts = CheckOptions {
         super_block_only: a.super_block_only,

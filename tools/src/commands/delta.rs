@@ -3,11 +3,13 @@
 use anyhow::{Context, Result};
 use thinly_engine::fsck::delta::{delta, Side};
 
+use super::live;
 use crate::cli::DeltaArgs;
 use crate::exit;
 use crate::files::{open_input, output};
 
 pub fn run(a: &DeltaArgs) -> Result<u8> {
+    live::may_read("thin_delta", &a.input, a.force, a.metadata_snap.is_some())?;
     let dev = open_input(&a.input, false)?;
     let mut out = output(None)?;
     // clap's groups guarantee one of each pair.

@@ -9,6 +9,7 @@ use thinly_engine::fsck::repair::{salvage, SalvageOptions};
 use thinly_engine::fsck::restore::Overrides;
 use thinly_engine::fsck::xml::{dump_writer, Dialect};
 
+use super::live;
 use crate::cli::{DumpArgs, DumpFormat, OverrideArgs};
 use crate::exit;
 use crate::files::{open_input, output, Progress};
@@ -22,6 +23,7 @@ pub fn overrides(o: &OverrideArgs) -> Overrides {
 }
 
 pub fn run(a: &DumpArgs) -> Result<u8> {
+    live::may_read("thin_dump", &a.input, a.force, a.metadata_snap.is_some())?;
     let dev = open_input(&a.input, false)?;
     let out = output(a.output.as_deref())?;
     let mut writer: Box<dyn MetadataVisitor> = match a.format {

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use thinly_engine::fsck::check::{check, CheckOptions};
 use thinly_engine::fsck::ls::{list, render, Field, DEFAULT_FIELDS};
 
+use super::live;
 use crate::cli::LsArgs;
 use crate::exit;
 use crate::files::open_input;
@@ -17,6 +18,7 @@ pub fn run(a: &LsArgs) -> Result<u8> {
         Some(f) => Field::parse_list(f)?,
         None => DEFAULT_FIELDS.to_vec(),
     };
+    live::may_read("thin_ls", &a.input, a.force, a.metadata_snap)?;
     let dev = open_input(&a.input, false)?;
     let opts = CheckOptions { metadata_snap: a.metadata_snap, ..CheckOptions::default() };
     let report =

@@ -4,6 +4,7 @@
 mod check;
 mod delta;
 mod dump;
+pub mod live;
 mod ls;
 mod metadata_size;
 mod repair;

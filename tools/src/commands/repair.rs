@@ -4,11 +4,14 @@ use anyhow::{Context, Result};
 use thinly_engine::fsck::repair::repair;
 
 use super::dump::overrides;
+use super::live;
 use crate::cli::RepairArgs;
 use crate::exit;
 use crate::files::{open_input, open_output, Progress};
 
 pub fn run(a: &RepairArgs) -> Result<u8> {
+    live::may_write("thin_repair", &a.output)?;
+    live::may_read("thin_repair", &a.input, false, false)?;
     let input = open_input(&a.input, false)?;
     let output = open_output(&a.output)?;
     let (_p, input) = Progress::metadata("repairing metadata", input);

@@ -7,11 +7,13 @@ use anyhow::{Context, Result};
 use thinly_engine::fsck::trim::unused_ranges;
 use thinly_engine::io::{DataDevice, FileData, IoMode};
 
+use super::live;
 use crate::cli::TrimArgs;
 use crate::exit;
 use crate::files::open_input;
 
 pub fn run(a: &TrimArgs) -> Result<u8> {
+    live::may_write("thin_trim", &a.metadata_dev)?;
     let dev = open_input(&a.metadata_dev, false)?;
     std::fs::metadata(&a.data_dev)
         .with_context(|| format!("Couldn't find data device '{}'", a.data_dev.display()))?;

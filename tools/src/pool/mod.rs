@@ -6,6 +6,7 @@
 //! module parses arguments and prints.
 
 pub mod diff;
+pub mod report;
 pub mod show;
 
 pub use thinly_server::pool_dir::{size_arg, PoolArgs};
@@ -15,7 +16,37 @@ use anyhow::{bail, Context, Result};
 use control::{execute, Request, Response};
 use std::path::Path;
 use thinly_engine::io::IoMode;
-use thinly_engine::pool::{OutOfSpacePolicy, Pool, PoolOptions, PoolSettings, SnapshotCache};
+use thinly_engine::pool::{
+    OutOfSpacePolicy, Overprovision, Pool, PoolOptions, PoolSettings, SnapshotCache,
+};
+
+/// The columns and units of `list` and `status` (see `report`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TableArgs {
+    /// Columns, lvs-style: lv_name, thin_id, lv_size, data_percent, metadata_percent,
+    /// mapped, exclusive, shared, origin, lv_permissions (`+FIELD` adds to the defaults).
+    #[arg(short = 'o', long = "options", value_name = "FIELDS")]
+    pub fields: Option<String>,
+    /// Size units, as lvs: h (human), b, s, k, m, g, t (powers of 1024; upper case: of 1000).
+    #[arg(long, value_parser = report::parse_units, conflicts_with = "bytes")]
+    pub units: Option<report::Units>,
+    /// Sizes in whole bytes, without a unit.
+    #[arg(long)]
+    pub bytes: bool,
+}
+
+impl TableArgs {
+    pub fn units(&self) -> report::Units {
+        match (self.bytes, self.units) {
+            (true, _) => report::Units::Bytes,
+            (false, u) => u.unwrap_or(report::Units::Human),
+        }
+    }
+
+    pub fn fields(&self) -> Result<Vec<&'static str>> {
+        report::parse_fields(self.fields.as_deref()).map_err(anyhow::Error::msg)
+    }
+}
 
 /// Runs a request on the pool in `dir`: through its control socket if it is being served,
 /// else on the pool opened here.
@@ -69,6 +100,10 @@ pub struct PoolCreateArgs {
     /// them to the kernel.
     #[arg(long, value_parser = ["auto", "keep"], default_value = "auto")]
     pub snapshot_cache: String,
+    /// Volumes whose virtual sizes add up to more than the data: `warn` (with the
+    /// over-provisioning ratio, as LVM does) or `error` (refuse). Stored in pool.json.
+    #[arg(long, value_parser = ["warn", "error"], default_value = "warn")]
+    pub overprovision: String,
 }
 
 pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
@@ -87,6 +122,11 @@ pub fn pool_create(a: &PoolCreateArgs) -> Result<()> {
             SnapshotCache::Keep
         } else {
             SnapshotCache::Auto
+        },
+        overprovision: if a.overprovision == "error" {
+            Overprovision::Error
+        } else {
+            Overprovision::Warn
         },
     };
     let opts = PoolOptions {
@@ -119,6 +159,9 @@ pub fn print_response(
     json: bool,
     human: impl FnOnce(&serde_json::Value) -> String,
 ) -> Result<()> {
+    for w in &r.warnings {
+        eprintln!("thinly: {w}");
+    }
     if !r.ok {
         bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
     }

@@ -1,4 +1,4 @@
-//! What the pool commands print for people: labelled status, the volume table, and one
+//! What the pool commands print for people: labelled status and one
 //! line saying what a management command did. Every size goes through
 //! [`size::format_size`](super::size::format_size), the one size format of thinly's own
 //! output. Scripts read `--json` (or, for the kernel's thin-pool status line, `--raw`);
@@ -44,6 +44,8 @@ pub fn status_text(v: &Value) -> String {
                 format_size(thinly_engine::limits::META_BLOCK_SIZE as u64),
             ),
         ),
+        ("Data%", pct(n("used_data_blocks"), n("total_data_blocks"))),
+        ("Meta%", pct(n("used_metadata_blocks"), n("total_metadata_blocks"))),
         ("held metadata root", p["held_metadata_root"].as_u64().map_or("none".into(), str_of)),
         ("mode", mode),
         ("when data is full", p["out_of_space_policy"].as_str().unwrap_or("?").to_string()),
@@ -55,26 +57,6 @@ pub fn status_text(v: &Value) -> String {
     let mut out = String::from("pool\n");
     for (label, value) in rows {
         out.push_str(&format!("  {label:<20}{value}\n"));
-    }
-    out.trim_end().to_string()
-}
-
-/// A table of volumes (a JSON array of `VolumeStatus`).
-pub fn volumes_table(v: &Value) -> String {
-    let row = |c: [&str; 6]| {
-        format!("{:<24} {:>6} {:>10} {:>10} {:>4}  {}\n", c[0], c[1], c[2], c[3], c[4], c[5])
-    };
-    let mut out = row(["NAME", "DEV", "SIZE", "MAPPED", "RO", "SNAPSHOT OF"]);
-    for r in v.as_array().map(Vec::as_slice).unwrap_or_default() {
-        let mapped = r["mapped_sectors"].as_u64().map(|s| s.saturating_mul(512));
-        out.push_str(&row([
-            r["name"].as_str().unwrap_or("?"),
-            &opt(r["dev_id"].as_u64()),
-            &bytes(r["size_bytes"].as_u64()),
-            &bytes(mapped),
-            &yes_no(r["read_only"].as_bool()),
-            r["snapshot_of"].as_str().unwrap_or(""),
-        ]));
     }
     out.trim_end().to_string()
 }
@@ -115,6 +97,14 @@ pub fn message_text(text: &str, reply: &str, volumes: Option<&Value>) -> String 
         bytes(v["size_bytes"].as_u64()),
         opt(v["dev_id"].as_u64()),
     )
+}
+
+/// A percentage as lvs prints it (`12.34`).
+fn pct(part: Option<u64>, whole: Option<u64>) -> String {
+    match (part, whole) {
+        (Some(p), Some(w)) if w > 0 => format!("{:.2}", p as f64 * 100.0 / w as f64),
+        _ => "?".into(),
+    }
 }
 
 fn bytes(b: Option<u64>) -> String {
@@ -161,15 +151,12 @@ mod tests {
         assert!(t.contains("3751 of 262144 blocks used (234.44MiB of 16GiB, 64KiB blocks)"), "{t}");
         assert!(t.contains("held metadata root  none"), "{t}");
         assert!(!t.contains('?'), "{t}");
-        let table = volumes_table(&v["volumes"]);
-        assert!(table.contains("thin7") && table.contains("1MiB"), "{table}");
     }
 
     #[test]
     fn a_missing_field_prints_a_question_mark_not_a_panic() {
         let t = status_text(&json!({}));
         assert!(t.contains("transaction id      ?"), "{t}");
-        assert_eq!(volumes_table(&json!("nonsense")).lines().count(), 1);
     }
 
     #[test]

@@ -252,7 +252,7 @@ fn snapshotter(dir: PathBuf, snaps: Arc<Mutex<Snapshots>>, shared: Arc<Shared>) 
         let mut s = snaps.lock().unwrap();
         let (req, name, create) = if s.live.len() >= MAX_SNAPSHOTS {
             let name = s.live.remove(0);
-            (Request::Delete { name: name.clone() }, name, false)
+            (Request::Delete { name: name.clone(), force: false }, name, false)
         } else {
             s.next += 1;
             let name = format!("s{}", s.next);

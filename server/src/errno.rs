@@ -56,6 +56,7 @@ mod tests {
             (PoolError::NoVolume(s()), nix::libc::ENOENT, NbdErrno::Io),
             (PoolError::VolumeExists(s()), nix::libc::EEXIST, NbdErrno::Io),
             (PoolError::Busy(s()), nix::libc::EBUSY, NbdErrno::Io),
+            (PoolError::Refused(s()), nix::libc::EBUSY, NbdErrno::Io),
             (
                 PoolError::Io(io::Error::from_raw_os_error(nix::libc::EDQUOT)),
                 nix::libc::EDQUOT,

@@ -330,3 +330,28 @@ fn deleting_an_open_volume_is_refused_and_forcing_it_closes_the_connection() {
     served.stop();
     thinly_ok(&["check", s(&meta)]);
 }
+
+#[test]
+fn a_forced_delete_closes_a_client_that_opened_the_default_export() {
+    let mut served = Served::start();
+    let d = served.dir.clone();
+    let pool = s(&d);
+    thinly_ok(&["create", "v", "--size", "1M", "--pool", pool]);
+    // The export "" is the server's default volume: vol0 when serve created one, else the
+    // first volume.
+    let list = stdout(&thinly_ok(&["list", "--json", "--pool", pool]));
+    let target = if list.contains("\"vol0\"") { "vol0" } else { "v" };
+    let mut client = open_export(&d.join("nbd.sock"), "");
+    let why = refused(&["delete", target, "--pool", pool]);
+    assert!(why.contains("open"), "{why}");
+    let o = thinly_ok(&["delete", target, "--force", "--pool", pool]);
+    assert!(
+        stderr(&o).contains(&format!("closed the NBD connections of {target}")),
+        "{}",
+        stderr(&o)
+    );
+    let mut buf = [0u8; 1];
+    // The server closed the connection: EOF (not a timeout, which fails here).
+    assert_eq!(client.read(&mut buf).expect("EOF, not a timeout"), 0);
+    served.stop();
+}

@@ -98,7 +98,8 @@ pub(super) fn serve(id: u64, stream: Stream, tls: TlsMode, budget: Arc<Budget>, 
             }
             let tls = matches!(stream, Stream::Tls(_));
             let export = negotiated.export_name.clone();
-            shared.set_export(id, &export);
+            // The volume it got (the default export resolved), which a forced delete names.
+            shared.set_export(id, &negotiated.resolved_name);
             debug!(%peer, %identity, tls, %export, mode = ?negotiated.mode, "client connected");
             match transmission(stream, negotiated, leftover, budget, shared) {
                 // The one line per connection: who, what, how much, how long.

@@ -10,29 +10,12 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CLIENTS: &[&str] = &["nbdinfo", "qemu-io", "openssl"];
 
-/// Runs a command, killing it if it takes longer than `secs`.
-fn bounded(prog: &str, args: &[&str], secs: u64) -> Output {
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {prog}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{prog} {args:?} took longer than {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
+use common::bounded;
 
 fn ok(prog: &str, args: &[&str]) -> String {
     let out = bounded(prog, args, 60);

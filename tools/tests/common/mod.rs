@@ -5,12 +5,32 @@
 pub mod image;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use thinly_engine::fsck::gen::{generate_into, GenConfig};
 use thinly_engine::fsck::metadata_size::estimate_blocks_v09;
 use thinly_engine::fsck::xml::{dump_writer, Dialect};
 use thinly_engine::fsck::Validator;
+
+/// Runs a command, killing it if it takes longer than `secs`.
+pub fn bounded(prog: &str, args: &[&str], secs: u64) -> Output {
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {prog}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{prog} {args:?} took longer than {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
 
 /// Path of the `thinly` binary under test.
 pub fn thinly() -> PathBuf {

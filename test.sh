@@ -93,7 +93,11 @@ fi
 if [ $FAST = 1 ]; then
   exec cargo test --workspace --exclude thinly "$@"
 fi
-cargo test --workspace --no-run
+# Build both lanes first, each as it will run: cargo resolves features for the packages a
+# command selects, so `--workspace` would build a third variant of the shared crates that
+# neither lane uses.
+cargo test --workspace --exclude thinly --no-run
+cargo test -p thinly --no-run
 LOGS=target/test-logs
 mkdir -p "$LOGS"
 echo "test.sh: the kernel tests (cargo test -p thinly) run beside the others; output: $LOGS/kernel.log"

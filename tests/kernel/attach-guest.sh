@@ -31,6 +31,8 @@ check "thinly serve starts in the guest" serve
 check "attach vol0 through the kernel's NBD client" attach vol0
 case "$DEV" in /dev/nbd*) ok "attach printed $DEV";; *) fail "attach printed '$DEV': $(cat /tmp/attach.err)"; finish;; esac
 check "the device is connected (sysfs pid)" connected $DEV
+# thinly's exports allow multi-conn: the supervisor (sysfs pid) handed the kernel four sockets.
+check "the kernel got four connections to the multi-conn export" sh -c "[ \$(ls -l /proc/\$(cat /sys/block/${DEV#/dev/}/pid)/fd | grep -c socket:) -eq 4 ]"
 check "mkfs.ext4 on $DEV" mkfs.ext4 -q -F $DEV
 check "detach vol0" $T detach vol0 --pool $P
 

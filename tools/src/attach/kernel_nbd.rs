@@ -2,7 +2,8 @@
 //! `nbd` module is loaded or loadable. A supervising process (`thinly attach
 //! --nbd-supervise DEVICE`, started by attach in its own process group) connects to the
 //! server's unix socket, negotiates the export with NBD_OPT_GO, hands the socket to the
-//! kernel (NBD_SET_SOCK, size, flags, timeout) and sits in NBD_DO_IT until the device is
+//! kernel (NBD_SET_SOCK, size, flags, timeout; `NBD_CONNECTIONS` sockets when the export
+//! allows several) and sits in NBD_DO_IT until the device is
 //! disconnected; then it clears the socket and exits. With `NBD_IO_TIMEOUT` set, a request
 //! the server does not answer fails with EIO instead of waiting forever, and a server that
 //! closes the connection makes NBD_DO_IT return and every later request fail.
@@ -10,7 +11,9 @@
 //! Not testable on a host without the module (this path is exercised in the kernel lab);
 //! the handshake half is tested against thinly's own server.
 
-use super::limits::{HELPER_EXIT_TIMEOUT, HELPER_READY_TIMEOUT, NBD_IO_TIMEOUT, POLL_STEP};
+use super::limits::{
+    HELPER_EXIT_TIMEOUT, HELPER_READY_TIMEOUT, NBD_CONNECTIONS, NBD_IO_TIMEOUT, POLL_STEP,
+};
 use super::records::{AttachPath, Attachment};
 use anyhow::{bail, Context, Result};
 use nix::libc::{c_int, c_ulong};
@@ -182,11 +185,28 @@ pub fn attach(dir: &Path, volume: &str, read_only: bool) -> Result<Attachment> {
 
 /// The supervisor (`--nbd-supervise DEVICE`): runs until the device is disconnected.
 pub fn supervise(socket: &Path, volume: &str, device: &Path, read_only: bool) -> Result<()> {
-    let mut s = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    let info = handshake(&mut s, volume)?;
+    let connect = || -> Result<(UnixStream, ExportInfo)> {
+        let mut s = UnixStream::connect(socket)
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        let info = handshake(&mut s, volume)?;
+        Ok((s, info))
+    };
+    let (first, info) = connect()?;
     if info.size_bytes % NBD_BLOCK_BYTES != 0 {
         bail!("{volume}: {} bytes is not a multiple of {NBD_BLOCK_BYTES}", info.size_bytes);
+    }
+    // An export that allows several connections (NBD_FLAG_CAN_MULTI_CONN: a flush on one
+    // covers the writes of all) gets NBD_CONNECTIONS, which the kernel spreads its queues
+    // over; each connection negotiates the same export.
+    let mut sockets = vec![first];
+    if info.transmission_flags & FLAG_CAN_MULTI_CONN != 0 {
+        for _ in 1..NBD_CONNECTIONS {
+            let (s, more) = connect()?;
+            if more != info {
+                bail!("{volume} changed between connections ({info:?}, then {more:?})");
+            }
+            sockets.push(s);
+        }
     }
     let mut flags = info.transmission_flags;
     if read_only {
@@ -203,7 +223,9 @@ pub fn supervise(socket: &Path, volume: &str, device: &Path, read_only: bool) ->
         nbd_ioctl(&dev, NBD_SET_SIZE_BLOCKS, blocks)?;
         nbd_ioctl(&dev, NBD_SET_FLAGS, c_ulong::from(flags))?;
         nbd_ioctl(&dev, NBD_SET_TIMEOUT, NBD_IO_TIMEOUT.as_secs() as c_ulong)?;
-        nbd_ioctl(&dev, NBD_SET_SOCK, s.as_raw_fd() as c_ulong)?;
+        for s in &sockets {
+            nbd_ioctl(&dev, NBD_SET_SOCK, s.as_raw_fd() as c_ulong)?;
+        }
         Ok(())
     })();
     if let Err(e) = setup {

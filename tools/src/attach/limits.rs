@@ -20,3 +20,7 @@ pub const POLL_STEP: Duration = Duration::from_millis(20);
 /// not answered in this time fails with EIO, so a hung server cannot hang the host's I/O
 /// forever. Long enough for a commit of a large transaction on a slow disk.
 pub const NBD_IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections the kernel NBD client gets to an export that allows several
+/// (NBD_FLAG_CAN_MULTI_CONN): the kernel maps its hardware queues onto them, so requests
+/// from several CPUs proceed side by side; four is what `nbd-client -C` users commonly pick.
+pub const NBD_CONNECTIONS: usize = 4;
